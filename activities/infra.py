@@ -1,0 +1,178 @@
+"""Activities that act on infrastructure through its provider (supervisord for the staging fleet).
+
+Each action is idempotent twice over: the provider reads the current state and does nothing when
+the goal already holds, and the `action_log` row keyed by workflow id + step records what ran, so
+an attempt retried after a worker crash neither repeats the action nor loses its record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities._support import heartbeating, invalid_input
+from activities.store import _json, get_fleet_target
+from models.healing import (
+    ActionOutcome,
+    FleetTarget,
+    ServiceActionInput,
+    ValidateHealthInput,
+    ValidationResult,
+)
+from nofx.providers.supervisor import (
+    SupervisorProvider,
+    SupervisorUnavailableError,
+    UnknownTargetError,
+)
+
+
+def supervisor_for(target: FleetTarget) -> tuple[SupervisorProvider, str]:
+    """The provider and process name for an inventory entry managed by supervisord."""
+    if target.provider != "supervisor":
+        raise invalid_input(
+            f"service {target.service!r} uses provider {target.provider!r}, which cannot restart"
+        )
+    socket = target.metadata.get("supervisor_socket")
+    if not socket:
+        raise invalid_input(f"service {target.service!r} has no metadata.supervisor_socket")
+    return SupervisorProvider(Path(socket)), str(target.metadata.get("process", target.service))
+
+
+def check_health(endpoint: str, timeout_seconds: float) -> tuple[bool, str, float]:
+    """GET {endpoint}/health once: (healthy, what was seen, latency ms)."""
+    started = time.perf_counter()
+    try:
+        response = httpx.get(f"{endpoint}/health", timeout=timeout_seconds)
+    except httpx.TimeoutException:
+        return False, f"no answer within {timeout_seconds:g}s", timeout_seconds * 1000
+    except httpx.TransportError as err:
+        return False, f"unreachable: {type(err).__name__}", (time.perf_counter() - started) * 1000
+    latency = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        return False, f"HTTP {response.status_code}", latency
+    return True, "HTTP 200", latency
+
+
+class InfraActivities:
+    """Actions on the fleet; the inventory (table services) says how to reach each target."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _log_action(self, inp: ServiceActionInput, action: str, status: str, detail: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"
+                    " status, detail, finished_at) VALUES (:key, :wf, :step, :action, :target,"
+                    " :status, CAST(:detail AS jsonb), CASE WHEN :status = 'started' THEN NULL"
+                    " ELSE now() END) ON CONFLICT (idempotency_key) DO UPDATE SET"
+                    " status = EXCLUDED.status, detail = EXCLUDED.detail,"
+                    " finished_at = EXCLUDED.finished_at"
+                ),
+                {
+                    "key": inp.idempotency_key,
+                    "wf": inp.workflow_id,
+                    "step": inp.step,
+                    "action": action,
+                    "target": inp.service,
+                    "status": status,
+                    "detail": _json(detail),
+                },
+            )
+
+    @activity.defn
+    def restart_service(self, inp: ServiceActionInput) -> ActionOutcome:
+        """Restart the service's process unless it already restarted since `not_before`."""
+        started_at = datetime.now(UTC)
+        provider, process = supervisor_for(get_fleet_target(self._engine, inp.service))
+        self._log_action(inp, "restart_service", "started", {"attempt": activity.info().attempt})
+        try:
+            with heartbeating(step=inp.step):
+                # supervisord reports start times in whole seconds.
+                outcome = provider.restart(process, not_before=math.floor(inp.not_before.timestamp()))
+        except UnknownTargetError as err:
+            self._log_action(inp, "restart_service", "failed", {"error": str(err)})
+            raise ApplicationError(str(err), type="UnknownTarget", non_retryable=True) from err
+        except SupervisorUnavailableError as err:
+            self._log_action(inp, "restart_service", "failed", {"error": str(err)})
+            raise
+        detail = outcome.model_dump()
+        self._log_action(
+            inp, "restart_service", "succeeded" if outcome.restarted else "skipped", detail
+        )
+        activity.logger.info("restart_service %s: %s", inp.service, outcome.reason)
+        return ActionOutcome(
+            action="restart_service",
+            service=inp.service,
+            performed=outcome.restarted,
+            detail=detail,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+        )
+
+    @activity.defn
+    def restore_service_running(self, inp: ServiceActionInput) -> ActionOutcome:
+        """Compensation of a restart: never leave down a process that the restart stopped.
+
+        A restart that stopped the process and then failed to start it would leave the service
+        worse than before; this starts it again when it is not running, and does nothing if it is.
+        """
+        started_at = datetime.now(UTC)
+        provider, process = supervisor_for(get_fleet_target(self._engine, inp.service))
+        state = provider.process_state(process)
+        performed = False
+        if state.state != "RUNNING":
+            provider.restart(process, not_before=math.floor(time.time()))
+            performed = True
+        self._log_action(
+            inp, "restore_service_running", "compensated", {"state_before": state.model_dump()}
+        )
+        return ActionOutcome(
+            action="restore_service_running",
+            service=inp.service,
+            performed=performed,
+            detail={"state_before": state.state},
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+        )
+
+    @activity.defn
+    def validate_health(self, inp: ValidateHealthInput) -> ValidationResult:
+        """Probe until the health check passes N times in a row, or the time runs out."""
+        target = get_fleet_target(self._engine, inp.service)
+        deadline = time.monotonic() + inp.timeout_seconds
+        attempts = streak = 0
+        detail = ""
+        while time.monotonic() < deadline:
+            attempts += 1
+            healthy, detail, _ = check_health(target.endpoint, inp.probe_timeout_seconds)
+            streak = streak + 1 if healthy else 0
+            activity.heartbeat({"attempts": attempts, "streak": streak})
+            if activity.is_cancelled():
+                raise ApplicationError("validation cancelled", type="Cancelled")
+            if streak >= inp.consecutive_passes:
+                return ValidationResult(
+                    service=inp.service,
+                    passed=True,
+                    attempts=attempts,
+                    consecutive_passes=streak,
+                    detail=detail,
+                )
+            time.sleep(inp.interval_seconds)
+        return ValidationResult(
+            service=inp.service,
+            passed=False,
+            attempts=attempts,
+            consecutive_passes=streak,
+            detail=f"last probe: {detail}",
+        )

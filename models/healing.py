@@ -1,0 +1,245 @@
+"""Contracts of Track B (self-healing): probes, incidents, playbooks, actions and their outcomes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from models.common import Contract
+
+IncidentType = Literal["service_down", "service_hung"]
+
+
+class IncidentState(StrEnum):
+    """Where an incident is; also the `NofxStatus` search attribute the Web UI filters on."""
+
+    DETECTED = "detected"
+    DIAGNOSING = "diagnosing"
+    AWAITING_APPROVAL = "awaiting_approval"
+    HEALING = "healing"
+    VALIDATING = "validating"
+    RESOLVED = "resolved"
+    ROLLING_BACK = "rolling_back"
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FAILED})
+
+
+class FleetTarget(Contract):
+    """A service of the inventory the monitor probes, and how its provider reaches it."""
+
+    service: str
+    endpoint: str = Field(description="base URL, e.g. http://127.0.0.1:18101")
+    provider: str = "supervisor"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProbeFleetInput(Contract):
+    timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+
+class ProbeResult(Contract):
+    """One health probe: healthy, or which failure it looks like and why."""
+
+    service: str
+    healthy: bool
+    failure: IncidentType | None = None
+    detail: str = ""
+    latency_ms: float | None = None
+    process_state: str | None = None
+    observed_at: datetime
+
+
+class ProbeFleetResult(Contract):
+    probes: list[ProbeResult]
+
+
+class MonitorInput(Contract):
+    """The fleet monitor's loop settings, carried across continue-as-new."""
+
+    interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    probe_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    confirm_hung_after: int = Field(default=2, ge=1, le=20, description="failed probes in a row")
+    iterations_before_continue_as_new: int = Field(default=200, ge=1)
+    failure_streaks: dict[str, int] = Field(default_factory=dict)
+
+
+class IncidentInput(Contract):
+    """What the detector saw; starts `HealingIncidentWorkflow`."""
+
+    service: str = Field(min_length=1)
+    incident_type: IncidentType
+    detection_method: str = "health_probe"
+    detected_at: datetime
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str = "nofx-monitor"
+
+
+class OpenIncidentResult(Contract):
+    workflow_id: str
+    run_id: str | None
+    joined_existing: bool
+
+
+class PlaybookStep(Contract):
+    """One step of a recovery playbook (`recovery_playbooks.recovery_steps`)."""
+
+    action: Literal["restart_service", "validate_health"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
+
+
+class PlaybookChoice(Contract):
+    """The playbook the decision track chose for an incident, and what it weighed."""
+
+    decision_id: str
+    playbook_id: str
+    playbook_name: str
+    automation_level: Literal["manual", "semi-auto", "full-auto"]
+    required_permissions: list[str] = Field(default_factory=list)
+    steps: list[PlaybookStep]
+    alternatives: list[str] = Field(default_factory=list)
+    rationale: str
+
+
+class PlaybookRequest(Contract):
+    """Ask the decision track to choose a playbook for an incident."""
+
+    incident_id: str
+    workflow_id: str
+    service: str
+    incident_type: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class PlaybookCandidate(Contract):
+    playbook_id: str
+    playbook_name: str
+    automation_level: Literal["manual", "semi-auto", "full-auto"]
+    required_permissions: list[str]
+    recovery_steps: list[dict[str, Any]]
+    resolved_count: int = Field(default=0, ge=0, description="past incidents it resolved")
+    failed_count: int = Field(default=0, ge=0, description="past incidents it failed to resolve")
+
+
+class PlaybookCandidates(Contract):
+    incident_type: str
+    candidates: list[PlaybookCandidate]
+
+
+class RecordDecisionInput(Contract):
+    decision_id: str
+    decision_type: str
+    context_data: dict[str, Any]
+    chosen_action: str
+    alternatives_considered: list[dict[str, Any]]
+    confidence_score: float = Field(ge=0, le=1)
+    risk_assessment: dict[str, Any]
+    expected_outcome: dict[str, Any]
+
+
+class RecordIncidentInput(Contract):
+    incident_id: str
+    workflow_id: str
+    service: str
+    incident_type: str
+    detection_method: str
+    healing_strategy: str
+    status: str
+    started_at: datetime
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateIncidentInput(Contract):
+    """A transition of an incident row; terminal ones carry resolution fields."""
+
+    incident_id: str
+    status: str
+    healing_strategy: str | None = None
+    healing_actions: list[dict[str, Any]] | None = None
+    resolved_at: datetime | None = None
+    resolution_time_ms: int | None = None
+    root_cause: dict[str, Any] | None = None
+
+
+class ServiceActionInput(Contract):
+    """An infrastructure action on one service, idempotent under `idempotency_key`."""
+
+    idempotency_key: str
+    workflow_id: str
+    step: str
+    service: str
+    not_before: datetime = Field(description="the goal holds if the service restarted since this")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionOutcome(Contract):
+    """What an action did (or why it did nothing) — becomes a `healing_actions` entry."""
+
+    action: str
+    service: str
+    performed: bool
+    detail: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime
+    finished_at: datetime
+
+
+class ValidateHealthInput(Contract):
+    service: str
+    consecutive_passes: int = Field(default=3, ge=1, le=100)
+    interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
+    probe_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+
+class ValidationResult(Contract):
+    service: str
+    passed: bool
+    attempts: int
+    consecutive_passes: int
+    detail: str = ""
+
+
+class TimelineEntry(Contract):
+    at: datetime
+    state: IncidentState
+    message: str
+
+
+class IncidentStatus(Contract):
+    """Answer of the `status` query: everything a person needs to follow the incident."""
+
+    incident_id: str
+    workflow_id: str
+    service: str
+    incident_type: str
+    state: IncidentState
+    playbook: str | None = None
+    decision_id: str | None = None
+    actions: list[ActionOutcome] = Field(default_factory=list)
+    rollback_plan: list[str] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    detected_at: datetime
+    resolved_at: datetime | None = None
+    resolution_time_ms: int | None = None
+    error: str | None = None
+    abort_requested: AbortRequestRecord | None = None
+
+
+class AbortRequestRecord(Contract):
+    requested_by: str
+    reason: str
+
+
+class IncidentResult(Contract):
+    incident_id: str
+    state: IncidentState
+    resolution_time_ms: int | None
+    actions: list[ActionOutcome]
+
+
+IncidentStatus.model_rebuild()

@@ -1,0 +1,44 @@
+"""The service inventory (table `services`): what the monitor probes and how providers reach it."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from pilot.fleet import Fleet
+
+
+def register_fleet(engine: Engine, fleet: Fleet, *, owner: str = "platform-sre") -> list[str]:
+    """Upsert every pilot service of `fleet` as a supervisord-managed service; return the names."""
+    with engine.begin() as conn:
+        for service in fleet.spec.services:
+            conn.execute(
+                text(
+                    "INSERT INTO services (name, tier, owner, provider, endpoint, dependencies,"
+                    " capacity, slo_targets, metadata) VALUES (:name, 'tier-2', :owner,"
+                    " 'supervisor', :endpoint, :deps, 1, CAST(:slo AS jsonb),"
+                    " CAST(:meta AS jsonb)) ON CONFLICT (name) DO UPDATE SET"
+                    " provider = EXCLUDED.provider, endpoint = EXCLUDED.endpoint,"
+                    " dependencies = EXCLUDED.dependencies, metadata = EXCLUDED.metadata,"
+                    " updated_at = now()"
+                ),
+                {
+                    "name": service.name,
+                    "owner": owner,
+                    "endpoint": f"http://127.0.0.1:{service.port}",
+                    "deps": service.depends_on,
+                    "slo": json.dumps({"availability": 0.999, "recovery_time_objective_s": 120}),
+                    "meta": json.dumps(
+                        {"supervisor_socket": str(fleet.socket_path), "process": service.name}
+                    ),
+                },
+            )
+    return [s.name for s in fleet.spec.services]
+
+
+def unregister(engine: Engine, names: list[str]) -> None:
+    """Remove services from the inventory so nothing probes them any more."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM services WHERE name = ANY(:names)"), {"names": names})

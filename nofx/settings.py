@@ -1,0 +1,93 @@
+"""Settings of a NOFX Autonomy process, read once from the environment.
+
+Every part of the platform (CLI, workers, tests) reads the same variables, so the README's list of
+environment variables is this module. Bad values end the process with a message that names the
+variable, never a traceback from deep inside a client library.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+TASK_QUEUE_DECISIONS = "nofx-decisions"
+TASK_QUEUE_HEALING = "nofx-healing"
+TASK_QUEUE_MAINTENANCE = "nofx-maintenance"
+
+# Custom search attributes the Web UI lists workflows by; the dev stack and tests register them.
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    "NofxTrack": "Keyword",
+    "NofxService": "Keyword",
+    "NofxStatus": "Keyword",
+    "NofxRisk": "Keyword",
+    "NofxAwaitingApproval": "Bool",
+}
+
+_ENV = {
+    "home": "NOFX_HOME",
+    "database_url": "NOFX_DATABASE_URL",
+    "temporal_address": "NOFX_TEMPORAL_ADDRESS",
+    "temporal_namespace": "NOFX_TEMPORAL_NAMESPACE",
+    "temporal_ui_port": "NOFX_TEMPORAL_UI_PORT",
+    "fleet_base_port": "NOFX_FLEET_BASE_PORT",
+    "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
+    "log_level": "NOFX_LOG_LEVEL",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class Settings(BaseModel):
+    """Where the platform's parts live and how often it looks at the fleet."""
+
+    home: Path = Field(default=Path(".nofx"), description="state dir: logs, pids, embedded DBs")
+    database_url: str | None = Field(default=None, description="PostgreSQL URL; embedded if unset")
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
+    fleet_base_port: int = Field(default=18101, ge=1024, le=65000)
+    probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def temporal_port(self) -> int:
+        return int(self.temporal_address.rsplit(":", 1)[1])
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read settings from the environment; raise SettingsError naming the bad variable."""
+        env = os.environ if environ is None else environ
+        raw = {field: env[var] for field, var in _ENV.items() if env.get(var)}
+        try:
+            settings = cls(**raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0])
+            raise SettingsError(
+                f"{_ENV.get(field, field)}={raw.get(field)!r}: {first['msg']}"
+            ) from None
+        if ":" not in settings.temporal_address:
+            raise SettingsError(
+                f"NOFX_TEMPORAL_ADDRESS={settings.temporal_address!r}: expected host:port"
+            )
+        settings.home = settings.home.resolve()
+        return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings.from_env()

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixtures live in plugin modules, loaded here."""
+
+pytest_plugins = ["tests.fixtures_db", "tests.fixtures_temporal", "tests.fixtures_fleet"]

@@ -1,0 +1,202 @@
+"""The staging fleet and the supervisord provider, on real processes under a real supervisord.
+
+These tests inject real faults (SIGKILL, SIGSTOP) and check what an operator would see: the
+service stops answering, supervisord and the kernel report it, and the provider's restart brings
+it back exactly once per incident, even when called again as a retried activity would.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nofx.providers.supervisor import SupervisorProvider, UnknownTargetError
+from pilot.fleet import Fleet, FleetError, FleetSpec, free_port
+
+API = "pilot-api"
+ORDERS = "pilot-orders"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds; supervisord learns of a death asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+def pilot_processes(fleet: Fleet) -> list[psutil.Process]:
+    """Live pilot processes of this fleet (found by their state dir), zombies excluded."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if (
+            "pilot.service" in cmdline
+            and str(fleet.state_dir) in cmdline
+            and process.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(process)
+    return found
+
+
+def health(fleet: Fleet, name: str) -> dict[str, Any]:
+    response = httpx.get(fleet.health_url(name), timeout=1.0)
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path, FleetSpec.default(free_port(span=2)))
+    try:
+        fleet.start()
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture
+def provider(fleet: Fleet) -> SupervisorProvider:
+    return SupervisorProvider(fleet.socket_path)
+
+
+def test_every_service_answers_health_and_metrics(
+    fleet: Fleet, provider: SupervisorProvider
+) -> None:
+    for name in (API, ORDERS):
+        body = health(fleet, name)
+        assert body["status"] == "ok"
+        assert body["service"] == name
+        assert body["pid"] == provider.process_state(name).pid
+        assert [start["pid"] for start in fleet.starts(name)] == [body["pid"]]
+
+    port = fleet.spec.get(API).port
+    works = [httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0).json()["n"] for _ in range(3)]
+    assert works == [1, 2, 3]
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1.0).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("pilot_up", ())] == 1
+    assert samples[("pilot_requests_total", (("path", "/"), ("status", "200")))] == 3
+    assert any(name == "pilot_request_duration_seconds_count" for name, _ in samples)
+    assert any(name == "process_start_time_seconds" for name, _ in samples)
+    build = [labels for name, labels in samples if name == "pilot_build_info"]
+    assert ("service", API) in build[0]
+
+
+def test_killed_service_is_restarted_once_per_incident(
+    fleet: Fleet, provider: SupervisorProvider
+) -> None:
+    not_before = time.time()
+    killed = fleet.inject("kill", API)
+
+    wait_for(lambda: provider.process_state(API).state == "EXITED")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(fleet.health_url(API), timeout=1.0)
+
+    outcome = provider.restart(API, not_before=not_before)
+    assert outcome.restarted
+    assert outcome.new_pid not in (None, killed)
+    assert health(fleet, API)["pid"] == outcome.new_pid
+    assert len(fleet.starts(API)) == 2
+
+    # A retried activity (same incident, same not_before) must not restart it again.
+    again = provider.restart(API, not_before=not_before)
+    assert not again.restarted
+    assert "already running since" in again.reason
+    assert again.new_pid == outcome.new_pid
+    assert len(fleet.starts(API)) == 2
+    assert health(fleet, API)["pid"] == outcome.new_pid
+
+
+def test_hung_service_is_seen_frozen_and_restarted(
+    fleet: Fleet, provider: SupervisorProvider
+) -> None:
+    not_before = time.time()
+    hung = fleet.inject("hang", ORDERS)
+
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(fleet.health_url(ORDERS), timeout=1.0)
+    state = provider.process_state(ORDERS)
+    assert state.state == "RUNNING"  # supervisord cannot tell
+    assert state.frozen
+    assert state.pid == hung
+
+    outcome = provider.restart(ORDERS, not_before=not_before)
+    assert outcome.restarted
+    assert outcome.old_pid == hung
+    assert not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE
+    assert health(fleet, ORDERS)["pid"] == outcome.new_pid
+    assert not provider.process_state(ORDERS).frozen
+    assert len(fleet.starts(ORDERS)) == 2
+
+
+def test_clear_resumes_a_hung_service_and_starts_a_dead_one(
+    fleet: Fleet, provider: SupervisorProvider
+) -> None:
+    pid = fleet.inject("hang", API)
+    assert fleet.clear(API) == "resumed"
+    assert health(fleet, API)["pid"] == pid
+
+    fleet.inject("kill", API)
+    wait_for(lambda: provider.process_state(API).state == "EXITED")
+    assert fleet.clear(API) == "started"
+    assert health(fleet, API)["pid"] != pid
+    assert fleet.clear(API) == "nothing to clear"
+    assert len(fleet.starts(API)) == 2
+
+
+def test_unknown_targets_are_refused_by_name(fleet: Fleet, provider: SupervisorProvider) -> None:
+    with pytest.raises(FleetError, match="pilot-nope"):
+        fleet.inject("kill", "pilot-nope")
+    with pytest.raises(FleetError, match="melt"):
+        fleet.inject("melt", API)
+    with pytest.raises(UnknownTargetError, match="pilot-nope"):
+        provider.restart("pilot-nope", not_before=time.time())
+
+
+def test_port_in_use_fails_start_and_leaves_nothing_running(tmp_path: Path) -> None:
+    base = free_port(span=2)
+    fleet = Fleet(tmp_path, FleetSpec.default(base))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 1))
+        squatter.listen()
+        try:
+            with pytest.raises(FleetError, match=f"port {base + 1}"):
+                fleet.start()
+        finally:
+            fleet.stop()
+    assert not fleet.is_running()
+    assert not pilot_processes(fleet)
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(fleet.conf_path) in (p.info["cmdline"] or [])
+    ]
+
+
+def test_stop_leaves_no_pilot_processes(fleet: Fleet) -> None:
+    assert len(pilot_processes(fleet)) == 2
+    fleet.inject("hang", ORDERS)  # a frozen process must not outlive the fleet either
+
+    fleet.stop()
+
+    assert not fleet.is_running()
+    assert not pilot_processes(fleet)
+    fleet.stop()  # stopping a stopped fleet is fine
+    with pytest.raises(FleetError, match="not running"):
+        fleet.inject("kill", API)

@@ -1,0 +1,107 @@
+"""End to end: a real fault in the live fleet is detected, healed and recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+from sqlalchemy import Engine, text
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from activities.incidents import incident_workflow_id
+from models.healing import IncidentResult, IncidentState, IncidentStatus, MonitorInput
+from nofx.audit import verify_chain
+from nofx.settings import TASK_QUEUE_HEALING
+from pilot.fleet import Fleet
+from workflows.healing import HealingIncidentWorkflow
+from workflows.monitor import FleetMonitorWorkflow
+
+
+async def wait_for_workflow(client: Client, workflow_id: str, timeout: float = 60.0) -> None:
+    """Wait until a workflow with this id exists (the monitor starts it on its own)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await client.get_workflow_handle(workflow_id).describe()
+            return
+        except RPCError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def incident_rows(engine: Engine, incident_id: str) -> dict[str, object]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT * FROM healing_incidents WHERE id = :id"), {"id": incident_id}
+        ).mappings().one()
+        audit = conn.execute(
+            text(
+                "SELECT action FROM audit_events WHERE entity_id = :id ORDER BY id"
+            ),
+            {"id": incident_id},
+        ).scalars().all()
+    return {"row": dict(row), "audit": list(audit)}
+
+
+async def test_killed_process_is_detected_healed_and_recorded(
+    client: Client, healing_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    service = live_fleet.spec.services[0].name
+    starts_before = len(live_fleet.starts(service))
+    monitor = await client.start_workflow(
+        FleetMonitorWorkflow.run,
+        MonitorInput(interval_seconds=0.5, iterations_before_continue_as_new=50),
+        id=f"monitor-test-{uuid.uuid4().hex[:8]}",
+        task_queue=TASK_QUEUE_HEALING,
+    )
+    try:
+        injected_at = datetime.now(UTC)
+        live_fleet.inject("kill", service)
+        workflow_id = incident_workflow_id(service, "service_down")
+        await wait_for_workflow(client, workflow_id)
+        handle = client.get_workflow_handle(workflow_id, result_type=IncidentResult)
+        result = await asyncio.wait_for(handle.result(), timeout=120)
+    finally:
+        await monitor.cancel()
+
+    assert result.state is IncidentState.RESOLVED
+    status = await handle.query(HealingIncidentWorkflow.status)
+    assert isinstance(status, IncidentStatus)
+    assert [e.state.value for e in status.timeline if e.state.value in
+            ("detected", "healing", "validating", "resolved")][:1] == ["detected"]
+    assert status.detected_at >= injected_at.replace(microsecond=0)
+
+    # The process is healthy again, restarted exactly once.
+    assert httpx.get(live_fleet.health_url(service), timeout=2).status_code == 200
+    assert len(live_fleet.starts(service)) == starts_before + 1
+
+    recorded = incident_rows(db_engine, result.incident_id)
+    row = recorded["row"]
+    assert row["status"] == "resolved"
+    assert row["incident_type"] == "service_down"
+    assert row["healing_strategy"] == "restart-service"
+    assert row["resolved_at"] is not None and row["resolution_time_ms"] > 0
+    actions = row["healing_actions"]
+    assert [a["action"] for a in actions] == ["restart_service"]
+    assert actions[0]["performed"] is True
+    assert recorded["audit"] == [
+        "incident.detected",
+        "incident.diagnosing",
+        "incident.healing",
+        "incident.validating",
+        "incident.resolved",
+    ]
+    with db_engine.connect() as conn:
+        assert verify_chain(conn).ok
+        decision = conn.execute(
+            text("SELECT chosen_action, confidence_score FROM autonomous_decisions"
+                 " WHERE context_data->>'incident_id' = :id"),
+            {"id": result.incident_id},
+        ).one()
+    assert decision.chosen_action == "restart-service"
+    described = await handle.describe()
+    assert described.status == WorkflowExecutionStatus.COMPLETED

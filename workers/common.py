@@ -1,0 +1,78 @@
+"""The worker factory every track uses: settings, logging, metrics, database, client, Worker.
+
+A track's module only names its task queue, workflows and activities; how a worker process is
+put together (and shut down on SIGTERM without losing a task) lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from nofx.db import make_engine
+from nofx.logging import configure_logging, get_logger
+from nofx.settings import Settings, get_settings
+from nofx.temporal import connect, metrics_runtime
+
+ACTIVITY_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What activities are built from: one engine and one client per worker process."""
+
+    engine: Engine
+    client: Client
+    settings: Settings
+
+
+ActivityFactory = Callable[[Dependencies], Sequence[Callable[..., object]]]
+
+
+def build_worker(
+    deps: Dependencies, task_queue: str, workflows: Sequence[type], activities: ActivityFactory
+) -> Worker:
+    """A Worker for one track; sync activities run on a pool sized to the activity slots."""
+    return Worker(
+        deps.client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=list(activities(deps)),
+        activity_executor=ThreadPoolExecutor(ACTIVITY_CONCURRENCY),
+        max_concurrent_activities=ACTIVITY_CONCURRENCY,
+    )
+
+
+async def serve(task_queue: str, workflows: Sequence[type], activities: ActivityFactory) -> None:
+    """Run one track's worker until SIGTERM/SIGINT, then finish in-flight tasks and exit."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    log = get_logger("nofx.worker").bind(task_queue=task_queue)
+    if not settings.database_url:
+        raise SystemExit("NOFX_DATABASE_URL is not set: a worker needs the platform database")
+    metrics = (
+        f"{os.environ.get('NOFX_METRICS_HOST', '127.0.0.1')}:"
+        f"{os.environ.get('NOFX_METRICS_PORT', '9464')}"
+    )
+    client = await connect(settings, runtime=metrics_runtime(metrics))
+    engine = make_engine(settings.database_url, pool_size=ACTIVITY_CONCURRENCY)
+    deps = Dependencies(engine=engine, client=client, settings=settings)
+    worker = build_worker(deps, task_queue, workflows, activities)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker started", temporal=settings.temporal_address, metrics=f"http://{metrics}/metrics")
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping")
+    engine.dispose()
+    log.info("worker stopped")

@@ -1,0 +1,37 @@
+"""Track B worker: incidents, the fleet monitor and the actions they take (`nofx-healing`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from activities.incidents import IncidentActivities
+from activities.infra import InfraActivities
+from activities.store import StoreActivities
+from activities.telemetry import TelemetryActivities
+from nofx.settings import TASK_QUEUE_HEALING
+from workers.common import Dependencies, serve
+from workflows.healing import HealingIncidentWorkflow
+from workflows.monitor import FleetMonitorWorkflow
+
+TASK_QUEUE = TASK_QUEUE_HEALING
+WORKFLOWS: list[type] = [HealingIncidentWorkflow, FleetMonitorWorkflow]
+
+
+def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
+    store = StoreActivities(deps.engine)
+    infra = InfraActivities(deps.engine)
+    return [
+        store.append_audit_event,
+        store.record_incident,
+        store.update_incident,
+        infra.restart_service,
+        infra.restore_service_running,
+        infra.validate_health,
+        TelemetryActivities(deps.engine).probe_fleet,
+        IncidentActivities(deps.client).open_incident,
+    ]
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(TASK_QUEUE, WORKFLOWS, activities))

@@ -1,0 +1,430 @@
+"""Track B: one durable workflow per incident — record, choose a playbook, heal as a saga,
+validate, then resolve or roll back.
+
+Started by the fleet monitor with id `incident-{service}-{incident_type}` and the conflict policy
+USE_EXISTING, so repeated detections of the same failure join the running incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from workflows.saga import COMPENSATION_RETRY, Saga
+
+with workflow.unsafe.imports_passed_through():
+    from activities._support import ACTION_RETRY, STORE_RETRY
+    from activities.infra import InfraActivities
+    from activities.store import StoreActivities
+    from models.common import AbortRequest, ApprovalRequest, AuditEventInput
+    from models.healing import (
+        AbortRequestRecord,
+        ActionOutcome,
+        IncidentInput,
+        IncidentResult,
+        IncidentState,
+        IncidentStatus,
+        PlaybookChoice,
+        PlaybookRequest,
+        PlaybookStep,
+        RecordIncidentInput,
+        ServiceActionInput,
+        TimelineEntry,
+        UpdateIncidentInput,
+        ValidateHealthInput,
+    )
+    from nofx.settings import TASK_QUEUE_DECISIONS
+    from nofx.temporal import AWAITING_APPROVAL, SERVICE, STATUS, TRACK
+    from workflows.decisions import PlaybookDecisionWorkflow
+
+STORE_TIMEOUT = timedelta(seconds=30)
+APPROVAL_TIMEOUT = timedelta(hours=1)
+
+
+class Aborted(Exception):
+    """A person asked to stop; the saga rolls back."""
+
+
+@workflow.defn
+class HealingIncidentWorkflow:
+    """Detect → diagnose → decide → act → validate → resolve, or roll back and fail."""
+
+    @workflow.init
+    def __init__(self, inp: IncidentInput) -> None:
+        self._inp = inp
+        self._incident_id = ""
+        self._state = IncidentState.DETECTED
+        self._timeline: list[TimelineEntry] = []
+        self._actions: list[ActionOutcome] = []
+        self._saga = Saga()
+        self._choice: PlaybookChoice | None = None
+        self._abort: AbortRequest | None = None
+        self._approval: ApprovalRequest | None = None
+        self._resolved_at: datetime | None = None
+        self._resolution_ms: int | None = None
+        self._error: str | None = None
+        self._audit_seq = 0
+
+    # ---- messages -------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> IncidentStatus:
+        """Everything about the incident so far; the CLI and `nofx demo` print from this."""
+        return IncidentStatus(
+            incident_id=self._incident_id,
+            workflow_id=workflow.info().workflow_id,
+            service=self._inp.service,
+            incident_type=self._inp.incident_type,
+            state=self._state,
+            playbook=self._choice.playbook_name if self._choice else None,
+            decision_id=self._choice.decision_id if self._choice else None,
+            actions=list(self._actions),
+            rollback_plan=self._saga.rollback_plan,
+            timeline=list(self._timeline),
+            detected_at=self._inp.detected_at,
+            resolved_at=self._resolved_at,
+            resolution_time_ms=self._resolution_ms,
+            error=self._error,
+            abort_requested=(
+                AbortRequestRecord(**self._abort.model_dump()) if self._abort else None
+            ),
+        )
+
+    @workflow.signal
+    def abort(self, request: AbortRequest) -> None:
+        """Stop healing and roll back what was done (from the Web UI: a JSON object)."""
+        if self._abort is None:
+            self._abort = request
+
+    @workflow.signal
+    def approve(self, request: ApprovalRequest) -> None:
+        """Let a playbook that is not fully automatic go ahead."""
+        if self._approval is None:
+            self._approval = request
+
+    # ---- the incident ---------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: IncidentInput) -> IncidentResult:
+        self._incident_id = str(workflow.uuid4())
+        await self._record_detection()
+        try:
+            await self._transition(IncidentState.DIAGNOSING, "choosing a playbook")
+            self._choice = await self._choose_playbook()
+            await self._wait_for_approval_if_needed(self._choice)
+            await self._transition(
+                IncidentState.HEALING, f"running playbook {self._choice.playbook_name}"
+            )
+            for index, step in enumerate(self._choice.steps):
+                await self._unless_aborted(self._run_step(index, step))
+            await self._resolve()
+        except BaseException as err:
+            await self._roll_back(err)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            raise ApplicationError(
+                f"incident {self._incident_id} not healed: {self._error}",
+                type="HealingFailed",
+                non_retryable=True,
+            ) from None
+        finally:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        return IncidentResult(
+            incident_id=self._incident_id,
+            state=self._state,
+            resolution_time_ms=self._resolution_ms,
+            actions=self._actions,
+        )
+
+    async def _record_detection(self) -> None:
+        detail = self._inp.evidence.get("detail", "")
+        await workflow.execute_activity_method(
+            StoreActivities.record_incident,
+            RecordIncidentInput(
+                incident_id=self._incident_id,
+                workflow_id=workflow.info().workflow_id,
+                service=self._inp.service,
+                incident_type=self._inp.incident_type,
+                detection_method=self._inp.detection_method,
+                healing_strategy="pending",
+                status=IncidentState.DETECTED.value,
+                started_at=self._inp.detected_at,
+                evidence=self._inp.evidence,
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        await self._transition(
+            IncidentState.DETECTED,
+            f"{self._inp.incident_type} on {self._inp.service}"
+            + (f" ({detail})" if detail else ""),
+            at=self._inp.detected_at,
+            persist=False,
+        )
+
+    async def _choose_playbook(self) -> PlaybookChoice:
+        choice = await workflow.execute_child_workflow(
+            PlaybookDecisionWorkflow.run,
+            PlaybookRequest(
+                incident_id=self._incident_id,
+                workflow_id=workflow.info().workflow_id,
+                service=self._inp.service,
+                incident_type=self._inp.incident_type,
+                evidence=self._inp.evidence,
+            ),
+            id=f"decision-{self._incident_id}",
+            task_queue=TASK_QUEUE_DECISIONS,
+            execution_timeout=timedelta(minutes=5),
+        )
+        await self._update_row(healing_strategy=choice.playbook_name)
+        self._note(f"decision {choice.decision_id}: {choice.rationale}")
+        return choice
+
+    async def _wait_for_approval_if_needed(self, choice: PlaybookChoice) -> None:
+        if choice.automation_level == "full-auto":
+            return
+        await self._transition(
+            IncidentState.AWAITING_APPROVAL,
+            f"playbook {choice.playbook_name} is {choice.automation_level}: waiting for `approve`",
+        )
+        workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(True)])
+        try:
+            await workflow.wait_condition(
+                lambda: self._approval is not None or self._abort is not None,
+                timeout=APPROVAL_TIMEOUT,
+            )
+        except TimeoutError:
+            raise ApplicationError(
+                f"no approval within {APPROVAL_TIMEOUT}", type="ApprovalTimeout"
+            ) from None
+        finally:
+            workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(False)])
+        if self._abort is not None:
+            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
+        assert self._approval is not None
+        self._note(f"approved by {self._approval.approver}: {self._approval.reason}")
+
+    async def _unless_aborted(self, step: asyncio.Future[None] | object) -> None:
+        """Run a step, but stop it as soon as an abort arrives."""
+        if self._abort is not None:
+            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
+        task = asyncio.ensure_future(step)  # type: ignore[arg-type]
+        aborted = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
+        await workflow.wait([task, aborted], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await _settle(task)
+            assert self._abort is not None
+            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
+        aborted.cancel()
+        await task
+
+    async def _run_step(self, index: int, step: PlaybookStep) -> None:
+        key = f"{workflow.info().workflow_id}/{self._incident_id}/{index}-{step.action}"
+        if step.action == "restart_service":
+            action = ServiceActionInput(
+                idempotency_key=key,
+                workflow_id=workflow.info().workflow_id,
+                step=f"{index}-{step.action}",
+                service=self._inp.service,
+                not_before=self._inp.detected_at,
+                params=step.params,
+            )
+            undo = action.model_copy(
+                update={"idempotency_key": f"{key}/undo", "step": f"{action.step}/undo"}
+            )
+            self._saga.register(
+                f"restore_service_running({self._inp.service})",
+                lambda: self._compensate(InfraActivities.restore_service_running, undo),
+            )
+            outcome = await workflow.execute_activity_method(
+                InfraActivities.restart_service,
+                action,
+                start_to_close_timeout=timedelta(seconds=step.timeout_seconds),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=ACTION_RETRY,
+            )
+            self._actions.append(outcome)
+            await self._update_row(healing_actions=True)
+            self._note(
+                f"restart_service: {outcome.detail.get('reason', '')}"
+                if outcome.detail
+                else "restart_service done"
+            )
+        elif step.action == "validate_health":
+            await self._transition(
+                IncidentState.VALIDATING,
+                f"waiting for {step.params.get('consecutive_passes', 3)} passing health checks",
+            )
+            check = ValidateHealthInput(service=self._inp.service, **step.params)
+            result = await workflow.execute_activity_method(
+                InfraActivities.validate_health,
+                check,
+                start_to_close_timeout=timedelta(seconds=check.timeout_seconds + 30),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+            if not result.passed:
+                raise ApplicationError(
+                    f"recovery not validated after {result.attempts} probes: {result.detail}",
+                    type="ValidationFailed",
+                    non_retryable=True,
+                )
+            self._note(
+                f"validated: {result.consecutive_passes} health checks passed in a row"
+                f" ({result.attempts} probes)"
+            )
+
+    async def _compensate(self, activity_method: object, inp: ServiceActionInput) -> None:
+        outcome = await workflow.execute_activity_method(
+            activity_method,  # type: ignore[arg-type]
+            inp,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(seconds=10),
+            retry_policy=COMPENSATION_RETRY,
+        )
+        self._actions.append(outcome)
+
+    async def _resolve(self) -> None:
+        self._resolved_at = workflow.now()
+        self._resolution_ms = int(
+            (self._resolved_at - self._inp.detected_at).total_seconds() * 1000
+        )
+        await self._update_row(
+            healing_actions=True,
+            resolved_at=self._resolved_at,
+            resolution_time_ms=self._resolution_ms,
+        )
+        await self._transition(
+            IncidentState.RESOLVED, f"resolved {self._resolution_ms} ms after detection"
+        )
+        meter = workflow.metric_meter()
+        meter.create_counter("nofx_incidents_total", "Incidents by type and outcome").add(
+            1, {"incident_type": self._inp.incident_type, "outcome": "resolved"}
+        )
+        meter.create_histogram(
+            "nofx_incident_resolution_ms", "Detection to resolution", "ms"
+        ).record(self._resolution_ms, {"incident_type": self._inp.incident_type})
+
+    async def _roll_back(self, err: BaseException) -> None:
+        self._error = _describe(err)
+        try:
+            await asyncio.shield(self._roll_back_unshielded())
+        except asyncio.CancelledError:
+            # A second cancellation while rolling back: the shielded work still finished.
+            pass
+
+    async def _roll_back_unshielded(self) -> None:
+        await self._transition(
+            IncidentState.ROLLING_BACK,
+            f"{self._error}; rolling back: {', '.join(self._saga.rollback_plan) or 'nothing to undo'}",
+        )
+        plan = self._saga.rollback_plan
+        await self._saga.compensate()
+        self._resolved_at = workflow.now()
+        await self._update_row(
+            healing_actions=True,
+            root_cause={
+                "failure": self._error,
+                "rollback_plan": plan,
+                "compensated": self._saga.compensated,
+                "compensation_errors": self._saga.compensation_errors,
+            },
+        )
+        await self._transition(IncidentState.FAILED, f"not healed: {self._error}")
+        workflow.metric_meter().create_counter(
+            "nofx_incidents_total", "Incidents by type and outcome"
+        ).add(1, {"incident_type": self._inp.incident_type, "outcome": "failed"})
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        self._timeline.append(TimelineEntry(at=workflow.now(), state=self._state, message=message))
+
+    async def _transition(
+        self,
+        state: IncidentState,
+        message: str,
+        *,
+        at: datetime | None = None,
+        persist: bool = True,
+    ) -> None:
+        """Enter a state: timeline, search attributes, the incident row and an audit event."""
+        self._state = state
+        self._timeline.append(TimelineEntry(at=at or workflow.now(), state=state, message=message))
+        workflow.upsert_search_attributes(
+            [
+                TRACK.value_set("healing"),
+                SERVICE.value_set(self._inp.service),
+                STATUS.value_set(state.value),
+            ]
+        )
+        if persist:
+            await self._update_row()
+        self._audit_seq += 1
+        await workflow.execute_activity_method(
+            StoreActivities.append_audit_event,
+            AuditEventInput(
+                actor="nofx-healing",
+                action=f"incident.{state.value}",
+                entity_type="healing_incident",
+                entity_id=self._incident_id,
+                workflow_id=workflow.info().workflow_id,
+                reason=message,
+                details={"service": self._inp.service, "incident_type": self._inp.incident_type},
+                idempotency_key=(
+                    f"{workflow.info().workflow_id}/{self._incident_id}/{self._audit_seq}"
+                ),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    async def _update_row(
+        self,
+        *,
+        healing_strategy: str | None = None,
+        healing_actions: bool = False,
+        resolved_at: datetime | None = None,
+        resolution_time_ms: int | None = None,
+        root_cause: dict[str, object] | None = None,
+    ) -> None:
+        await workflow.execute_activity_method(
+            StoreActivities.update_incident,
+            UpdateIncidentInput(
+                incident_id=self._incident_id,
+                status=self._state.value,
+                healing_strategy=healing_strategy,
+                healing_actions=(
+                    [a.model_dump(mode="json") for a in self._actions] if healing_actions else None
+                ),
+                resolved_at=resolved_at,
+                resolution_time_ms=resolution_time_ms,
+                root_cause=root_cause,
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+
+async def _settle(task: asyncio.Future[None]) -> None:
+    """Wait for a cancelled task to finish unwinding, whatever it raises."""
+    try:
+        await task
+    except BaseException:  # noqa: BLE001, S110 - only waiting for it to stop
+        pass
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, asyncio.CancelledError):
+        return "incident workflow cancelled"
+    if isinstance(err, ApplicationError):
+        return err.message
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return f"{type(err).__name__}: {err}"
