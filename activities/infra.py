@@ -99,7 +99,9 @@ class InfraActivities:
         try:
             with heartbeating(step=inp.step):
                 # supervisord reports start times in whole seconds.
-                outcome = provider.restart(process, not_before=math.floor(inp.not_before.timestamp()))
+                outcome = provider.restart(
+                    process, not_before=math.floor(inp.not_before.timestamp())
+                )
         except UnknownTargetError as err:
             self._log_action(inp, "restart_service", "failed", {"error": str(err)})
             raise ApplicationError(str(err), type="UnknownTarget", non_retryable=True) from err

@@ -78,8 +78,8 @@ class StoreActivities:
         with self._engine.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO healing_incidents (id, incident_type, detection_method, root_cause,"
-                    " healing_strategy, healing_actions, status, started_at) VALUES (:id, :type,"
+                    "INSERT INTO healing_incidents (id, incident_type, detection_method,"
+                    " root_cause, healing_strategy, healing_actions, status, started_at) VALUES (:id, :type,"
                     " :method, CAST(:root_cause AS jsonb), :strategy, ARRAY[]::jsonb[], :status,"
                     " :started_at) ON CONFLICT (id) DO NOTHING"
                 ),
@@ -140,10 +140,14 @@ class StoreActivities:
                 text(
                     "SELECT id, playbook_name, automation_level, required_permissions,"
                     " recovery_steps,"
-                    " (SELECT count(*) FROM healing_incidents i WHERE i.incident_type = p.incident_type"
-                    "   AND i.healing_strategy = p.playbook_name AND i.status = 'resolved') AS resolved,"
-                    " (SELECT count(*) FROM healing_incidents i WHERE i.incident_type = p.incident_type"
-                    "   AND i.healing_strategy = p.playbook_name AND i.status = 'failed') AS failed"
+                    " (SELECT count(*) FROM healing_incidents i"
+                    "   WHERE i.incident_type = p.incident_type"
+                    "   AND i.healing_strategy = p.playbook_name AND i.status = 'resolved')"
+                    "   AS resolved,"
+                    " (SELECT count(*) FROM healing_incidents i"
+                    "   WHERE i.incident_type = p.incident_type"
+                    "   AND i.healing_strategy = p.playbook_name AND i.status = 'failed')"
+                    "   AS failed"
                     " FROM recovery_playbooks p WHERE incident_type = :t"
                     " ORDER BY created_at, playbook_name"
                 ),

@@ -18,10 +18,13 @@ _SECRET_KEYS = frozenset({"password", "secret", "token", "api_key", "authorizati
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
+def redact_url(text: str) -> str:
+    """Mask the password of every URL in `text`."""
+    return _URL_PASSWORD.sub(r"\1***\3", text)
+
+
 def _redact(value: Any) -> Any:
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1***\3", value)
-    return value
+    return redact_url(value) if isinstance(value, str) else value
 
 
 def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

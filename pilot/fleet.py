@@ -343,7 +343,7 @@ class Fleet:
             state = info["statename"]
             if state in _STOP_STATES or state == "BACKOFF":
                 detail = _last_line(self.logs_dir / f"{name}.err.log") or info["description"]
-                raise FleetError(f"{name} failed to start ({state}): {detail}")
+                raise FleetError(f"{name} is not running ({state}): {detail}")
             if state == "RUNNING" and self._answers_health(name):
                 pending.pop(0)
                 continue

@@ -2,9 +2,10 @@
 
 Loaded by ``tests/conftest.py`` through ``pytest_plugins``. The server is the one named by
 ``NOFX_TEST_DATABASE_URL`` when set (CI points it at its PostgreSQL service; the role must be
-allowed to CREATE DATABASE), otherwise an embedded ``pgserver`` started under the session's tmp
-dir, so ``pytest`` works on a laptop with nothing installed. Tests never share a database with a
-developer's data: every session works in a ``nofx_test_*`` database dropped at the end.
+allowed to CREATE DATABASE), otherwise an embedded ``pgserver`` started in a temporary
+directory (removed at the end), so ``pytest`` works on a laptop with nothing installed. Tests
+never share a database with a developer's data: every session works in a ``nofx_test_*``
+database dropped at the end.
 
 Fixtures:
     pg_admin_url: (session) a URL on the server that may create databases.
@@ -18,7 +19,10 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pgserver.postgres_server import get_server
@@ -30,17 +34,27 @@ TEST_DATABASE_URL_ENV = "NOFX_TEST_DATABASE_URL"
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A server to create scratch databases on: the CI/dev server, or an embedded one."""
+def pg_admin_url() -> Iterator[str]:
+    """A server to create scratch databases on: the CI/dev server, or an embedded one.
+
+    The embedded server's data lives in its own directory under the system temp dir, not under
+    pytest's ``tmp_path_factory``: run as root, pgserver runs PostgreSQL as the ``pgserver``
+    user, and every pytest session that starts resets ``/tmp/pytest-of-root`` to mode 0700,
+    which cuts a running server off from its data directory (PANIC mid-run).
+    """
     configured = os.environ.get(TEST_DATABASE_URL_ENV)
     if configured:
         yield configured
         return
-    server = get_server(tmp_path_factory.mktemp("pgserver") / "pgdata", cleanup_mode="stop")
+    base = Path(tempfile.mkdtemp(prefix="nofx-pgserver-"))
     try:
-        yield server.get_uri()
+        server = get_server(base / "pgdata", cleanup_mode="stop")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -35,15 +35,21 @@ async def wait_for_workflow(client: Client, workflow_id: str, timeout: float = 6
 
 def incident_rows(engine: Engine, incident_id: str) -> dict[str, object]:
     with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT * FROM healing_incidents WHERE id = :id"), {"id": incident_id}
-        ).mappings().one()
-        audit = conn.execute(
-            text(
-                "SELECT action FROM audit_events WHERE entity_id = :id ORDER BY id"
-            ),
-            {"id": incident_id},
-        ).scalars().all()
+        row = (
+            conn.execute(
+                text("SELECT * FROM healing_incidents WHERE id = :id"), {"id": incident_id}
+            )
+            .mappings()
+            .one()
+        )
+        audit = (
+            conn.execute(
+                text("SELECT action FROM audit_events WHERE entity_id = :id ORDER BY id"),
+                {"id": incident_id},
+            )
+            .scalars()
+            .all()
+        )
     return {"row": dict(row), "audit": list(audit)}
 
 
@@ -71,12 +77,16 @@ async def test_killed_process_is_detected_healed_and_recorded(
     assert result.state is IncidentState.RESOLVED
     status = await handle.query(HealingIncidentWorkflow.status)
     assert isinstance(status, IncidentStatus)
-    assert [e.state.value for e in status.timeline if e.state.value in
-            ("detected", "healing", "validating", "resolved")][:1] == ["detected"]
+    assert [
+        e.state.value
+        for e in status.timeline
+        if e.state.value in ("detected", "healing", "validating", "resolved")
+    ][:1] == ["detected"]
     assert status.detected_at >= injected_at.replace(microsecond=0)
 
     # The process is healthy again, restarted exactly once.
-    assert httpx.get(live_fleet.health_url(service), timeout=2).status_code == 200
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(live_fleet.health_url(service), timeout=2)).status_code == 200
     assert len(live_fleet.starts(service)) == starts_before + 1
 
     recorded = incident_rows(db_engine, result.incident_id)
@@ -84,7 +94,8 @@ async def test_killed_process_is_detected_healed_and_recorded(
     assert row["status"] == "resolved"
     assert row["incident_type"] == "service_down"
     assert row["healing_strategy"] == "restart-service"
-    assert row["resolved_at"] is not None and row["resolution_time_ms"] > 0
+    assert row["resolved_at"] is not None
+    assert row["resolution_time_ms"] > 0
     actions = row["healing_actions"]
     assert [a["action"] for a in actions] == ["restart_service"]
     assert actions[0]["performed"] is True
@@ -98,8 +109,10 @@ async def test_killed_process_is_detected_healed_and_recorded(
     with db_engine.connect() as conn:
         assert verify_chain(conn).ok
         decision = conn.execute(
-            text("SELECT chosen_action, confidence_score FROM autonomous_decisions"
-                 " WHERE context_data->>'incident_id' = :id"),
+            text(
+                "SELECT chosen_action, confidence_score FROM autonomous_decisions"
+                " WHERE context_data->>'incident_id' = :id"
+            ),
             {"id": result.incident_id},
         ).one()
     assert decision.chosen_action == "restart-service"

@@ -70,7 +70,9 @@ async def serve(task_queue: str, workflows: Sequence[type], activities: Activity
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("worker started", temporal=settings.temporal_address, metrics=f"http://{metrics}/metrics")
+    log.info(
+        "worker started", temporal=settings.temporal_address, metrics=f"http://{metrics}/metrics"
+    )
     async with worker:
         await stop.wait()
         log.info("worker stopping")

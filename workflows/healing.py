@@ -8,6 +8,7 @@ USE_EXISTING, so repeated detections of the same failure join the running incide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -312,16 +313,15 @@ class HealingIncidentWorkflow:
 
     async def _roll_back(self, err: BaseException) -> None:
         self._error = _describe(err)
-        try:
+        # A second cancellation while rolling back must not stop the shielded rollback.
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._roll_back_unshielded())
-        except asyncio.CancelledError:
-            # A second cancellation while rolling back: the shielded work still finished.
-            pass
 
     async def _roll_back_unshielded(self) -> None:
         await self._transition(
             IncidentState.ROLLING_BACK,
-            f"{self._error}; rolling back: {', '.join(self._saga.rollback_plan) or 'nothing to undo'}",
+            f"{self._error}; rolling back: "
+            + (", ".join(self._saga.rollback_plan) or "nothing to undo"),
         )
         plan = self._saga.rollback_plan
         await self._saga.compensate()
@@ -413,10 +413,8 @@ class HealingIncidentWorkflow:
 
 async def _settle(task: asyncio.Future[None]) -> None:
     """Wait for a cancelled task to finish unwinding, whatever it raises."""
-    try:
+    with contextlib.suppress(BaseException):  # only waiting for it to stop
         await task
-    except BaseException:  # noqa: BLE001, S110 - only waiting for it to stop
-        pass
 
 
 def _describe(err: BaseException) -> str:

@@ -1,0 +1,291 @@
+"""The `nofx` command: the local stack, the demo, the database, the fleet and the audit chain.
+
+Every command reads the same settings (environment variables, see README) and ends with a
+one-line error naming what is wrong instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from activities.incidents import incident_workflow_id
+from models.healing import TERMINAL_STATES, IncidentStatus
+from nofx.audit import verify_chain
+from nofx.db import MigrationError, make_engine, migrate, migration_status
+from nofx.logging import configure_logging
+from nofx.settings import Settings, SettingsError, get_settings
+from nofx.stack import Stack, StackError
+from nofx.temporal import temporal_client
+from pilot.fleet import FleetError
+
+app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
+db_app = typer.Typer(help="The platform database.")
+fleet_app = typer.Typer(help="The staging fleet (pilot services under supervisord).")
+audit_app = typer.Typer(help="The append-only audit trail.")
+app.add_typer(db_app, name="db")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(audit_app, name="audit")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as err:
+        raise fail(str(err)) from None
+
+
+def say(message: str) -> None:
+    typer.echo(f"  {message}")
+
+
+@app.callback()
+def main() -> None:
+    configure_logging(json=False, level="WARNING")
+
+
+# ---- stack ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start Temporal, PostgreSQL, the workers, the fleet and the monitor (idempotent)."""
+    stack = Stack(settings())
+    typer.echo("starting NOFX Autonomy")
+    try:
+        stack.up(progress=say)
+    except StackError as err:
+        raise fail(str(err)) from None
+    print_status(stack)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `nofx up` started."""
+    stopped = Stack(settings()).down(progress=say)
+    typer.echo(f"stopped {len(stopped)} part(s)" if stopped else "nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show each part of the local stack, its state and its address."""
+    print_status(Stack(settings()))
+
+
+def print_status(stack: Stack) -> None:
+    parts = stack.status()
+    width = max(len(p.name) for p in parts)
+    for part in parts:
+        pid = f"pid {part.pid}" if part.pid else ""
+        typer.echo(f"{part.name:<{width}}  {part.state:<9} {part.address}  {pid}".rstrip())
+
+
+# ---- demo ----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    service: Annotated[str, typer.Option(help="pilot service to break")] = "pilot-api",
+    fault: Annotated[str, typer.Option(help="kill (SIGKILL) or hang (SIGSTOP)")] = "kill",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for recovery")] = 110.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary line")] = False,
+) -> None:
+    """Break a pilot service for real and watch NOFX Autonomy heal it, live."""
+    if fault not in ("kill", "hang"):
+        raise fail(f"--fault {fault!r}: expected kill or hang")
+    stack = Stack(settings())
+    begun = time.monotonic()
+    if not as_json:
+        typer.echo("NOFX Autonomy demo: bring the stack up, break a service, watch it heal")
+    try:
+        stack.up(progress=(lambda _: None) if as_json else say)
+    except StackError as err:
+        raise fail(str(err)) from None
+    fleet = stack.fleet()
+    if service not in [s.name for s in fleet.spec.services]:
+        raise fail(
+            f"--service {service!r}: not in the fleet ({', '.join(s.name for s in fleet.spec.services)})"
+        )
+    try:
+        summary = asyncio.run(_run_demo(stack, service, fault, timeout, quiet=as_json))
+    except FleetError as err:
+        raise fail(str(err)) from None
+    summary["demo_seconds"] = round(time.monotonic() - begun, 2)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo("")
+        typer.echo(
+            f"time to detect {summary['time_to_detect_s']}s, time to recover"
+            f" {summary['time_to_recover_s']}s (fault injected → service healthy and incident"
+            f" {summary['state']})"
+        )
+        typer.echo(f"Web UI: {summary['web_ui']}")
+        typer.echo("the stack keeps running: `nofx status`, `nofx down` to stop it")
+    if summary["state"] != "resolved":
+        raise typer.Exit(1)
+
+
+async def _run_demo(
+    stack: Stack, service: str, fault: str, timeout: float, *, quiet: bool
+) -> dict[str, object]:
+    fleet = stack.fleet()
+    incident_type = "service_down" if fault == "kill" else "service_hung"
+    workflow_id = incident_workflow_id(service, incident_type)
+    async with temporal_client(stack.settings) as client:
+        fleet.start()  # only waits for health when it is running already
+        injected_at = datetime.now(UTC)
+        pid = fleet.inject(fault, service)
+        if not quiet:
+            typer.echo(f"\n{_clock(injected_at)}  +0.0s  fault   {fault} {service} (pid {pid})")
+        status = await _follow_incident(client, workflow_id, injected_at, timeout, quiet=quiet)
+    recovered = status.resolved_at or datetime.now(UTC)
+    return {
+        "service": service,
+        "fault": fault,
+        "workflow_id": workflow_id,
+        "incident_id": status.incident_id,
+        "state": status.state.value,
+        "time_to_detect_s": round((status.detected_at - injected_at).total_seconds(), 2),
+        "time_to_recover_s": round((recovered - injected_at).total_seconds(), 2),
+        "resolution_time_ms": status.resolution_time_ms,
+        "web_ui": f"{stack.ui_url}/namespaces/{stack.settings.temporal_namespace}"
+        f"/workflows/{workflow_id}",
+    }
+
+
+async def _follow_incident(
+    client: Client, workflow_id: str, since: datetime, timeout: float, *, quiet: bool
+) -> IncidentStatus:
+    """Print the incident's timeline as it grows, until it ends or the time runs out."""
+    handle = client.get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + timeout
+    shown = 0
+    while time.monotonic() < deadline:
+        try:
+            described = await handle.describe()
+        except RPCError:
+            await asyncio.sleep(0.2)
+            continue
+        if described.start_time < since.replace(microsecond=0):
+            await asyncio.sleep(0.2)  # an earlier incident's run: wait for the new one
+            continue
+        try:
+            status = await handle.query("status", result_type=IncidentStatus)
+        except RPCError:
+            await asyncio.sleep(0.2)
+            continue
+        for entry in status.timeline[shown:]:
+            if not quiet:
+                offset = (entry.at - since).total_seconds()
+                typer.echo(
+                    f"{_clock(entry.at)}  +{offset:.1f}s  {entry.state.value:<8} {entry.message}"
+                )
+        shown = len(status.timeline)
+        if status.state in TERMINAL_STATES and described.status != WorkflowExecutionStatus.RUNNING:
+            return status
+        if status.state in TERMINAL_STATES:
+            await asyncio.sleep(0.1)
+            continue
+        await asyncio.sleep(0.25)
+    raise fail(f"incident {workflow_id} did not finish within {timeout:.0f}s")
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+# ---- db ------------------------------------------------------------------------------------
+
+
+def _database_url() -> str:
+    s = settings()
+    url = s.database_url or Stack(s).recorded().get("database_url")
+    if not url:
+        raise fail("no database: set NOFX_DATABASE_URL or run `nofx up` for the embedded one")
+    return str(url)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations in order (each in a transaction; refuses edited ones)."""
+    try:
+        applied = migrate(_database_url())
+    except MigrationError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"applied {len(applied)}: {', '.join(applied)}" if applied else "up to date")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Applied and pending migrations."""
+    state = migration_status(_database_url())
+    for m in state.applied:
+        typer.echo(f"applied  {m.filename}")
+    for m in state.pending:
+        typer.echo(f"pending  {m.filename}")
+
+
+# ---- fleet ---------------------------------------------------------------------------------
+
+
+@fleet_app.command("inject")
+def fleet_inject(
+    kind: Annotated[str, typer.Argument(help="kill (SIGKILL) or hang (SIGSTOP)")],
+    service: Annotated[str, typer.Option("--service", help="pilot service name")],
+) -> None:
+    """Inject a real fault into a pilot service."""
+    try:
+        pid = Stack(settings()).fleet().inject(kind, service)
+    except FleetError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"injected {kind} into {service} (pid {pid})")
+
+
+@fleet_app.command("clear")
+def fleet_clear(service: Annotated[str, typer.Option("--service")]) -> None:
+    """Remove an injected fault by hand (resume a hung process, start a dead one)."""
+    try:
+        outcome = Stack(settings()).fleet().clear(service)
+    except FleetError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"{service}: {outcome}")
+
+
+# ---- audit ---------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit chain's hashes; exit 1 at the first event that does not match."""
+    engine = make_engine(_database_url())
+    try:
+        with engine.connect() as conn:
+            verdict = verify_chain(conn)
+    finally:
+        engine.dispose()
+    if not verdict.ok:
+        raise fail(f"audit chain broken at event {verdict.first_bad_id}: {verdict.problem}")
+    typer.echo(f"audit chain intact: {verdict.events} event(s)")
+
+
+def run() -> None:
+    """Entry point that keeps tracebacks for bugs but not for bad settings."""
+    try:
+        app()
+    except SettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
