@@ -79,9 +79,9 @@ class StoreActivities:
             conn.execute(
                 text(
                     "INSERT INTO healing_incidents (id, incident_type, detection_method,"
-                    " root_cause, healing_strategy, healing_actions, status, started_at) VALUES (:id, :type,"
-                    " :method, CAST(:root_cause AS jsonb), :strategy, ARRAY[]::jsonb[], :status,"
-                    " :started_at) ON CONFLICT (id) DO NOTHING"
+                    " root_cause, healing_strategy, healing_actions, status, started_at)"
+                    " VALUES (:id, :type, :method, CAST(:root_cause AS jsonb), :strategy,"
+                    " ARRAY[]::jsonb[], :status, :started_at) ON CONFLICT (id) DO NOTHING"
                 ),
                 {
                     "id": inp.incident_id,

@@ -115,10 +115,9 @@ def demo(
     except StackError as err:
         raise fail(str(err)) from None
     fleet = stack.fleet()
-    if service not in [s.name for s in fleet.spec.services]:
-        raise fail(
-            f"--service {service!r}: not in the fleet ({', '.join(s.name for s in fleet.spec.services)})"
-        )
+    names = [s.name for s in fleet.spec.services]
+    if service not in names:
+        raise fail(f"--service {service!r}: not in the fleet ({', '.join(names)})")
     try:
         summary = asyncio.run(_run_demo(stack, service, fault, timeout, quiet=as_json))
     except FleetError as err:

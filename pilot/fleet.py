@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -438,6 +438,7 @@ class Fleet:
 
         ``kill`` sends SIGKILL: the process dies and supervisord reports it EXITED.
         ``hang`` sends SIGSTOP: supervisord still says RUNNING but nothing answers.
+        Returns once the kernel shows the effect (process gone, or in state ``T``).
 
         Raises:
             FleetError: unknown kind or service, or the service is not running.
@@ -451,7 +452,16 @@ class Fleet:
         pid = int(info["pid"])
         if not pid:
             raise FleetError(f"cannot inject {kind} into {name}: it is {info['statename']}")
-        os.kill(pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
+        # Signals are delivered asynchronously: wait until the fault has taken hold, so that
+        # whoever injected it observes its effect rather than racing the kernel.
+        if kind == "kill":
+            os.kill(pid, signal.SIGKILL)
+            took_hold = _wait_gone([pid], time.monotonic() + 5)
+        else:
+            os.kill(pid, signal.SIGSTOP)
+            took_hold = _wait_until(lambda: is_frozen(pid), time.monotonic() + 5)
+        if not took_hold:
+            raise FleetError(f"{kind} of {name} (pid {pid}) did not take effect within 5s")
         return pid
 
     def clear(self, name: str) -> Literal["resumed", "started", "nothing to clear"]:
@@ -486,13 +496,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_gone(pids: Iterable[int], deadline: float) -> bool:
-    pids = list(pids)
-    while any(_alive(pid) for pid in pids):
+def _wait_until(predicate: Callable[[], bool], deadline: float) -> bool:
+    """Poll `predicate` until it holds (True) or `deadline` passes (False)."""
+    while not predicate():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.1)
+        time.sleep(0.01)
     return True
+
+
+def _wait_gone(pids: Iterable[int], deadline: float) -> bool:
+    pids = list(pids)
+    return _wait_until(lambda: not any(_alive(pid) for pid in pids), deadline)
 
 
 def _last_line(path: Path) -> str:

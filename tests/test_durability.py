@@ -1,0 +1,147 @@
+"""Durability: kill -9 the healing worker in the middle of the saga, start it again — the incident
+completes and the restart happened exactly once (counted from the pilot's own start log)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.incidents import incident_workflow_id
+from models.healing import IncidentInput, IncidentResult, IncidentState
+from nofx.settings import TASK_QUEUE_HEALING
+from pilot.fleet import Fleet, free_port
+from workflows.healing import HealingIncidentWorkflow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """`python -m workers.healing` as its own OS process, the way `nofx up` runs it."""
+
+    def __init__(self, env: WorkflowEnvironment, database_url: str, log: Path) -> None:
+        self._env = {
+            **os.environ,
+            "NOFX_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+            "NOFX_DATABASE_URL": database_url,
+            "NOFX_METRICS_PORT": str(free_port()),
+            "NOFX_LOG_LEVEL": "INFO",
+        }
+        self._log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workers.healing"],
+                cwd=ROOT,
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def worker_process(
+    temporal_env: WorkflowEnvironment, database_url: str, tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(temporal_env, database_url, tmp_path / "worker-healing.log")
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_worker_killed_mid_saga_heals_once(
+    client: Client,
+    decisions_worker: None,
+    worker_process: WorkerProcess,
+    live_fleet: Fleet,
+    db_engine: Engine,
+) -> None:
+    service = live_fleet.spec.services[1].name
+    starts_before = len(live_fleet.starts(service))
+    worker_process.start()
+    live_fleet.inject("kill", service)
+    handle = await client.start_workflow(
+        HealingIncidentWorkflow.run,
+        IncidentInput(
+            service=service,
+            incident_type="service_down",
+            detected_at=datetime.now(UTC),
+            evidence={"detail": "injected by the durability test"},
+        ),
+        id=incident_workflow_id(service, "service_down") + f"-{uuid.uuid4().hex[:6]}",
+        task_queue=TASK_QUEUE_HEALING,
+    )
+
+    # The moment the pilot logs its new start, the restart activity is in flight or just done:
+    # kill the worker there, before the workflow can record the step's completion.
+    await wait_until(
+        lambda: len(live_fleet.starts(service)) > starts_before, 90, "the restart to happen"
+    )
+    worker_process.kill_9()
+    await asyncio.sleep(1.0)
+    worker_process.start()
+
+    result = await asyncio.wait_for(handle.result(), timeout=180)
+    assert result.state is IncidentState.RESOLVED
+    assert len(live_fleet.starts(service)) == starts_before + 1, "restarted more than once"
+    with db_engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, resolution_time_ms FROM healing_incidents WHERE id = :id"),
+            {"id": result.incident_id},
+        ).one()
+        logged = (
+            conn.execute(
+                text("SELECT status FROM action_log WHERE workflow_id = :wf AND action = :a"),
+                {"wf": handle.id, "a": "restart_service"},
+            )
+            .scalars()
+            .all()
+        )
+    assert row.status == "resolved"
+    assert row.resolution_time_ms > 0
+    assert len(logged) == 1  # one idempotency key for the step, however many attempts ran it
+    # The kill landed while the restart was in flight: its activity needed a second attempt,
+    # which found the goal already met and did nothing.
+    restart_attempts = [
+        event.activity_task_started_event_attributes.attempt
+        async for event in handle.fetch_history_events()
+        if event.HasField("activity_task_started_event_attributes")
+        and event.activity_task_started_event_attributes.attempt > 1
+    ]
+    if logged == ["skipped"]:
+        assert restart_attempts, "a skipped restart must come from a retried attempt"

@@ -1,0 +1,34 @@
+"""Recorded histories must replay through the current workflow code (no non-determinism).
+
+A change that breaks this needs `workflow.patched()` so runs started before it keep working.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workers import decisions, healing, maintenance
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_histories_are_recorded() -> None:
+    names = {p.stem for p in HISTORIES}
+    assert {"incident-pilot-api-service_down", "decision-playbook", "monitor-fleet"} <= names
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_history_replays(path: Path) -> None:
+    replayer = Replayer(
+        workflows=[*healing.WORKFLOWS, *decisions.WORKFLOWS, *maintenance.WORKFLOWS],
+        data_converter=pydantic_data_converter,
+    )
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
