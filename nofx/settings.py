@@ -33,6 +33,7 @@ _ENV = {
     "temporal_namespace": "NOFX_TEMPORAL_NAMESPACE",
     "temporal_ui_port": "NOFX_TEMPORAL_UI_PORT",
     "fleet_base_port": "NOFX_FLEET_BASE_PORT",
+    "metrics_base_port": "NOFX_METRICS_BASE_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
     "log_level": "NOFX_LOG_LEVEL",
 }
@@ -51,6 +52,9 @@ class Settings(BaseModel):
     temporal_namespace: str = "default"
     temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
     fleet_base_port: int = Field(default=18101, ge=1024, le=65000)
+    metrics_base_port: int = Field(
+        default=9464, ge=1024, le=65000, description="worker metrics: base, base+1, base+2"
+    )
     probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 

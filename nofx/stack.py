@@ -69,6 +69,12 @@ MONITOR_WORKFLOW_ID = "monitor-fleet"
 AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
 
 
+_PORT_SETTINGS = {
+    "Temporal": "NOFX_TEMPORAL_ADDRESS / NOFX_TEMPORAL_UI_PORT",
+    **{worker: "NOFX_METRICS_BASE_PORT" for worker in WORKERS},
+}
+
+
 class StackError(RuntimeError):
     """The stack cannot start or stop as asked; the message is one line naming the cause."""
 
@@ -125,7 +131,7 @@ class Stack:
         return f"http://127.0.0.1:{self.settings.temporal_ui_port}"
 
     def metrics_port(self, worker: str) -> int:
-        return 9464 + list(WORKERS).index(worker)
+        return self.settings.metrics_base_port + list(WORKERS).index(worker)
 
     # ---- up ---------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Stack:
             if self._pid(owner) is None and port_in_use(port):
                 raise StackError(
                     f"port {port} ({what}) is already in use by another program; free it or"
-                    " change the setting (NOFX_TEMPORAL_ADDRESS / NOFX_TEMPORAL_UI_PORT)"
+                    f" change {_PORT_SETTINGS[what.split()[0]]}"
                 )
         if not self.fleet().is_running():
             for service in self.fleet().spec.services:

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.incidents import incident_workflow_id
-from models.healing import IncidentInput, IncidentResult, IncidentState
+from models.healing import IncidentInput, IncidentState
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet, free_port
 from workflows.healing import HealingIncidentWorkflow

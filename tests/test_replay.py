@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 from workers import decisions, healing, maintenance
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+RECORDED = {p.stem: json.loads(p.read_text()) for p in HISTORIES}
 
 
 def test_histories_are_recorded() -> None:
@@ -29,6 +30,6 @@ async def test_history_replays(path: Path) -> None:
         workflows=[*healing.WORKFLOWS, *decisions.WORKFLOWS, *maintenance.WORKFLOWS],
         data_converter=pydantic_data_converter,
     )
-    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    history = WorkflowHistory.from_json(path.stem, RECORDED[path.stem])
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
