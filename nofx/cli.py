@@ -17,9 +17,9 @@ import typer
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from activities.incidents import incident_workflow_id
 from models.healing import TERMINAL_STATES, IncidentStatus
 from nofx.audit import verify_chain
+from nofx.client import incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
 from nofx.logging import configure_logging
 from nofx.settings import Settings, SettingsError, get_settings

@@ -34,6 +34,8 @@ _ENV = {
     "temporal_ui_port": "NOFX_TEMPORAL_UI_PORT",
     "fleet_base_port": "NOFX_FLEET_BASE_PORT",
     "metrics_base_port": "NOFX_METRICS_BASE_PORT",
+    "metrics_host": "NOFX_METRICS_HOST",
+    "metrics_port": "NOFX_METRICS_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
     "log_level": "NOFX_LOG_LEVEL",
 }
@@ -54,6 +56,10 @@ class Settings(BaseModel):
     fleet_base_port: int = Field(default=18101, ge=1024, le=65000)
     metrics_base_port: int = Field(
         default=9464, ge=1024, le=65000, description="worker metrics: base, base+1, base+2"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="this worker's /metrics port (default: base)"
     )
     probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.incidents import incident_workflow_id
 from models.healing import IncidentInput, IncidentState
+from nofx.client import incident_workflow_id
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet, free_port
 from workflows.healing import HealingIncidentWorkflow

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from sqlalchemy import Engine, text
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
-from activities.incidents import incident_workflow_id
-from models.healing import IncidentResult, IncidentState, IncidentStatus, MonitorInput
+from models.healing import (
+    IncidentInput,
+    IncidentResult,
+    IncidentState,
+    IncidentStatus,
+    MonitorInput,
+)
 from nofx.audit import verify_chain
+from nofx.client import incident_workflow_id, start_incident
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet
 from workflows.healing import HealingIncidentWorkflow
@@ -118,3 +126,68 @@ async def test_killed_process_is_detected_healed_and_recorded(
     assert decision.chosen_action == "restart-service"
     described = await handle.describe()
     assert described.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_repeated_detection_joins_the_running_incident(
+    client: Client, healing_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    service = live_fleet.spec.services[0].name
+    live_fleet.inject("kill", service)
+    detection = IncidentInput(
+        service=service, incident_type="service_down", detected_at=datetime.now(UTC)
+    )
+    opened = [await start_incident(client, detection) for _ in range(3)]
+    assert [started for _, started in opened] == [True, False, False]
+    assert len({handle.result_run_id for handle, _ in opened}) == 1
+    result = await asyncio.wait_for(opened[0][0].result(), timeout=120)
+    assert result.state is IncidentState.RESOLVED
+    with db_engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT count(*) FROM healing_incidents WHERE root_cause->>'workflow_id' = :wf"),
+            {"wf": opened[0][0].id},
+        ).scalar_one()
+    assert rows >= 1
+    assert len(live_fleet.starts(service)) == 2  # the first start and one restart
+
+
+async def test_failed_restart_rolls_back_and_restores_the_service(
+    client: Client, healing_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    """The restart cannot work while another program holds the service's port: the saga fails,
+    rolls back, and its compensation brings the service back once the port is free again."""
+    spec = live_fleet.spec.services[1]
+    live_fleet.inject("kill", spec.name)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", spec.port))
+    squatter.listen()
+    handle, _ = await start_incident(
+        client,
+        IncidentInput(
+            service=spec.name, incident_type="service_down", detected_at=datetime.now(UTC)
+        ),
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 90
+        while True:
+            status = await handle.query(HealingIncidentWorkflow.status)
+            if status.state is IncidentState.ROLLING_BACK:
+                break
+            assert asyncio.get_running_loop().time() < deadline, status
+            await asyncio.sleep(0.2)
+    finally:
+        squatter.close()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), timeout=120)
+    assert "not healed" in str(failure.value.cause)
+
+    status = await handle.query(HealingIncidentWorkflow.status)
+    assert status.state is IncidentState.FAILED
+    assert status.rollback_plan == []  # every compensation ran
+    assert [a.action for a in status.actions] == ["restore_service_running"]
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(live_fleet.health_url(spec.name), timeout=2)).status_code == 200
+    recorded = incident_rows(db_engine, status.incident_id)
+    assert recorded["row"]["status"] == "failed"
+    assert recorded["row"]["root_cause"]["compensated"] == [f"restore_service_running({spec.name})"]
+    assert recorded["audit"][-2:] == ["incident.rolling_back", "incident.failed"]

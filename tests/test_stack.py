@@ -41,7 +41,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     """Settings for a private stack: its own home (outside pytest's 0700 tmp, which the embedded
     PostgreSQL's unprivileged user could not enter) and ports nobody else uses."""
     home = tempfile.mkdtemp(prefix="nofx-stack-test-")
-    os.chmod(home, 0o755)
+    os.chmod(home, 0o755)  # noqa: S103 - the embedded PostgreSQL runs as its own user
     env = {
         "NOFX_HOME": home,
         "NOFX_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",

@@ -7,7 +7,6 @@ put together (and shut down on SIGTERM without losing a task) lives here once.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,10 +57,7 @@ async def serve(task_queue: str, workflows: Sequence[type], activities: Activity
     log = get_logger("nofx.worker").bind(task_queue=task_queue)
     if not settings.database_url:
         raise SystemExit("NOFX_DATABASE_URL is not set: a worker needs the platform database")
-    metrics = (
-        f"{os.environ.get('NOFX_METRICS_HOST', '127.0.0.1')}:"
-        f"{os.environ.get('NOFX_METRICS_PORT', '9464')}"
-    )
+    metrics = f"{settings.metrics_host}:{settings.metrics_port or settings.metrics_base_port}"
     client = await connect(settings, runtime=metrics_runtime(metrics))
     engine = make_engine(settings.database_url, pool_size=ACTIVITY_CONCURRENCY)
     deps = Dependencies(engine=engine, client=client, settings=settings)

@@ -1,0 +1,92 @@
+"""Time to detect and to recover for the README's demo, over several runs against one stack.
+
+    python benchmarks/demo_mttr.py --runs 5 [--fault kill|hang] [--out benchmarks/results/demo_mttr.json]
+
+Each run is `nofx demo --json` (the stack is started by the first run and reused); the figures
+are the demo's own: fault injected → incident opened (detect) and → incident resolved with the
+service passing its health checks (recover). Prints each run, then medians, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_demo(fault: str, service: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from nofx.cli import run; run()",
+            "demo",
+            "--json",
+            "--fault",
+            fault,
+            "--service",
+            service,
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(f"demo failed ({completed.returncode}): {completed.stderr.strip()[-500:]}")
+    summary: dict[str, object] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fault", choices=["kill", "hang"], default="kill")
+    parser.add_argument("--service", default="pilot-api")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/demo_mttr.json")
+    args = parser.parse_args()
+
+    runs = []
+    for index in range(1, args.runs + 1):
+        summary = run_demo(args.fault, args.service)
+        runs.append(summary)
+        print(
+            f"run {index}: detect {summary['time_to_detect_s']}s  recover"
+            f" {summary['time_to_recover_s']}s  (demo command {summary['demo_seconds']}s)",
+            flush=True,
+        )
+        time.sleep(1)
+    detect = [float(r["time_to_detect_s"]) for r in runs]  # type: ignore[arg-type]
+    recover = [float(r["time_to_recover_s"]) for r in runs]  # type: ignore[arg-type]
+    result = {
+        "benchmark": "demo_mttr",
+        "measured_at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "fault": args.fault,
+        "service": args.service,
+        "runs": runs,
+        "median_time_to_detect_s": statistics.median(detect),
+        "median_time_to_recover_s": statistics.median(recover),
+        "max_time_to_recover_s": max(recover),
+    }
+    print(
+        f"median over {len(runs)} runs: detect {result['median_time_to_detect_s']}s,"
+        f" recover {result['median_time_to_recover_s']}s (max {result['max_time_to_recover_s']}s)"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
