@@ -1,6 +1,6 @@
 """Time to detect and to recover for the README's demo, over several runs against one stack.
 
-    python benchmarks/demo_mttr.py --runs 5 [--fault kill|hang] [--out benchmarks/results/demo_mttr.json]
+    python benchmarks/demo_mttr.py --runs 5 [--fault kill|hang] [--out FILE.json]
 
 Each run is `nofx demo --json` (the stack is started by the first run and reused); the figures
 are the demo's own: fault injected → incident opened (detect) and → incident resolved with the
@@ -35,7 +35,7 @@ def run_demo(fault: str, service: str) -> dict[str, object]:
             fault,
             "--service",
             service,
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
