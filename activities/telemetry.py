@@ -10,7 +10,13 @@ from temporalio import activity
 
 from activities.infra import check_health, supervisor_for
 from activities.store import list_fleet_targets
-from models.healing import FleetTarget, ProbeFleetInput, ProbeFleetResult, ProbeResult
+from models.healing import (
+    FleetTarget,
+    IncidentType,
+    ProbeFleetInput,
+    ProbeFleetResult,
+    ProbeResult,
+)
 from nofx.providers.supervisor import SupervisorError
 
 
@@ -30,7 +36,7 @@ def probe_target(target: FleetTarget, timeout_seconds: float) -> ProbeResult:
             process_state = "FROZEN" if state.frozen else state.state
         except (SupervisorError, ValueError) as err:
             process_state = f"unknown ({err})"
-    failure = None
+    failure: IncidentType | None = None
     if not healthy:
         timed_out = detail.startswith("no answer")
         running = process_state in ("RUNNING", "FROZEN", None)

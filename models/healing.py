@@ -235,6 +235,14 @@ class AbortRequestRecord(Contract):
     reason: str
 
 
+class AbortAccepted(Contract):
+    """Answer of the `request_abort` update: what the rollback will undo."""
+
+    incident_id: str
+    state: IncidentState
+    will_undo: list[str]
+
+
 class IncidentResult(Contract):
     incident_id: str
     state: IncidentState

@@ -183,7 +183,7 @@ async def _follow_incident(
             await asyncio.sleep(0.2)  # an earlier incident's run: wait for the new one
             continue
         try:
-            status = await handle.query("status", result_type=IncidentStatus)
+            status: IncidentStatus = await handle.query("status", result_type=IncidentStatus)
         except RPCError:
             await asyncio.sleep(0.2)
             continue
@@ -232,10 +232,14 @@ def db_migrate() -> None:
 def db_status() -> None:
     """Applied and pending migrations."""
     state = migration_status(_database_url())
-    for m in state.applied:
-        typer.echo(f"applied  {m.filename}")
-    for m in state.pending:
-        typer.echo(f"pending  {m.filename}")
+    for applied in state.applied:
+        typer.echo(f"applied  {applied.name}  {applied.applied_at:%Y-%m-%d %H:%M:%S%z}")
+    for name in state.pending:
+        typer.echo(f"pending  {name}")
+    for name in state.changed:
+        typer.secho(f"CHANGED  {name} (edited after it was applied)", fg=typer.colors.RED)
+    for name in state.unknown:
+        typer.echo(f"unknown  {name} (applied here, not on disk)")
 
 
 # ---- fleet ---------------------------------------------------------------------------------

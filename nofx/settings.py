@@ -82,7 +82,7 @@ class Settings(BaseModel):
         env = os.environ if environ is None else environ
         raw = {field: env[var] for field, var in _ENV.items() if env.get(var)}
         try:
-            settings = cls(**raw)
+            settings = cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = str(first["loc"][0])

@@ -255,7 +255,7 @@ class Stack:
             return self.settings.database_url
         pgdata = self.home / "pgdata"
         was_running = (pgdata / "postmaster.pid").exists()
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
         if not was_running:
             self.started.append("postgres")
         return str(server.get_uri())

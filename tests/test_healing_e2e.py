@@ -10,9 +10,15 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlalchemy import Engine, text
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError
 
+from models.common import AbortRequest
 from models.healing import (
     IncidentInput,
     IncidentResult,
@@ -190,4 +196,46 @@ async def test_failed_restart_rolls_back_and_restores_the_service(
     recorded = incident_rows(db_engine, status.incident_id)
     assert recorded["row"]["status"] == "failed"
     assert recorded["row"]["root_cause"]["compensated"] == [f"restore_service_running({spec.name})"]
+    assert recorded["audit"][-2:] == ["incident.rolling_back", "incident.failed"]
+
+
+async def test_abort_mid_saga_rolls_back_and_a_second_abort_is_refused(
+    client: Client, healing_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    service = live_fleet.spec.services[0].name
+    live_fleet.inject("kill", service)
+    handle, _ = await start_incident(
+        client,
+        IncidentInput(service=service, incident_type="service_down", detected_at=datetime.now(UTC)),
+    )
+    deadline = asyncio.get_running_loop().time() + 60
+    while (
+        await handle.query(HealingIncidentWorkflow.status)
+    ).state is not IncidentState.VALIDATING:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    accepted = await handle.execute_update(
+        HealingIncidentWorkflow.request_abort,
+        AbortRequest(requested_by="alice", reason="wrong service"),
+    )
+    assert accepted.will_undo == [f"restore_service_running({service})"]
+    # A second abort is refused with a reason, never silently dropped (the server itself
+    # refuses once the run has closed).
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)) as refused:
+        await handle.execute_update(
+            HealingIncidentWorkflow.request_abort,
+            AbortRequest(requested_by="bob", reason="again"),
+        )
+    reason = str(getattr(refused.value, "cause", None) or refused.value)
+    assert "already requested by alice" in reason or "already completed" in reason, reason
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout=60)
+
+    status = await handle.query(HealingIncidentWorkflow.status)
+    assert status.state is IncidentState.FAILED
+    assert status.error == "aborted by alice: wrong service"
+    assert [a.action for a in status.actions] == ["restart_service", "restore_service_running"]
+    assert status.actions[-1].performed is False  # the service was running: nothing to restore
+    recorded = incident_rows(db_engine, status.incident_id)
+    assert recorded["row"]["status"] == "failed"
     assert recorded["audit"][-2:] == ["incident.rolling_back", "incident.failed"]

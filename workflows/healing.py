@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -23,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.store import StoreActivities
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput
     from models.healing import (
+        TERMINAL_STATES,
+        AbortAccepted,
         AbortRequestRecord,
         ActionOutcome,
         IncidentInput,
@@ -46,8 +50,11 @@ STORE_TIMEOUT = timedelta(seconds=30)
 APPROVAL_TIMEOUT = timedelta(hours=1)
 
 
-class Aborted(Exception):
-    """A person asked to stop; the saga rolls back."""
+def aborted(request: AbortRequest) -> ApplicationError:
+    """A person asked to stop: the failure the saga rolls back from."""
+    return ApplicationError(
+        f"aborted by {request.requested_by}: {request.reason}", type="Aborted", non_retryable=True
+    )
 
 
 @workflow.defn
@@ -100,6 +107,25 @@ class HealingIncidentWorkflow:
         """Stop healing and roll back what was done (from the Web UI: a JSON object)."""
         if self._abort is None:
             self._abort = request
+
+    @workflow.update
+    def request_abort(self, request: AbortRequest) -> AbortAccepted:
+        """`abort` for SDK and CLI clients: refused with a reason instead of silently ignored."""
+        self._abort = request
+        return AbortAccepted(
+            incident_id=self._incident_id,
+            state=self._state,
+            will_undo=self._saga.rollback_plan,
+        )
+
+    @request_abort.validator
+    def _validate_abort(self, request: AbortRequest) -> None:
+        if self._state in TERMINAL_STATES:
+            raise ValueError(f"incident is already {self._state.value}; nothing to abort")
+        if self._abort is not None:
+            raise ValueError(
+                f"abort already requested by {self._abort.requested_by}: {self._abort.reason}"
+            )
 
     @workflow.signal
     def approve(self, request: ApprovalRequest) -> None:
@@ -205,23 +231,26 @@ class HealingIncidentWorkflow:
         finally:
             workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(False)])
         if self._abort is not None:
-            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
+            raise aborted(self._abort)
         assert self._approval is not None
         self._note(f"approved by {self._approval.approver}: {self._approval.reason}")
 
-    async def _unless_aborted(self, step: asyncio.Future[None] | object) -> None:
+    async def _unless_aborted(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a step, but stop it as soon as an abort arrives."""
         if self._abort is not None:
-            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
-        task = asyncio.ensure_future(step)  # type: ignore[arg-type]
-        aborted = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
-        await workflow.wait([task, aborted], return_when=asyncio.FIRST_COMPLETED)
+            step.close()
+            raise aborted(self._abort)
+        task = asyncio.ensure_future(step)
+        abort_wait = asyncio.ensure_future(
+            workflow.wait_condition(lambda: self._abort is not None)
+        )
+        await workflow.wait([task, abort_wait], return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             task.cancel()
             await _settle(task)
             assert self._abort is not None
-            raise Aborted(f"aborted by {self._abort.requested_by}: {self._abort.reason}")
-        aborted.cancel()
+            raise aborted(self._abort)
+        abort_wait.cancel()
         await task
 
     async def _run_step(self, index: int, step: PlaybookStep) -> None:
@@ -280,9 +309,13 @@ class HealingIncidentWorkflow:
                 f" ({result.attempts} probes)"
             )
 
-    async def _compensate(self, activity_method: object, inp: ServiceActionInput) -> None:
+    async def _compensate(
+        self,
+        activity_method: Callable[[InfraActivities, ServiceActionInput], ActionOutcome],
+        inp: ServiceActionInput,
+    ) -> None:
         outcome = await workflow.execute_activity_method(
-            activity_method,  # type: ignore[arg-type]
+            activity_method,
             inp,
             start_to_close_timeout=timedelta(seconds=60),
             heartbeat_timeout=timedelta(seconds=10),
