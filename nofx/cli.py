@@ -54,7 +54,8 @@ def say(message: str) -> None:
 
 @app.callback()
 def main() -> None:
-    configure_logging(json=False, level="WARNING")
+    """Readable warnings on the console; every event as JSON in `.nofx/logs/nofx.log`."""
+    configure_logging(json=False, level="WARNING", file=settings().logs_dir / "nofx.log")
 
 
 # ---- stack ---------------------------------------------------------------------------------

@@ -166,7 +166,9 @@ class Stack:
             self.state_file.write_text(
                 json.dumps({"database_url": database_url, "ui": self.ui_url}, indent=2)
             )
+            log.info("stack up", started=list(self.started), ui=self.ui_url)
         except BaseException as err:
+            log.error("stack start failed", error=str(err), undoing=list(self.started))
             self._undo_started()
             if isinstance(err, StackError | FleetError | psycopg.Error | OSError):
                 raise StackError(str(err).splitlines()[0]) from err
@@ -209,6 +211,7 @@ class Stack:
         logfile.close()
         self._pidfile(name).write_text(str(process.pid))
         self.started.append(name)
+        log.info("part started", part=name, pid=process.pid, log=str(logfile.name))
         return process.pid
 
     def _start_temporal(self) -> None:
@@ -314,6 +317,7 @@ class Stack:
         for name in [*WORKERS, "fleet", "temporal", "postgres"]:
             if self._stop_part(name):
                 stopped.append(name)
+                log.info("part stopped", part=name)
                 progress(f"{name}: stopped")
         self.state_file.unlink(missing_ok=True)
         return stopped
