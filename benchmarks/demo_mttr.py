@@ -75,8 +75,8 @@ def main() -> None:
         "fault": args.fault,
         "service": args.service,
         "runs": runs,
-        "median_time_to_detect_s": statistics.median(detect),
-        "median_time_to_recover_s": statistics.median(recover),
+        "median_time_to_detect_s": round(statistics.median(detect), 2),
+        "median_time_to_recover_s": round(statistics.median(recover), 2),
         "max_time_to_recover_s": max(recover),
     }
     print(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -24,7 +23,7 @@ from nofx.db import MigrationError, make_engine, migrate, migration_status
 from nofx.logging import configure_logging
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.stack import Stack, StackError
-from nofx.temporal import temporal_client
+from nofx.temporal import exit_process, temporal_client
 from pilot.fleet import FleetError
 
 app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
@@ -287,9 +286,17 @@ def audit_verify() -> None:
 
 
 def run() -> None:
-    """Entry point that keeps tracebacks for bugs but not for bad settings."""
+    """Entry point: one-line errors for bad settings, and an exit that cannot crash (issue 300)."""
+    code = 0
     try:
         app()
     except SettingsError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        code = 1
+    except SystemExit as done:
+        if isinstance(done.code, int):
+            code = done.code
+        elif done.code is not None:
+            typer.echo(done.code, err=True)
+            code = 1
+    exit_process(code)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
@@ -39,13 +43,22 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Clie
     )
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a short-lived process that used a Temporal client without interpreter finalization.
+
+    The SDK's Rust core threads can call into Python while the interpreter finalizes and abort the
+    process ("PyGILState_Release ... finalizing", sdk-python issue 300) — seen here on `nofx demo`
+    about one run in ten. Flushing everything and leaving through `os._exit` skips finalization.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 @asynccontextmanager
 async def temporal_client(settings: Settings) -> AsyncIterator[Client]:
-    """Connect for the length of a CLI command.
-
-    The client has no close(); dropping the last reference before the interpreter exits avoids the
-    shutdown crash of sdk-python issue 300, so callers must not keep the client past the block.
-    """
+    """Connect for the length of a CLI command (which then ends through `exit_process`)."""
     client = await connect(settings)
     try:
         yield client

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from nofx.settings import get_settings
-from nofx.temporal import temporal_client
+from nofx.temporal import exit_process, temporal_client
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,3 +29,4 @@ async def record(workflow_ids: list[str]) -> None:
 
 if __name__ == "__main__":
     asyncio.run(record(sys.argv[1:]))
+    exit_process(0)
