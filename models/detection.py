@@ -1,0 +1,117 @@
+"""Contracts of detection and diagnosis: anomalies with their evidence, the signals derived from
+them, the problem pattern they match and the ranked root-cause candidates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from models.common import Contract
+
+# The problem patterns of Track B (`healing_patterns.problem_signature`); an incident's type is
+# the pattern its evidence matched.
+PATTERNS = (
+    "service_down",
+    "service_hung",
+    "error_spike_after_config_change",
+    "latency_regression",
+    "db_pool_exhaustion",
+    "stale_cache",
+    "overload",
+    "memory_leak",
+    "disk_filling",
+)
+Pattern = Literal[
+    "service_down",
+    "service_hung",
+    "error_spike_after_config_change",
+    "latency_regression",
+    "db_pool_exhaustion",
+    "stale_cache",
+    "overload",
+    "memory_leak",
+    "disk_filling",
+]
+
+Signal = Literal[
+    "probe_refused",  # nothing listens: connection refused
+    "probe_timeout",  # something listens but does not answer in time
+    "process_down",  # the provider says the process is not running
+    "process_frozen",  # the process exists but is stopped (SIGSTOP)
+    "error_ratio_up",  # share of 5xx answers above its baseline
+    "latency_up",  # p95 latency above its baseline
+    "request_rate_up",  # offered load above its baseline
+    "pool_saturated",  # database pool fully in use, requests waiting
+    "cache_stale",  # the cache serves values older than the source of truth
+    "memory_growing",  # resident memory rising steadily
+    "disk_growing",  # disk use rising steadily towards its quota
+    "config_changed",  # a configuration version was applied shortly before the onset
+]
+
+
+class Anomaly(Contract):
+    """One metric of one service behaving unlike its own past, and who said so."""
+
+    service: str
+    metric: str
+    onset: datetime = Field(description="first sample the ensemble flagged in this episode")
+    last_seen: datetime
+    score: float = Field(ge=0, le=1)
+    direction: Literal["up", "down"] | None = None
+    value: float | None = None
+    baseline: float | None = None
+    detectors: list[str] = Field(default_factory=list, description="which detectors fired")
+    reasons: list[str] = Field(default_factory=list, description="why, one sentence each")
+
+
+class ConfigChange(Contract):
+    service: str
+    version: int
+    applied_at: datetime
+    applied_by: str
+    reason: str | None = None
+
+
+class ServiceEvidence(Contract):
+    """Everything diagnosis knows about one service at one tick."""
+
+    service: str
+    observed_at: datetime
+    signals: list[Signal] = Field(default_factory=list)
+    anomalies: list[Anomaly] = Field(default_factory=list)
+    recent_changes: list[ConfigChange] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="readable facts, e.g. probe detail")
+
+    @property
+    def onset(self) -> datetime:
+        """When the trouble began: the earliest anomaly onset, else the observation time."""
+        return min((a.onset for a in self.anomalies), default=self.observed_at)
+
+
+class PatternMatch(Contract):
+    pattern: Pattern
+    confidence: float = Field(ge=0, le=1)
+    matched: list[Signal] = Field(description="the signals the pattern's signature requires")
+    supporting: list[Signal] = Field(default_factory=list)
+    missing: list[Signal] = Field(default_factory=list, description="supporting signals absent")
+
+
+class RootCauseCandidate(Contract):
+    """One possible origin of an incident, with the reasons for its rank."""
+
+    service: str
+    cause: Literal["configuration", "dependency", "self"]
+    score: float
+    detail: str
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Diagnosis(Contract):
+    """What is wrong with a service and where it most likely started."""
+
+    service: str
+    pattern: PatternMatch
+    alternatives: list[PatternMatch] = Field(default_factory=list)
+    root_causes: list[RootCauseCandidate] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Diagnosis: which problem pattern the evidence matches, and where the problem started."""

@@ -1,0 +1,138 @@
+"""Pattern signatures and root-cause ranking on hand-built evidence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from models.detection import Anomaly, ConfigChange, ServiceEvidence, Signal
+from nofx.diagnosis.patterns import best_pattern, match_patterns
+from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def evidence(
+    service: str, *signals: Signal, onset: datetime | None = None, **kw: object
+) -> ServiceEvidence:
+    anomalies = (
+        [
+            Anomaly(
+                service=service,
+                metric="m",
+                onset=onset,
+                last_seen=onset,
+                score=0.9,
+                reasons=[f"{service} m is high"],
+            )
+        ]
+        if onset
+        else []
+    )
+    return ServiceEvidence(
+        service=service, observed_at=T0 + timedelta(minutes=5), signals=list(signals),
+        anomalies=anomalies, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [
+        (["probe_refused", "process_down"], "service_down"),
+        (["probe_timeout", "process_frozen"], "service_hung"),
+        (["error_ratio_up", "latency_up", "config_changed"], "error_spike_after_config_change"),
+        (["latency_up"], "latency_regression"),
+        (["pool_saturated", "latency_up", "probe_timeout"], "db_pool_exhaustion"),
+        (["cache_stale"], "stale_cache"),
+        (["request_rate_up", "latency_up", "probe_timeout"], "overload"),
+        (["memory_growing"], "memory_leak"),
+        (["disk_growing"], "disk_filling"),
+    ],
+)
+def test_each_pattern_is_named_from_its_signals(signals: list[Signal], expected: str) -> None:
+    match = best_pattern(evidence("api", *signals))
+    assert match is not None
+    assert match.pattern == expected
+
+
+def test_contradicting_signal_vetoes_a_pattern() -> None:
+    names = [m.pattern for m in match_patterns(evidence("api", "probe_timeout", "request_rate_up",
+                                                        "latency_up"))]  # fmt: skip
+    assert "service_hung" not in names
+    assert names[0] == "overload"
+
+
+def test_supporting_signals_raise_confidence() -> None:
+    bare = best_pattern(evidence("api", "probe_refused"))
+    backed = best_pattern(evidence("api", "probe_refused", "process_down"))
+    assert bare is not None
+    assert backed is not None
+    assert backed.confidence > bare.confidence
+    assert bare.missing == ["process_down"]
+
+
+def test_no_signal_no_pattern() -> None:
+    assert best_pattern(evidence("api")) is None
+
+
+def test_dependency_closure_counts_hops() -> None:
+    graph = {"web": ["api"], "api": ["orders", "cache"], "orders": ["db"]}
+    assert dependency_closure(graph, "web") == {
+        "web": 0,
+        "api": 1,
+        "orders": 2,
+        "cache": 2,
+        "db": 3,
+    }
+
+
+def test_recent_config_change_leads() -> None:
+    change = ConfigChange(service="api", version=7, applied_at=T0 - timedelta(minutes=2),
+                          applied_by="deploy-bot", reason="raise timeouts")  # fmt: skip
+    ranked = rank_root_causes(
+        "api",
+        {"api": evidence("api", "error_ratio_up", onset=T0, recent_changes=[change])},
+        {"api": ["orders"]},
+    )
+    assert ranked[0].cause == "configuration"
+    assert "version 7" in ranked[0].detail
+    assert "120s before" in ranked[0].reasons[0]
+
+
+def test_change_long_before_or_after_the_onset_is_not_blamed() -> None:
+    old = ConfigChange(service="api", version=3, applied_at=T0 - timedelta(hours=3), applied_by="x")
+    later = ConfigChange(
+        service="api", version=4, applied_at=T0 + timedelta(minutes=1), applied_by="x"
+    )
+    ranked = rank_root_causes(
+        "api", {"api": evidence("api", "latency_up", onset=T0, recent_changes=[old, later])}, {}
+    )
+    assert [c.cause for c in ranked] == ["self"]
+
+
+def test_dependency_whose_anomalies_began_first_outranks_the_caller() -> None:
+    ranked = rank_root_causes(
+        "api",
+        {
+            "api": evidence("api", "latency_up", onset=T0 + timedelta(seconds=40)),
+            "orders": evidence("orders", "latency_up", onset=T0),
+        },
+        {"api": ["orders"]},
+        pattern="latency_regression",
+    )
+    assert ranked[0].service == "orders"
+    assert ranked[0].cause == "dependency"
+    assert ranked[-1].detail == "api itself (latency_regression)"
+
+
+def test_a_service_that_calls_us_is_never_blamed() -> None:
+    ranked = rank_root_causes(
+        "orders",
+        {
+            "orders": evidence("orders", "latency_up", onset=T0 + timedelta(seconds=10)),
+            "api": evidence("api", "latency_up", onset=T0),
+        },
+        {"api": ["orders"]},
+    )
+    assert [c.service for c in ranked] == ["orders"]
