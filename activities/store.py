@@ -92,6 +92,9 @@ class StoreActivities:
                             "service": inp.service,
                             "workflow_id": inp.workflow_id,
                             "evidence": inp.evidence,
+                            # ranked candidates first, so `root_cause->'ranked'->0` is the lead
+                            "ranked": (inp.diagnosis or {}).get("root_causes", []),
+                            "pattern": (inp.diagnosis or {}).get("pattern"),
                         }
                     ),
                     "strategy": inp.healing_strategy,

@@ -12,7 +12,7 @@ from activities.infra import check_health, supervisor_for
 from activities.store import list_fleet_targets
 from models.healing import (
     FleetTarget,
-    IncidentType,
+    ProbeFailure,
     ProbeFleetInput,
     ProbeFleetResult,
     ProbeResult,
@@ -36,7 +36,7 @@ def probe_target(target: FleetTarget, timeout_seconds: float) -> ProbeResult:
             process_state = "FROZEN" if state.frozen else state.state
         except (SupervisorError, ValueError) as err:
             process_state = f"unknown ({err})"
-    failure: IncidentType | None = None
+    failure: ProbeFailure | None = None
     if not healthy:
         timed_out = detail.startswith("no answer")
         running = process_state in ("RUNNING", "FROZEN", None)

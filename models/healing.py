@@ -9,8 +9,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from models.common import Contract
+from models.detection import Diagnosis, Pattern
 
-IncidentType = Literal["service_down", "service_hung"]
+# An incident's type is the problem pattern its evidence matched (see models.detection.PATTERNS);
+# a health probe alone can only tell these two apart.
+IncidentType = Pattern
+ProbeFailure = Literal["service_down", "service_hung"]
 
 
 class IncidentState(StrEnum):
@@ -24,9 +28,10 @@ class IncidentState(StrEnum):
     RESOLVED = "resolved"
     ROLLING_BACK = "rolling_back"
     FAILED = "failed"
+    ESCALATED = "escalated"  # nothing automatic applies: handed to a person with the diagnosis
 
 
-TERMINAL_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FAILED})
+TERMINAL_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FAILED, IncidentState.ESCALATED})
 
 
 class FleetTarget(Contract):
@@ -47,7 +52,7 @@ class ProbeResult(Contract):
 
     service: str
     healthy: bool
-    failure: IncidentType | None = None
+    failure: ProbeFailure | None = None
     detail: str = ""
     latency_ms: float | None = None
     process_state: str | None = None
@@ -76,6 +81,9 @@ class IncidentInput(Contract):
     detection_method: str = "health_probe"
     detected_at: datetime
     evidence: dict[str, Any] = Field(default_factory=dict)
+    diagnosis: Diagnosis | None = Field(
+        default=None, description="matched pattern and ranked root causes, when detection ran"
+    )
     requested_by: str = "nofx-monitor"
 
 
@@ -152,6 +160,7 @@ class RecordIncidentInput(Contract):
     status: str
     started_at: datetime
     evidence: dict[str, Any] = Field(default_factory=dict)
+    diagnosis: dict[str, Any] | None = None
 
 
 class UpdateIncidentInput(Contract):
@@ -228,6 +237,7 @@ class IncidentStatus(Contract):
     resolution_time_ms: int | None = None
     error: str | None = None
     abort_requested: AbortRequestRecord | None = None
+    diagnosis: Diagnosis | None = None
 
 
 class AbortRequestRecord(Contract):

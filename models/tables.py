@@ -23,9 +23,12 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
+    Double,
     ForeignKey,
     Integer,
     Numeric,
+    PrimaryKeyConstraint,
     Text,
     UniqueConstraint,
     text,
@@ -44,6 +47,7 @@ __all__ = [
     "LearningFeedback",
     "MaintenancePrediction",
     "MaintenanceSchedule",
+    "MetricSample",
     "OptimizationRecommendation",
     "RecoveryPlaybook",
     "Service",
@@ -346,3 +350,30 @@ class ActionLog(SQLModel, table=True):
     detail: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
     started_at: datetime | None = _timestamptz(nullable=False, server_default=True)
     finished_at: datetime | None = _timestamptz()
+
+
+# --------------------------------------------------------------------------------------------
+# Telemetry (sql/009_metric_samples.sql)
+
+
+class MetricSample(SQLModel, table=True):
+    """One scraped sample of one metric of one service: the embedded telemetry store.
+
+    ``labels_hash`` is computed by PostgreSQL from ``labels`` (never written by clients); it
+    exists so the primary key can identify a label set and a re-scrape of a sample is a no-op.
+    """
+
+    __tablename__ = "metric_samples"
+    __table_args__ = (
+        PrimaryKeyConstraint("service", "metric", "labels_hash", "ts", name="metric_samples_pkey"),
+    )
+
+    service: str = Field(sa_column=Column(Text, nullable=False))
+    metric: str = Field(sa_column=Column(Text, nullable=False))
+    labels: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
+    labels_hash: str | None = Field(
+        default=None,
+        sa_column=Column(Text, Computed("md5(labels::text)", persisted=True), nullable=False),
+    )
+    ts: datetime = Field(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
+    value: float = _column(Double, nullable=False)

@@ -19,6 +19,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from models.common import AbortRequest
+from models.detection import Diagnosis, PatternMatch, RootCauseCandidate
 from models.healing import (
     IncidentInput,
     IncidentResult,
@@ -239,3 +240,39 @@ async def test_abort_mid_saga_rolls_back_and_a_second_abort_is_refused(
     recorded = incident_rows(db_engine, status.incident_id)
     assert recorded["row"]["status"] == "failed"
     assert recorded["audit"][-2:] == ["incident.rolling_back", "incident.failed"]
+
+
+async def test_incident_without_playbook_is_escalated_with_its_diagnosis(
+    client: Client, healing_worker: None, db_engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    diagnosis = Diagnosis(
+        service="checkout",
+        pattern=PatternMatch(pattern="stale_cache", confidence=0.6, matched=["cache_stale"]),
+        root_causes=[
+            RootCauseCandidate(
+                service="checkout", cause="self", score=1.0, detail="checkout itself"
+            )
+        ],
+    )
+    handle, _ = await start_incident(
+        client,
+        IncidentInput(
+            service=f"checkout-{uuid.uuid4().hex[:6]}",
+            incident_type="stale_cache",
+            detection_method="anomaly_ensemble",
+            detected_at=now,
+            diagnosis=diagnosis,
+        ),
+    )
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.state is IncidentState.ESCALATED
+    assert result.actions == []
+    status = await handle.query(HealingIncidentWorkflow.status)
+    assert status.diagnosis == diagnosis
+    assert "no usable playbook" in (status.error or "")
+    row = incident_rows(db_engine, result.incident_id)["row"]
+    assert row["status"] == "escalated"
+    assert row["detection_method"] == "anomaly_ensemble"
+    assert row["root_cause"]["ranked"][0]["detail"] == "checkout itself"
+    assert row["root_cause"]["pattern"]["pattern"] == "stale_cache"

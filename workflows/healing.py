@@ -15,7 +15,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 from workflows.saga import COMPENSATION_RETRY, Saga
 
@@ -97,6 +97,7 @@ class HealingIncidentWorkflow:
             resolved_at=self._resolved_at,
             resolution_time_ms=self._resolution_ms,
             error=self._error,
+            diagnosis=self._inp.diagnosis,
             abort_requested=(
                 AbortRequestRecord(**self._abort.model_dump()) if self._abort else None
             ),
@@ -140,8 +141,11 @@ class HealingIncidentWorkflow:
         self._incident_id = str(workflow.uuid4())
         await self._record_detection()
         try:
-            await self._transition(IncidentState.DIAGNOSING, "choosing a playbook")
-            self._choice = await self._choose_playbook()
+            await self._transition(IncidentState.DIAGNOSING, self._diagnosis_summary())
+            choice = await self._choose_playbook()
+            if choice is None:
+                return await self._escalate()
+            self._choice = choice
             await self._wait_for_approval_if_needed(self._choice)
             await self._transition(
                 IncidentState.HEALING, f"running playbook {self._choice.playbook_name}"
@@ -181,6 +185,9 @@ class HealingIncidentWorkflow:
                 status=IncidentState.DETECTED.value,
                 started_at=self._inp.detected_at,
                 evidence=self._inp.evidence,
+                diagnosis=(
+                    self._inp.diagnosis.model_dump(mode="json") if self._inp.diagnosis else None
+                ),
             ),
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
@@ -193,20 +200,44 @@ class HealingIncidentWorkflow:
             persist=False,
         )
 
-    async def _choose_playbook(self) -> PlaybookChoice:
-        choice = await workflow.execute_child_workflow(
-            PlaybookDecisionWorkflow.run,
-            PlaybookRequest(
-                incident_id=self._incident_id,
-                workflow_id=workflow.info().workflow_id,
-                service=self._inp.service,
-                incident_type=self._inp.incident_type,
-                evidence=self._inp.evidence,
-            ),
-            id=f"decision-{self._incident_id}",
-            task_queue=TASK_QUEUE_DECISIONS,
-            execution_timeout=timedelta(minutes=5),
+    def _diagnosis_summary(self) -> str:
+        diagnosis = self._inp.diagnosis
+        if diagnosis is None:
+            return "choosing a playbook"
+        lead = diagnosis.root_causes[0] if diagnosis.root_causes else None
+        return (
+            f"pattern {diagnosis.pattern.pattern} (confidence {diagnosis.pattern.confidence:.2f},"
+            f" signals {', '.join(diagnosis.pattern.matched)})"
+            + (f"; likely root cause: {lead.detail}" if lead else "")
+            + "; choosing a playbook"
         )
+
+    async def _choose_playbook(self) -> PlaybookChoice | None:
+        """Ask the decision track; None when no playbook handles this incident type."""
+        try:
+            choice = await workflow.execute_child_workflow(
+                PlaybookDecisionWorkflow.run,
+                PlaybookRequest(
+                    incident_id=self._incident_id,
+                    workflow_id=workflow.info().workflow_id,
+                    service=self._inp.service,
+                    incident_type=self._inp.incident_type,
+                    evidence=self._inp.evidence,
+                ),
+                id=f"decision-{self._incident_id}",
+                task_queue=TASK_QUEUE_DECISIONS,
+                execution_timeout=timedelta(minutes=5),
+            )
+        except ChildWorkflowError as err:
+            cause = err.cause
+            if (
+                isinstance(cause, ApplicationError)
+                and cause.type == "NoPlaybook"
+                and workflow.patched("escalate-without-playbook")
+            ):
+                self._error = cause.message
+                return None
+            raise
         await self._update_row(healing_strategy=choice.playbook_name)
         self._note(f"decision {choice.decision_id}: {choice.rationale}")
         return choice
@@ -241,9 +272,7 @@ class HealingIncidentWorkflow:
             step.close()
             raise aborted(self._abort)
         task = asyncio.ensure_future(step)
-        abort_wait = asyncio.ensure_future(
-            workflow.wait_condition(lambda: self._abort is not None)
-        )
+        abort_wait = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
         await workflow.wait([task, abort_wait], return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             task.cancel()
@@ -322,6 +351,22 @@ class HealingIncidentWorkflow:
             retry_policy=COMPENSATION_RETRY,
         )
         self._actions.append(outcome)
+
+    async def _escalate(self) -> IncidentResult:
+        """Nothing automatic applies: hand the diagnosis to a person and end, touching nothing."""
+        await self._transition(
+            IncidentState.ESCALATED, f"{self._error}: escalated to a person with the diagnosis"
+        )
+        workflow.metric_meter().create_counter(
+            "nofx_incidents_total", "Incidents by type and outcome"
+        ).add(1, {"incident_type": self._inp.incident_type, "outcome": "escalated"})
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return IncidentResult(
+            incident_id=self._incident_id,
+            state=self._state,
+            resolution_time_ms=None,
+            actions=self._actions,
+        )
 
     async def _resolve(self) -> None:
         self._resolved_at = workflow.now()
