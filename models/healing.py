@@ -71,6 +71,9 @@ class MonitorInput(Contract):
     confirm_hung_after: int = Field(default=2, ge=1, le=20, description="failed probes in a row")
     iterations_before_continue_as_new: int = Field(default=200, ge=1)
     failure_streaks: dict[str, int] = Field(default_factory=dict)
+    reopen_cooldown_seconds: float = Field(
+        default=300, ge=0, description="after an incident failed or escalated, wait this long"
+    )
 
 
 class IncidentInput(Contract):
@@ -87,10 +90,19 @@ class IncidentInput(Contract):
     requested_by: str = "nofx-monitor"
 
 
+class OpenIncidentInput(Contract):
+    """The monitor asks to open an incident; a recent unhealed one for the same failure holds it
+    back for a while, so a failure automation cannot fix is not retried every tick."""
+
+    incident: IncidentInput
+    reopen_cooldown_seconds: float = Field(default=300, ge=0)
+
+
 class OpenIncidentResult(Contract):
     workflow_id: str
     run_id: str | None
     joined_existing: bool
+    suppressed_reason: str | None = None
 
 
 class PlaybookStep(Contract):

@@ -17,7 +17,9 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment
 
+from activities.incidents import IncidentActivities
 from models.common import AbortRequest
 from models.detection import Diagnosis, PatternMatch, RootCauseCandidate
 from models.healing import (
@@ -26,6 +28,7 @@ from models.healing import (
     IncidentState,
     IncidentStatus,
     MonitorInput,
+    OpenIncidentInput,
 )
 from nofx.audit import verify_chain
 from nofx.client import incident_workflow_id, start_incident
@@ -255,16 +258,14 @@ async def test_incident_without_playbook_is_escalated_with_its_diagnosis(
             )
         ],
     )
-    handle, _ = await start_incident(
-        client,
-        IncidentInput(
-            service=f"checkout-{uuid.uuid4().hex[:6]}",
-            incident_type="stale_cache",
-            detection_method="anomaly_ensemble",
-            detected_at=now,
-            diagnosis=diagnosis,
-        ),
+    handle_input = IncidentInput(
+        service=f"checkout-{uuid.uuid4().hex[:6]}",
+        incident_type="stale_cache",
+        detection_method="anomaly_ensemble",
+        detected_at=now,
+        diagnosis=diagnosis,
     )
+    handle, _ = await start_incident(client, handle_input)
     result = await asyncio.wait_for(handle.result(), timeout=60)
     assert result.state is IncidentState.ESCALATED
     assert result.actions == []
@@ -273,6 +274,20 @@ async def test_incident_without_playbook_is_escalated_with_its_diagnosis(
     assert "no usable playbook" in (status.error or "")
     row = incident_rows(db_engine, result.incident_id)["row"]
     assert row["status"] == "escalated"
+
+    # The monitor does not reopen it on every tick while it cools down, but does afterwards.
+    opener = ActivityEnvironment()
+    again = OpenIncidentInput(incident=handle_input, reopen_cooldown_seconds=300)
+    held = await opener.run(IncidentActivities(client).open_incident, again)
+    assert held.suppressed_reason is not None
+    assert "ended escalated" in held.suppressed_reason
+    reopened = await opener.run(
+        IncidentActivities(client).open_incident,
+        again.model_copy(update={"reopen_cooldown_seconds": 0}),
+    )
+    assert reopened.suppressed_reason is None
+    assert reopened.run_id != handle.result_run_id
+    await client.get_workflow_handle(reopened.workflow_id).result()
     assert row["detection_method"] == "anomaly_ensemble"
     assert row["root_cause"]["ranked"][0]["detail"] == "checkout itself"
     assert row["root_cause"]["pattern"]["pattern"] == "stale_cache"

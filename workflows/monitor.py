@@ -14,7 +14,13 @@ with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
     from activities.incidents import IncidentActivities
     from activities.telemetry import TelemetryActivities
-    from models.healing import IncidentInput, MonitorInput, ProbeFleetInput, ProbeResult
+    from models.healing import (
+        IncidentInput,
+        MonitorInput,
+        OpenIncidentInput,
+        ProbeFleetInput,
+        ProbeResult,
+    )
 
 MONITOR_WORKFLOW_ID = "monitor-fleet"
 
@@ -60,11 +66,14 @@ class FleetMonitorWorkflow:
                 if probe.failure is not None and confirmed(probe, streak, settings):
                     await workflow.execute_activity_method(
                         IncidentActivities.open_incident,
-                        IncidentInput(
-                            service=probe.service,
-                            incident_type=probe.failure,
-                            detected_at=probe.observed_at,
-                            evidence=probe.model_dump(mode="json"),
+                        OpenIncidentInput(
+                            incident=IncidentInput(
+                                service=probe.service,
+                                incident_type=probe.failure,
+                                detected_at=probe.observed_at,
+                                evidence=probe.model_dump(mode="json"),
+                            ),
+                            reopen_cooldown_seconds=settings.reopen_cooldown_seconds,
                         ),
                         start_to_close_timeout=timedelta(seconds=30),
                         retry_policy=STORE_RETRY,
