@@ -7,10 +7,11 @@ one-line error naming what is wrong instead of a traceback.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -20,11 +21,12 @@ from models.healing import TERMINAL_STATES, IncidentStatus
 from nofx.audit import verify_chain
 from nofx.client import incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
+from nofx.faults import clear_recorded, inject_recorded
 from nofx.logging import configure_logging
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.stack import Stack, StackError
 from nofx.temporal import exit_process, temporal_client
-from pilot.fleet import FleetError
+from pilot.fleet import FAULT_KINDS, FleetError
 
 app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
 db_app = typer.Typer(help="The platform database.")
@@ -147,7 +149,14 @@ async def _run_demo(
     async with temporal_client(stack.settings) as client:
         fleet.start()  # only waits for health when it is running already
         injected_at = datetime.now(UTC)
-        pid = fleet.inject(fault, service)
+        engine = make_engine(stack.recorded()["database_url"])
+        try:
+            outcome = inject_recorded(
+                fleet, engine, fault, service, source="cli", actor=f"nofx-demo:{getpass.getuser()}"
+            )
+        finally:
+            engine.dispose()
+        pid = outcome.get("pid")
         if not quiet:
             typer.echo(f"\n{_clock(injected_at)}  +0.0s  fault   {fault} {service} (pid {pid})")
         status = await _follow_incident(client, workflow_id, injected_at, timeout, quiet=quiet)
@@ -245,27 +254,77 @@ def db_status() -> None:
 # ---- fleet ---------------------------------------------------------------------------------
 
 
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
 @fleet_app.command("inject")
 def fleet_inject(
-    kind: Annotated[str, typer.Argument(help="kill (SIGKILL) or hang (SIGSTOP)")],
+    kind: Annotated[str, typer.Argument(help=f"one of: {', '.join(FAULT_KINDS)}")],
     service: Annotated[str, typer.Option("--service", help="pilot service name")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="fault parameter KEY=VALUE (JSON value), repeatable"),
+    ] = None,
 ) -> None:
-    """Inject a real fault into a pilot service."""
+    """Inject a real fault into a pilot service (recorded in fault_injections)."""
+    params = _parse_params(set_ or [])
+    engine = make_engine(_database_url())
     try:
-        pid = Stack(settings()).fleet().inject(kind, service)
+        outcome = inject_recorded(
+            Stack(settings()).fleet(),
+            engine,
+            kind,
+            service,
+            source="cli",
+            actor=getpass.getuser(),
+            **params,
+        )
     except FleetError as err:
         raise fail(str(err)) from None
-    typer.echo(f"injected {kind} into {service} (pid {pid})")
+    finally:
+        engine.dispose()
+    detail = ", ".join(
+        f"{k}={v}" for k, v in outcome.items() if k not in ("kind", "service", "injected_at")
+    )
+    typer.echo(f"injected {kind} into {service} ({detail})")
 
 
 @fleet_app.command("clear")
-def fleet_clear(service: Annotated[str, typer.Option("--service")]) -> None:
-    """Remove an injected fault by hand (resume a hung process, start a dead one)."""
+def fleet_clear(
+    service: Annotated[str, typer.Option("--service")],
+    kind: Annotated[str | None, typer.Option("--kind", help="only this fault kind")] = None,
+) -> None:
+    """Remove injected faults by hand (every fault of the service unless --kind)."""
+    engine = make_engine(_database_url())
     try:
-        outcome = Stack(settings()).fleet().clear(service)
+        undone = clear_recorded(Stack(settings()).fleet(), engine, service, kind)
     except FleetError as err:
         raise fail(str(err)) from None
-    typer.echo(f"{service}: {outcome}")
+    finally:
+        engine.dispose()
+    for line in undone or ["nothing to clear"]:
+        typer.echo(f"{service}: {line}")
+
+
+@fleet_app.command("faults")
+def fleet_faults(service: Annotated[str, typer.Option("--service")]) -> None:
+    """The faults active on a pilot service, with their parameters."""
+    try:
+        active = Stack(settings()).fleet().active_faults(service)
+    except FleetError as err:
+        raise fail(str(err)) from None
+    for kind, detail in active.items() or [("none", {})]:
+        typer.echo(f"{kind:<16} {json.dumps(detail, default=str)}")
 
 
 # ---- audit ---------------------------------------------------------------------------------

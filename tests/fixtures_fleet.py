@@ -23,7 +23,7 @@ from workers.common import Dependencies, build_worker
 
 
 @pytest.fixture
-def live_fleet(tmp_path: Path, db_engine: Engine) -> Iterator[Fleet]:
+def live_fleet(tmp_path: Path, db_engine: Engine, database_url: str) -> Iterator[Fleet]:
     tag = uuid.uuid4().hex[:6]
     api, orders = f"t{tag}-api", f"t{tag}-orders"
     fleet = Fleet(
@@ -34,9 +34,10 @@ def live_fleet(tmp_path: Path, db_engine: Engine) -> Iterator[Fleet]:
                 ServiceSpec(name=orders, port=free_port()),
             ]
         ),
+        database_url=database_url,
     )
-    fleet.start()
     names = register_fleet(db_engine, fleet)
+    fleet.start()
     try:
         yield fleet
     finally:

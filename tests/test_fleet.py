@@ -92,6 +92,14 @@ def test_every_service_answers_health_and_metrics(
     }
     assert samples[("pilot_up", ())] == 1
     assert samples[("pilot_requests_total", (("path", "/"), ("status", "200")))] == 3
+    # What the faults of tests/test_faults.py move, at rest: config version 1, an empty data dir
+    # under its quota, a cache that served one miss and then hits, an idle worker queue.
+    assert samples[("pilot_config_version", ())] == 1
+    assert samples[("pilot_disk_used_bytes", ())] == 0
+    assert samples[("pilot_disk_quota_bytes", ())] == 256 * 1024 * 1024
+    assert samples[("pilot_cache_misses_total", ())] == 1
+    assert samples[("pilot_cache_hits_total", ())] == 2
+    assert samples[("pilot_requests_queued", ())] == 0
     assert any(name == "pilot_request_duration_seconds_count" for name, _ in samples)
     assert any(name == "process_start_time_seconds" for name, _ in samples)
     build = [labels for name, labels in samples if name == "pilot_build_info"]
@@ -102,7 +110,7 @@ def test_killed_service_is_restarted_once_per_incident(
     fleet: Fleet, provider: SupervisorProvider
 ) -> None:
     not_before = time.time()
-    killed = fleet.inject("kill", API)
+    killed = fleet.inject("kill", API)["pid"]
 
     wait_for(lambda: provider.process_state(API).state == "EXITED")
     with pytest.raises(httpx.ConnectError):
@@ -127,7 +135,7 @@ def test_hung_service_is_seen_frozen_and_restarted(
     fleet: Fleet, provider: SupervisorProvider
 ) -> None:
     not_before = time.time()
-    hung = fleet.inject("hang", ORDERS)
+    hung = fleet.inject("hang", ORDERS)["pid"]
 
     with pytest.raises(httpx.TimeoutException):
         httpx.get(fleet.health_url(ORDERS), timeout=1.0)
@@ -148,15 +156,17 @@ def test_hung_service_is_seen_frozen_and_restarted(
 def test_clear_resumes_a_hung_service_and_starts_a_dead_one(
     fleet: Fleet, provider: SupervisorProvider
 ) -> None:
-    pid = fleet.inject("hang", API)
-    assert fleet.clear(API) == "resumed"
+    pid = fleet.inject("hang", API)["pid"]
+    assert fleet.clear(API) == [f"hang: resumed pid {pid}"]
     assert health(fleet, API)["pid"] == pid
 
     fleet.inject("kill", API)
     wait_for(lambda: provider.process_state(API).state == "EXITED")
-    assert fleet.clear(API) == "started"
-    assert health(fleet, API)["pid"] != pid
-    assert fleet.clear(API) == "nothing to clear"
+    cleared = fleet.clear(API)
+    restarted = health(fleet, API)["pid"]
+    assert cleared == [f"kill: started {API} (pid {restarted})"]
+    assert restarted != pid
+    assert fleet.clear(API) == []
     assert len(fleet.starts(API)) == 2
 
 
@@ -165,6 +175,13 @@ def test_unknown_targets_are_refused_by_name(fleet: Fleet, provider: SupervisorP
         fleet.inject("kill", "pilot-nope")
     with pytest.raises(FleetError, match="melt"):
         fleet.inject("melt", API)
+    with pytest.raises(FleetError, match="pilot-nope"):
+        fleet.clear("pilot-nope")
+    # This fleet has no database: what needs one says so instead of half-working.
+    with pytest.raises(FleetError, match="no database"):
+        fleet.inject("bad_config", API)
+    with pytest.raises(FleetError, match="no database"):
+        fleet.inject("connection_leak", API)
     with pytest.raises(UnknownTargetError, match="pilot-nope"):
         provider.restart("pilot-nope", not_before=time.time())
 

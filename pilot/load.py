@@ -1,0 +1,249 @@
+"""A load generator for the staging fleet: closed-loop HTTP clients on threads.
+
+In process (benchmarks, tests)::
+
+    with LoadGenerator(["http://127.0.0.1:18101/"], concurrency=32) as load:
+        time.sleep(10)
+    print(load.stats().p95_ms)
+
+As a process (what `Fleet.inject("overload", ...)` starts, so the load outlives the CLI call that
+asked for it)::
+
+    python -m pilot.load --url http://127.0.0.1:18101/ --concurrency 32 --duration 600
+
+Each client sends its next request as soon as the previous one is answered (or, with `rate`,
+at a fixed pace), so when the service saturates, the requests pile up in its worker queue and
+its latency rises — the overload the platform has to notice. `duration` bounds every run, so a
+generator nobody stopped still ends on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from types import FrameType, TracebackType
+from typing import Self
+
+import httpx
+
+DEFAULT_CONCURRENCY = 32
+DEFAULT_DURATION_S = 600.0
+_MAX_SAMPLES = 20_000
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    """What a load generator did so far; latencies are over the most recent requests."""
+
+    sent: int
+    ok: int
+    errors: int
+    failures: int
+    elapsed_s: float
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def percentile(samples: Sequence[float], q: float) -> float | None:
+    """The `q`-quantile (0..1) of `samples` by nearest rank; None when there are none."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+class LoadGenerator:
+    """`concurrency` threads, each a keep-alive HTTP client, sending GETs to `urls` in turn.
+
+    Args:
+        urls: targets, spread over the clients round robin.
+        concurrency: clients, i.e. requests in flight at most.
+        rate: requests per second for all clients together; None sends as fast as answered.
+        timeout: seconds one request may take before it counts as a failure.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        rate: float | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("a load generator needs at least one URL")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        self.urls = list(urls)
+        self.concurrency = concurrency
+        self.rate = rate
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._latencies: deque[float] = deque(maxlen=_MAX_SAMPLES)
+        self._sent = self._ok = self._errors = self._failures = 0
+        self._started: float | None = None
+        self._stopped: float | None = None
+
+    def start(self) -> Self:
+        """Start the clients; returns self so ``LoadGenerator(...).start()`` reads as one step."""
+        if self._threads:
+            raise RuntimeError("this load generator has already been started")
+        self._started = time.monotonic()
+        for index in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._client, args=(index,), name=f"load-{index}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> LoadStats:
+        """Stop the clients (each finishes its request in flight) and return the totals."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._stopped is None:
+            self._stopped = time.monotonic()
+        return self.stats()
+
+    def run(self, duration: float) -> LoadStats:
+        """Send load for `duration` seconds (or until `stop` from another thread)."""
+        self.start()
+        self._stop.wait(duration)
+        return self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether any client is still sending."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def stats(self) -> LoadStats:
+        """Totals so far and latency percentiles over the most recent requests."""
+        with self._lock:
+            samples = list(self._latencies)
+            sent, ok, errors, failures = self._sent, self._ok, self._errors, self._failures
+        end = self._stopped or time.monotonic()
+        elapsed = end - self._started if self._started is not None else 0.0
+        p50, p95, p99 = (percentile(samples, q) for q in (0.5, 0.95, 0.99))
+        return LoadStats(
+            sent=sent,
+            ok=ok,
+            errors=errors,
+            failures=failures,
+            elapsed_s=round(elapsed, 3),
+            rps=round(sent / elapsed, 1) if elapsed > 0 else 0.0,
+            p50_ms=_ms(p50),
+            p95_ms=_ms(p95),
+            p99_ms=_ms(p99),
+            max_ms=_ms(max(samples)) if samples else None,
+        )
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _client(self, index: int) -> None:
+        interval = self.concurrency / self.rate if self.rate else 0.0
+        next_at = time.monotonic() + (interval * index / self.concurrency)
+        turn = index
+        with httpx.Client(timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                if interval:
+                    if self._stop.wait(max(0.0, next_at - time.monotonic())):
+                        break
+                    next_at += interval
+                url = self.urls[turn % len(self.urls)]
+                turn += 1
+                began = time.perf_counter()
+                try:
+                    status = client.get(url).status_code
+                except httpx.HTTPError:
+                    status = None
+                    # A refused connection comes back at once: do not spin on a dead service.
+                    self._stop.wait(0.05)
+                took = time.perf_counter() - began
+                with self._lock:
+                    self._sent += 1
+                    if status is None:
+                        self._failures += 1
+                    elif status < 400:
+                        self._ok += 1
+                        self._latencies.append(took)
+                    else:
+                        self._errors += 1
+                        self._latencies.append(took)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pilot.load", description="Drive HTTP load at pilot services."
+    )
+    parser.add_argument(
+        "--url", action="append", required=True, help="target URL (repeat for several)"
+    )
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s in total")
+    parser.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="stop after this many seconds"
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    parser.add_argument(
+        "--report-every", type=float, default=5.0, help="print a JSON stats line this often"
+    )
+    args = parser.parse_args(argv)
+    try:
+        load = LoadGenerator(
+            args.url, concurrency=args.concurrency, rate=args.rate, timeout=args.timeout
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    done = threading.Event()
+
+    def finish(_signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    load.start()
+    deadline = time.monotonic() + args.duration
+    while not done.is_set() and time.monotonic() < deadline:
+        done.wait(min(args.report_every, max(0.0, deadline - time.monotonic())))
+        if not done.is_set():
+            print(json.dumps({"event": "load", **load.stats().as_dict()}), flush=True)
+    print(json.dumps({"event": "load stopped", **load.stop().as_dict()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
