@@ -10,14 +10,21 @@ from temporalio import activity
 
 from activities.infra import check_health, supervisor_for
 from activities.store import list_fleet_targets
+from models.detection import FleetDiagnosis, ScrapeFleetInput, ScrapeFleetResult
 from models.healing import (
+    DiagnoseFleetInput,
     FleetTarget,
     ProbeFailure,
     ProbeFleetInput,
     ProbeFleetResult,
     ProbeResult,
 )
+from nofx.diagnosis.diagnose import diagnose_fleet
+from nofx.diagnosis.evidence import DetectorCache
 from nofx.providers.supervisor import SupervisorError
+from nofx.settings import Settings
+from nofx.telemetry.scrape import inventory_targets, scrape_targets
+from nofx.telemetry.sources import MetricSource, make_source
 
 
 def probe_target(target: FleetTarget, timeout_seconds: float) -> ProbeResult:
@@ -65,3 +72,56 @@ class TelemetryActivities:
         with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
             probes = list(pool.map(lambda t: probe_target(t, inp.timeout_seconds), targets))
         return ProbeFleetResult(probes=probes)
+
+
+class DetectionActivities:
+    """Scrape, then detect and diagnose; one detector cache per worker process."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._source = metric_source(engine, settings)
+        self._cache = DetectorCache()
+
+    @activity.defn
+    def scrape_fleet(self, inp: ScrapeFleetInput) -> ScrapeFleetResult:
+        """Store one sample per series for this tick (embedded telemetry only)."""
+        if self._settings.telemetry != "scrape":
+            return ScrapeFleetResult(skipped=True)
+        results = scrape_targets(
+            self._engine, inventory_targets(self._engine), inp.timeout_seconds, at=inp.at
+        )
+        return ScrapeFleetResult(
+            scraped=sum(r.ok for r in results),
+            failed={r.service: r.error or "failed" for r in results if not r.ok},
+        )
+
+    @activity.defn
+    def diagnose_fleet(self, inp: DiagnoseFleetInput) -> FleetDiagnosis:
+        """Evidence for every service at the tick, and the diagnoses it supports."""
+        services = [t.service for t in list_fleet_targets(self._engine)]
+        diagnoses, evidence = diagnose_fleet(
+            self._engine,
+            self._source,
+            self._cache,
+            services,
+            {p.service: p for p in inp.probes},
+            inp.at,
+        )
+        return FleetDiagnosis(
+            diagnoses=diagnoses,
+            evidence={name: ev for name, ev in evidence.items() if ev.signals},
+        )
+
+
+def metric_source(engine: Engine, settings: Settings) -> MetricSource:
+    """The configured telemetry backend (NOFX_TELEMETRY)."""
+    if settings.telemetry == "prometheus":
+        return make_source(
+            "prometheus",
+            base_url=settings.prometheus_url,
+            service_label=settings.prometheus_service_label,
+        )
+    if settings.telemetry == "csv":
+        return make_source("csv", path=settings.telemetry_csv_path)
+    return make_source("scrape", engine=engine)

@@ -115,3 +115,21 @@ class Diagnosis(Contract):
     pattern: PatternMatch
     alternatives: list[PatternMatch] = Field(default_factory=list)
     root_causes: list[RootCauseCandidate] = Field(default_factory=list)
+
+
+class ScrapeFleetInput(Contract):
+    at: datetime = Field(description="the monitor tick: one sample per series per tick")
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+class ScrapeFleetResult(Contract):
+    skipped: bool = Field(default=False, description="another telemetry source is configured")
+    scraped: int = 0
+    failed: dict[str, str] = Field(default_factory=dict, description="service -> why")
+
+
+class FleetDiagnosis(Contract):
+    """One tick's diagnoses, plus the evidence of every service that showed any signal."""
+
+    diagnoses: list[Diagnosis] = Field(default_factory=list)
+    evidence: dict[str, ServiceEvidence] = Field(default_factory=dict)

@@ -63,6 +63,11 @@ class ProbeFleetResult(Contract):
     probes: list[ProbeResult]
 
 
+class DiagnoseFleetInput(Contract):
+    at: datetime
+    probes: list[ProbeResult] = Field(default_factory=list)
+
+
 class MonitorInput(Contract):
     """The fleet monitor's loop settings, carried across continue-as-new."""
 
@@ -73,6 +78,16 @@ class MonitorInput(Contract):
     failure_streaks: dict[str, int] = Field(default_factory=dict)
     reopen_cooldown_seconds: float = Field(
         default=300, ge=0, description="after an incident failed or escalated, wait this long"
+    )
+    confirm_after: int = Field(
+        default=2, ge=1, le=20, description="ticks in a row an anomaly pattern must hold"
+    )
+    confirm_generic_after: int = Field(
+        default=6,
+        ge=1,
+        le=60,
+        description="ticks for latency_regression, the pattern left when nothing more specific"
+        " matches: the specific signals of overload or pool exhaustion can lag latency by seconds",
     )
 
 

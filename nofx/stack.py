@@ -66,6 +66,7 @@ WORKERS: dict[str, str] = {
     "worker-maintenance": TASK_QUEUE_MAINTENANCE,
 }
 MONITOR_WORKFLOW_ID = "monitor-fleet"
+TRAFFIC_RPS = 10.0  # requests/s over the whole fleet
 AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
 
 
@@ -166,6 +167,8 @@ class Stack:
             if not fleet.is_running():
                 fleet.start()
                 self.started.append("fleet")
+            progress("traffic: steady load on the fleet")
+            self._start_traffic(fleet)
             for worker in WORKERS:
                 progress(f"{worker}: starting")
                 self._start_worker(worker, database_url)
@@ -271,6 +274,14 @@ class Stack:
             self.started.append("postgres")
         return str(server.get_uri())
 
+    def _start_traffic(self, fleet: Fleet) -> None:
+        """Steady background requests, so the fleet has a normal to deviate from."""
+        argv = [sys.executable, "-m", "pilot.load", "--concurrency", "4"]
+        argv += ["--rate", str(TRAFFIC_RPS), "--duration", "inf", "--report-every", "60"]
+        for service in fleet.spec.services:
+            argv += ["--url", fleet.url(service.name, "/")]
+        self._spawn("traffic", argv)
+
     def _start_worker(self, name: str, database_url: str) -> None:
         module = f"workers.{name.removeprefix('worker-')}"
         pid = self._spawn(
@@ -322,7 +333,7 @@ class Stack:
     def down(self, *, progress: Callable[[str], None] = lambda _: None) -> list[str]:
         """Stop every part this stack started (workers first, PostgreSQL last)."""
         stopped = []
-        for name in [*WORKERS, "fleet", "temporal", "postgres"]:
+        for name in [*WORKERS, "traffic", "fleet", "temporal", "postgres"]:
             if self._stop_part(name):
                 stopped.append(name)
                 log.info("part stopped", part=name)
@@ -392,6 +403,15 @@ class Stack:
         fleet = self.fleet()
         running = fleet.is_running()
         parts.append(Part("fleet", "running" if running else "stopped", str(fleet.socket_path)))
+        traffic = self._pid("traffic")
+        parts.append(
+            Part(
+                "traffic",
+                "running" if traffic else "stopped",
+                f"{TRAFFIC_RPS:g} requests/s over the fleet",
+                traffic,
+            )
+        )
         for service in fleet.spec.services:
             parts.append(
                 Part(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from activities.incidents import IncidentActivities
 from activities.infra import InfraActivities
 from activities.store import StoreActivities
-from activities.telemetry import TelemetryActivities
+from activities.telemetry import DetectionActivities, TelemetryActivities
 from nofx.settings import TASK_QUEUE_HEALING
 from workers.common import Dependencies, serve
 from workflows.healing import HealingIncidentWorkflow
@@ -21,6 +21,7 @@ WORKFLOWS: list[type] = [HealingIncidentWorkflow, FleetMonitorWorkflow]
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     store = StoreActivities(deps.engine)
     infra = InfraActivities(deps.engine)
+    detection = DetectionActivities(deps.engine, deps.settings)
     return [
         store.append_audit_event,
         store.record_incident,
@@ -29,6 +30,8 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         infra.restore_service_running,
         infra.validate_health,
         TelemetryActivities(deps.engine).probe_fleet,
+        detection.scrape_fleet,
+        detection.diagnose_fleet,
         IncidentActivities(deps.client).open_incident,
     ]
 

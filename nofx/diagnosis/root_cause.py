@@ -61,8 +61,10 @@ def rank_root_causes(
         ev = evidence.get(name)
         if ev is None:
             continue
-        for change in ev.recent_changes:
-            onset = ev.onset if ev.anomalies else reference
+        onset = ev.onset if ev.anomalies else reference
+        before = [c for c in ev.recent_changes if onset is not None and c.applied_at <= onset]
+        # Only the latest change before the onset is a candidate: it is what was running.
+        for change in sorted(before, key=lambda c: (c.applied_at, c.version))[-1:]:
             if onset is None:
                 continue
             gap = onset - change.applied_at

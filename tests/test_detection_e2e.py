@@ -1,0 +1,191 @@
+"""End to end: every fault type of the staging fleet, injected for real, is detected by the live
+monitor (scrape → online ensemble → signals → pattern), opened as an incident of the right type,
+and its diagnosis ranks the right root cause first.
+
+One fleet of five independent services under steady load; the faults run at the same time on
+different services (so no fault hides in another's wake) after one shared warm-up, in which the
+monitor must open no incident at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, text
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
+
+from models.healing import IncidentState, MonitorInput
+from nofx.client import incident_workflow_id
+from nofx.db import make_engine
+from nofx.faults import clear_recorded, expected_pattern, inject_recorded
+from nofx.inventory import register_fleet, unregister
+from nofx.settings import TASK_QUEUE_HEALING
+from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
+from pilot.load import LoadGenerator
+from workflows.healing import HealingIncidentWorkflow
+from workflows.monitor import FleetMonitorWorkflow
+
+WARM_UP_SECONDS = 80  # detectors need ~30 points of history at the 2 s grid, plus a baseline
+DETECT_WITHIN_SECONDS = 90
+
+# service role -> (fault kind, parameters); each on its own service.
+FAULTS: dict[str, tuple[str, dict[str, object]]] = {
+    "cfg": ("bad_config", {"error_rate": 0.4}),
+    "slow": ("bad_config", {"error_rate": 0, "extra_latency_ms": 300}),
+    "pool": ("connection_leak", {}),
+    "busy": ("overload", {"concurrency": 32}),
+    "cache": ("stale_cache", {}),
+    "mem": ("memory_leak", {"rate_mb_s": 4, "limit_mb": 200}),
+    "disk": ("disk_fill", {"rate_mb_s": 4, "quota_mb": 300}),
+}
+# Faults the health probe sees, run after the anomaly faults on services already used.
+PROBE_FAULTS: dict[str, tuple[str, dict[str, object]]] = {
+    "cache": ("hang", {}),
+    "mem": ("crash", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def detection_fleet(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str
+) -> Iterator[tuple[Fleet, Engine]]:
+    tag = uuid.uuid4().hex[:5]
+    engine = make_engine(database_url)
+    fleet = Fleet(
+        tmp_path_factory.mktemp("detect"),
+        FleetSpec(
+            services=[ServiceSpec(name=f"d{tag}-{role}", port=free_port()) for role in FAULTS]
+        ),
+        database_url=database_url,
+    )
+    names = register_fleet(engine, fleet)
+    fleet.start(timeout=60)
+    try:
+        yield fleet, engine
+    finally:
+        for name in names:
+            clear_recorded(fleet, engine, name)
+        unregister(engine, names)
+        fleet.stop()
+        engine.dispose()
+
+
+def service(fleet: Fleet, role: str) -> str:
+    return next(s.name for s in fleet.spec.services if s.name.endswith(f"-{role}"))
+
+
+@pytest.fixture
+async def monitored(
+    client: Client, healing_worker: None, detection_fleet: tuple[Fleet, Engine]
+) -> AsyncIterator[tuple[Fleet, Engine, WorkflowHandle[object, object]]]:
+    fleet, engine = detection_fleet
+    load = LoadGenerator(
+        [fleet.url(s.name, "/") for s in fleet.spec.services], concurrency=8, rate=40
+    )
+    load.start()
+    monitor = await client.start_workflow(
+        FleetMonitorWorkflow.run,
+        MonitorInput(interval_seconds=1.0, iterations_before_continue_as_new=500),
+        id=f"monitor-detect-{uuid.uuid4().hex[:6]}",
+        task_queue=TASK_QUEUE_HEALING,
+    )
+    try:
+        yield fleet, engine, monitor
+    finally:
+        await monitor.cancel()
+        load.stop()
+
+
+def incidents_for(engine: Engine, services: list[str], since: datetime) -> list[dict[str, object]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, incident_type, status, detection_method, root_cause, started_at"
+                " FROM healing_incidents WHERE root_cause->>'service' = ANY(:s)"
+                " AND started_at >= :since ORDER BY started_at"
+            ),
+            {"s": services, "since": since},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+async def wait_incident(client: Client, workflow_id: str, since: datetime) -> WorkflowHandle:
+    deadline = asyncio.get_running_loop().time() + DETECT_WITHIN_SECONDS
+    handle = client.get_workflow_handle(workflow_id)
+    while True:
+        try:
+            described = await handle.describe()
+            if described.start_time >= since.replace(microsecond=0):
+                return handle
+        except RPCError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no incident {workflow_id} within {DETECT_WITHIN_SECONDS}s")
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
+    client: Client, monitored: tuple[Fleet, Engine, WorkflowHandle[object, object]]
+) -> None:
+    fleet, engine, _ = monitored
+    everyone = [s.name for s in fleet.spec.services]
+    started = datetime.now(UTC)
+    await asyncio.sleep(WARM_UP_SECONDS)
+    assert incidents_for(engine, everyone, started) == [], "false incidents during warm-up"
+
+    for stage in (FAULTS, PROBE_FAULTS):
+        injected_at = datetime.now(UTC)
+        expected = {}
+        for role, (kind, params) in stage.items():
+            name = service(fleet, role)
+            inject_recorded(fleet, engine, kind, name, source="test", actor="pytest", **params)
+            expected[name] = (kind, expected_pattern(kind, params))
+        for name, (kind, pattern) in expected.items():
+            handle = await wait_incident(client, incident_workflow_id(name, pattern), injected_at)
+            status = await handle.query(HealingIncidentWorkflow.status)
+            assert status.incident_type == pattern, (kind, status.incident_type)
+            assert status.diagnosis is not None, kind
+            assert status.diagnosis.pattern.pattern == pattern
+            lead = status.diagnosis.root_causes[0]
+            assert lead.service == name, (kind, lead)
+            if kind == "bad_config":
+                assert lead.cause == "configuration", (kind, lead)
+            direct = ("service_down", "service_hung", "stale_cache", "db_pool_exhaustion")
+            if pattern not in direct:
+                # the ensemble's evidence (which detectors fired, why) is kept with the incident
+                with engine.connect() as conn:
+                    evidence = conn.execute(
+                        text("SELECT root_cause->'evidence' FROM healing_incidents WHERE id = :i"),
+                        {"i": status.incident_id},
+                    ).scalar_one()
+                assert evidence["anomalies"], (kind, evidence)
+                assert all(a["detectors"] and a["reasons"] for a in evidence["anomalies"])
+        # Healing (restarts for down/hung) and escalations finish before the next stage; the
+        # faults are cleared after, so clearing never races a restart.
+        for name, (_, pattern) in expected.items():
+            result = await client.get_workflow_handle(incident_workflow_id(name, pattern)).result()
+            assert result["state"] in (
+                IncidentState.RESOLVED.value,
+                IncidentState.ESCALATED.value,
+            ), (name, result)
+        for name in expected:
+            clear_recorded(fleet, engine, name)
+
+    # Nothing but the injected faults was opened: no incident names a pattern nobody injected.
+    opened = {
+        (r["root_cause"]["service"], r["incident_type"])
+        for r in incidents_for(engine, everyone, started)
+    }  # type: ignore[index]
+    wanted = {
+        (service(fleet, role), expected_pattern(kind, params))
+        for stage in (FAULTS, PROBE_FAULTS)
+        for role, (kind, params) in stage.items()
+    }
+    assert opened <= wanted, opened - wanted
