@@ -30,6 +30,25 @@ EXPECTED_PATTERN: dict[str, str] = {
 }
 
 
+# One run of every fault type, each on its own service (role -> (kind, parameters)), so no fault
+# hides in another's wake; the tests and benchmarks/detection.py use the same plan. The anomaly
+# stage runs first; the probe stage reuses two of its services once they are quiet again.
+ANOMALY_STAGE: dict[str, tuple[str, dict[str, Any]]] = {
+    "cfg": ("bad_config", {"error_rate": 0.4}),
+    "slow": ("bad_config", {"error_rate": 0, "extra_latency_ms": 300}),
+    "pool": ("connection_leak", {}),
+    "busy": ("overload", {"concurrency": 32}),
+    "cache": ("stale_cache", {}),
+    "mem": ("memory_leak", {"rate_mb_s": 4, "limit_mb": 200}),
+    "disk": ("disk_fill", {"rate_mb_s": 4, "quota_mb": 300}),
+}
+PROBE_STAGE: dict[str, tuple[str, dict[str, Any]]] = {
+    "cache": ("hang", {}),
+    "mem": ("crash", {}),
+    "cfg": ("kill", {}),
+}
+
+
 def expected_pattern(kind: str, params: dict[str, Any]) -> str:
     """The pattern a fault should be named as; a config push that only slows is a regression."""
     if kind == "bad_config" and params.get("error_rate", 0.5) == 0:

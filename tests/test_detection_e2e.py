@@ -22,7 +22,13 @@ from temporalio.service import RPCError
 from models.healing import IncidentState, MonitorInput
 from nofx.client import incident_workflow_id
 from nofx.db import make_engine
-from nofx.faults import clear_recorded, expected_pattern, inject_recorded
+from nofx.faults import (
+    ANOMALY_STAGE,
+    PROBE_STAGE,
+    clear_recorded,
+    expected_pattern,
+    inject_recorded,
+)
 from nofx.inventory import register_fleet, unregister
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
@@ -33,21 +39,7 @@ from workflows.monitor import FleetMonitorWorkflow
 WARM_UP_SECONDS = 80  # detectors need ~30 points of history at the 2 s grid, plus a baseline
 DETECT_WITHIN_SECONDS = 90
 
-# service role -> (fault kind, parameters); each on its own service.
-FAULTS: dict[str, tuple[str, dict[str, object]]] = {
-    "cfg": ("bad_config", {"error_rate": 0.4}),
-    "slow": ("bad_config", {"error_rate": 0, "extra_latency_ms": 300}),
-    "pool": ("connection_leak", {}),
-    "busy": ("overload", {"concurrency": 32}),
-    "cache": ("stale_cache", {}),
-    "mem": ("memory_leak", {"rate_mb_s": 4, "limit_mb": 200}),
-    "disk": ("disk_fill", {"rate_mb_s": 4, "quota_mb": 300}),
-}
-# Faults the health probe sees, run after the anomaly faults on services already used.
-PROBE_FAULTS: dict[str, tuple[str, dict[str, object]]] = {
-    "cache": ("hang", {}),
-    "mem": ("crash", {}),
-}
+FAULTS, PROBE_FAULTS = ANOMALY_STAGE, PROBE_STAGE
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,8 @@ class FleetMonitorWorkflow:
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=STORE_RETRY,
         )
+        # Detected when last observed: the probe of this tick ran after the tick began.
+        observed = {p.service: p.observed_at for p in probes}
         current = {f"{d.service}/{d.pattern.pattern}": d for d in self._diagnosis.diagnoses}
         self._streaks = {key: self._streaks.get(key, 0) + 1 for key in current}
         for key, diagnosis in current.items():
@@ -113,7 +115,7 @@ class FleetMonitorWorkflow:
                     service=diagnosis.service,
                     incident_type=pattern,
                     detection_method="health_probe" if by_probe else "anomaly_ensemble",
-                    detected_at=at,
+                    detected_at=max(at, observed.get(diagnosis.service, at)),
                     evidence=evidence_summary(evidence),
                     diagnosis=diagnosis,
                 ),
