@@ -55,8 +55,9 @@ def say(message: str) -> None:
 
 @app.callback()
 def main() -> None:
-    """Readable warnings on the console; every event as JSON in `.nofx/logs/nofx.log`."""
-    configure_logging(json=False, level="WARNING", file=settings().logs_dir / "nofx.log")
+    """Every event as JSON in `.nofx/logs/nofx.log`; the console gets the command's own words
+    (errors as one line), not log records."""
+    configure_logging(json=False, level="CRITICAL", file=settings().logs_dir / "nofx.log")
 
 
 # ---- stack ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -86,6 +87,8 @@ BAD_CONFIG_DEFAULTS: dict[str, Any] = {"error_rate": 0.5, "extra_latency_ms": 25
 REDIS_PROGRAM = "fleet-redis"
 # AF_UNIX paths longer than this do not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 107
+# Where free_port looks: above the well-known services, below the ephemeral range.
+_LISTEN_PORTS = (20000, 32000)
 _STOP_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 _TAKE_HOLD_S = 5.0
 _MIB = 1024 * 1024
@@ -187,15 +190,26 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 def free_port(span: int = 1) -> int:
     """The first of `span` consecutive TCP ports on 127.0.0.1 that are free right now.
 
-    Tests use it to run fleets side by side; `FleetSpec.default` needs a span of two.
+    Tests use it to run fleets side by side; `FleetSpec.default` needs a span of two. Ports come
+    from below the kernel's ephemeral range (ip_local_port_range, 32768+ by default): a port
+    there that is free now can be taken a moment later by any outgoing connection, which made
+    services fail to bind under load. A random start keeps parallel callers apart.
     """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            base = int(sock.getsockname()[1])
-        if base + span - 1 <= 65535 and not any(port_in_use(base + i) for i in range(1, span)):
+    low, high = _LISTEN_PORTS
+    for _ in range(200):
+        base = low + secrets.randbelow(high - low - span)
+        if not any(port_in_use(base + i) or not _bindable(base + i) for i in range(span)):
             return base
-    raise FleetError(f"no {span} consecutive free ports found on {HOST}")
+    raise FleetError(f"no {span} consecutive free ports found on {HOST} in {low}-{high}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def _conf_value(value: str | Path) -> str:

@@ -91,6 +91,7 @@ def test_failed_start_stops_what_it_started(stack_env: dict[str, str]) -> None:
     result = nofx(env, "up")
     assert result.returncode == 1
     assert "NOFX_DATABASE_URL: cannot connect" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     # Temporal had started before the database check failed: it must be gone again.
     assert not port_in_use(int(stack_env["NOFX_TEMPORAL_ADDRESS"].rsplit(":", 1)[1]))
     assert not list(Path(stack_env["NOFX_HOME"], "run").glob("*.pid"))
