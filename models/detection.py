@@ -4,7 +4,7 @@ them, the problem pattern they match and the ranked root-cause candidates."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -12,17 +12,6 @@ from models.common import Contract
 
 # The problem patterns of Track B (`healing_patterns.problem_signature`); an incident's type is
 # the pattern its evidence matched.
-PATTERNS = (
-    "service_down",
-    "service_hung",
-    "error_spike_after_config_change",
-    "latency_regression",
-    "db_pool_exhaustion",
-    "stale_cache",
-    "overload",
-    "memory_leak",
-    "disk_filling",
-)
 Pattern = Literal[
     "service_down",
     "service_hung",
@@ -34,6 +23,8 @@ Pattern = Literal[
     "memory_leak",
     "disk_filling",
 ]
+
+PATTERNS: tuple[str, ...] = get_args(Pattern)
 
 Signal = Literal[
     "probe_refused",  # nothing listens: connection refused

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import Engine, text
 
-from models.detection import Anomaly, ConfigChange, ServiceEvidence, Signal
-from nofx.diagnosis.patterns import best_pattern, match_patterns
+from models.detection import PATTERNS, Anomaly, ConfigChange, ServiceEvidence, Signal
+from nofx.diagnosis.patterns import SIGNATURES, best_pattern, match_patterns
 from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -136,3 +137,10 @@ def test_a_service_that_calls_us_is_never_blamed() -> None:
         {"api": ["orders"]},
     )
     assert [c.service for c in ranked] == ["orders"]
+
+
+def test_every_pattern_has_a_signature_and_a_seeded_row(db_engine: Engine) -> None:
+    assert {s.pattern for s in SIGNATURES} == set(PATTERNS)
+    with db_engine.connect() as conn:
+        seeded = set(conn.execute(text("SELECT problem_signature FROM healing_patterns")).scalars())
+    assert set(PATTERNS) <= seeded
