@@ -127,9 +127,10 @@ def run_stage(
         row = found.get(name)
         ranked = (row or {}).get("root_cause", {}).get("ranked") or []
         lead = ranked[0] if ranked else {}
-        cause_ok = bool(lead) and lead.get("service") == name
-        if kind == "bad_config":
-            cause_ok = cause_ok and lead.get("cause") == "configuration"
+        # A config push must be blamed on the configuration; every other fault on the service
+        # itself (a config change that merely happened before it is the wrong lead).
+        wanted_cause = "configuration" if kind == "bad_config" else "self"
+        cause_ok = lead.get("service") == name and lead.get("cause") == wanted_cause
         results.append(
             {
                 "round": round_no,
@@ -146,6 +147,7 @@ def run_stage(
                 "named_correctly": bool(row) and row["incident_type"] == pattern,
                 "root_cause_first": cause_ok,
                 "root_cause_lead": lead.get("detail"),
+                "root_cause_kind": lead.get("cause"),
             }
         )
         say(
