@@ -63,6 +63,9 @@ class ConfigChange(Contract):
     applied_at: datetime
     applied_by: str
     reason: str | None = None
+    restores_version: int | None = Field(
+        default=None, description="an earlier version with the same configuration (a rollback)"
+    )
 
 
 class ServiceEvidence(Contract):

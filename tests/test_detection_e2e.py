@@ -147,8 +147,8 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
             assert status.diagnosis.pattern.pattern == pattern
             lead = status.diagnosis.root_causes[0]
             assert lead.service == name, (kind, lead)
-            if kind == "bad_config":
-                assert lead.cause == "configuration", (kind, lead)
+            wanted = "configuration" if kind == "bad_config" else "self"
+            assert lead.cause == wanted, (kind, lead)
             direct = ("service_down", "service_hung", "stale_cache", "db_pool_exhaustion")
             if pattern not in direct:
                 # the ensemble's evidence (which detectors fired, why) is kept with the incident

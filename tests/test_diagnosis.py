@@ -144,3 +144,19 @@ def test_every_pattern_has_a_signature_and_a_seeded_row(db_engine: Engine) -> No
     with db_engine.connect() as conn:
         seeded = set(conn.execute(text("SELECT problem_signature FROM healing_patterns")).scalars())
     assert set(PATTERNS) <= seeded
+
+
+def test_a_rollback_to_a_known_configuration_does_not_lead() -> None:
+    rollback = ConfigChange(
+        service="api",
+        version=3,
+        applied_at=T0 - timedelta(minutes=1),
+        applied_by="nofx-fleet:clear",
+        restores_version=1,
+    )
+    ranked = rank_root_causes(
+        "api", {"api": evidence("api", "probe_refused", recent_changes=[rollback])}, {}
+    )
+    assert ranked[0].cause == "self"
+    config = next(c for c in ranked if c.cause == "configuration")
+    assert "restores version 1" in config.reasons[-1]

@@ -301,7 +301,10 @@ def recent_config_changes(engine: Engine, now: datetime) -> dict[str, list[Confi
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT service, version, created_at, applied_by, reason FROM config_versions"
+                "SELECT service, version, created_at, applied_by, reason,"
+                " (SELECT max(e.version) FROM config_versions e WHERE e.service = c.service"
+                "  AND e.version < c.version AND e.config = c.config) AS restores"
+                " FROM config_versions c"
                 " WHERE created_at >= :since AND created_at <= :now ORDER BY created_at"
             ),
             {"since": now - CHANGE_LOOKBACK, "now": now},
@@ -315,6 +318,7 @@ def recent_config_changes(engine: Engine, now: datetime) -> dict[str, list[Confi
                     applied_at=r["created_at"],
                     applied_by=r["applied_by"],
                     reason=r["reason"],
+                    restores_version=r["restores"],
                 )
             )
     return changes

@@ -72,6 +72,9 @@ def rank_root_causes(
                 continue
             closeness = 1.0 - gap / CHANGE_LOOKBACK
             score = 3.0 + 2.0 * closeness - 0.5 * distance
+            if change.restores_version is not None:
+                # Going back to a configuration that already ran is rarely what breaks things.
+                score = 0.5 * closeness
             candidates.append(
                 RootCauseCandidate(
                     service=name,
@@ -81,6 +84,11 @@ def rank_root_causes(
                     reasons=[
                         f"applied {gap.total_seconds():.0f}s before the anomalies began",
                         *([f"reason given: {change.reason}"] if change.reason else []),
+                        *(
+                            [f"restores version {change.restores_version}, which ran before"]
+                            if change.restores_version is not None
+                            else []
+                        ),
                     ],
                 )
             )
