@@ -38,6 +38,7 @@ from workflows.monitor import FleetMonitorWorkflow
 
 WARM_UP_SECONDS = 80  # detectors need ~30 points of history at the 2 s grid, plus a baseline
 DETECT_WITHIN_SECONDS = 90
+SETTLE_SECONDS = 20
 
 FAULTS, PROBE_FAULTS = ANOMALY_STAGE, PROBE_STAGE
 
@@ -169,6 +170,9 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
             ), (name, result)
         for name in expected:
             clear_recorded(fleet, engine, name)
+        # Rates are computed over 10 s windows: let the cleared faults' signals fade, or the
+        # next stage's incident would rightly carry the previous fault's anomaly as evidence.
+        await asyncio.sleep(SETTLE_SECONDS)
 
     # Nothing but the injected faults was opened: no incident names a pattern nobody injected.
     opened = {
