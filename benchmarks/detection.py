@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from nofx.db import make_engine
@@ -37,6 +36,7 @@ from nofx.faults import (
     PROBE_STAGE,
     clear_recorded,
     expected_pattern,
+    incidents_opened,
     inject_recorded,
 )
 from nofx.inventory import register_fleet, unregister
@@ -90,19 +90,6 @@ def role_service(fleet: Fleet, role: str) -> str:
     return next(s.name for s in fleet.spec.services if s.name.endswith(f"-{role}"))
 
 
-def incidents(engine: Engine, services: list[str], since: datetime) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT incident_type, status, started_at, root_cause FROM healing_incidents"
-                " WHERE root_cause->>'service' = ANY(:s) AND started_at >= :since"
-                " ORDER BY started_at"
-            ),
-            {"s": services, "since": since},
-        ).mappings()
-        return [dict(r) for r in rows]
-
-
 def run_stage(
     fleet: Fleet, engine: Engine, stage: Mapping[str, tuple[str, dict[str, Any]]], round_no: int
 ) -> list[dict[str, Any]]:
@@ -119,7 +106,7 @@ def run_stage(
     found: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline and len(found) < len(injected):
         for name, (_, _, at, _) in injected.items():
-            if name not in found and (rows := incidents(engine, [name], at)):
+            if name not in found and (rows := incidents_opened(engine, [name], at)):
                 found[name] = rows[0]
         time.sleep(0.5)
     results = []
@@ -213,7 +200,7 @@ def main() -> None:
     quiet_since = datetime.now(UTC)
     time.sleep(args.quiet_minutes * 60)
     names = [s.name for s in fleet.spec.services]
-    false_incidents = incidents(engine, names, quiet_since)
+    false_incidents = incidents_opened(engine, names, quiet_since)
     say(f"fault-free run: {len(false_incidents)} incident(s) opened on {len(names)} services")
 
     results: list[dict[str, Any]] = []

@@ -102,3 +102,18 @@ def clear_recorded(
             {"service": service, "kind": kind},
         )
     return undone
+
+
+def incidents_opened(engine: Engine, services: list[str], since: datetime) -> list[dict[str, Any]]:
+    """Incidents the platform opened on `services` since a moment, oldest first: what an
+    injection is scored against (and, with no injection, the false incidents)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, incident_type, status, detection_method, root_cause, started_at"
+                " FROM healing_incidents WHERE root_cause->>'service' = ANY(:s)"
+                " AND started_at >= :since ORDER BY started_at"
+            ),
+            {"s": services, "since": since},
+        ).mappings()
+        return [dict(r) for r in rows]

@@ -27,6 +27,7 @@ from nofx.faults import (
     PROBE_STAGE,
     clear_recorded,
     expected_pattern,
+    incidents_opened,
     inject_recorded,
 )
 from nofx.inventory import register_fleet, unregister
@@ -94,19 +95,6 @@ async def monitored(
         load.stop()
 
 
-def incidents_for(engine: Engine, services: list[str], since: datetime) -> list[dict[str, object]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, incident_type, status, detection_method, root_cause, started_at"
-                " FROM healing_incidents WHERE root_cause->>'service' = ANY(:s)"
-                " AND started_at >= :since ORDER BY started_at"
-            ),
-            {"s": services, "since": since},
-        ).mappings()
-        return [dict(r) for r in rows]
-
-
 async def wait_incident(client: Client, workflow_id: str, since: datetime) -> WorkflowHandle:
     deadline = asyncio.get_running_loop().time() + DETECT_WITHIN_SECONDS
     handle = client.get_workflow_handle(workflow_id)
@@ -131,7 +119,7 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
     everyone = [s.name for s in fleet.spec.services]
     started = datetime.now(UTC)
     await asyncio.sleep(WARM_UP_SECONDS)
-    assert incidents_for(engine, everyone, started) == [], "false incidents during warm-up"
+    assert incidents_opened(engine, everyone, started) == [], "false incidents during warm-up"
 
     for stage in (FAULTS, PROBE_FAULTS):
         injected_at = datetime.now(UTC)
@@ -177,7 +165,7 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
     # Nothing but the injected faults was opened: no incident names a pattern nobody injected.
     opened = {
         (r["root_cause"]["service"], r["incident_type"])
-        for r in incidents_for(engine, everyone, started)
+        for r in incidents_opened(engine, everyone, started)
     }  # type: ignore[index]
     wanted = {
         (service(fleet, role), expected_pattern(kind, params))
