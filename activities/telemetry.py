@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -19,12 +20,19 @@ from models.healing import (
     ProbeFleetResult,
     ProbeResult,
 )
+from nofx.detection.learned import TrainingError
 from nofx.diagnosis.diagnose import diagnose_fleet
 from nofx.diagnosis.evidence import DetectorCache
+from nofx.diagnosis.training import active_model_id, load_detector
+from nofx.logging import get_logger
 from nofx.providers.supervisor import SupervisorError
 from nofx.settings import Settings
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
 from nofx.telemetry.sources import MetricSource, make_source
+
+log = get_logger(__name__)
+# How often the monitor's worker looks for a newly activated learned detector.
+MODEL_REFRESH_SECONDS = 30.0
 
 
 def probe_target(target: FleetTarget, timeout_seconds: float) -> ProbeResult:
@@ -82,6 +90,24 @@ class DetectionActivities:
         self._settings = settings
         self._source = metric_source(engine, settings)
         self._cache = DetectorCache()
+        self._model_checked = -MODEL_REFRESH_SECONDS
+
+    def _refresh_model(self) -> None:
+        """Give the ensembles the active learned detector (none, or a newer one, likewise)."""
+        if time.monotonic() - self._model_checked < MODEL_REFRESH_SECONDS:
+            return
+        self._model_checked = time.monotonic()
+        wanted = active_model_id(self._engine)
+        current = self._cache.model
+        if wanted == (current.model_id if current else None):
+            return
+        try:
+            model = load_detector(self._engine, wanted) if wanted else None
+        except TrainingError as err:
+            log.warning("learned detector not loaded", model=wanted, error=str(err))
+            return
+        self._cache.use_model(model)
+        log.info("learned detector in use", model=model.version if model else None)
 
     @activity.defn
     def scrape_fleet(self, inp: ScrapeFleetInput) -> ScrapeFleetResult:
@@ -99,6 +125,7 @@ class DetectionActivities:
     @activity.defn
     def diagnose_fleet(self, inp: DiagnoseFleetInput) -> FleetDiagnosis:
         """Evidence for every service at the tick, and the diagnoses it supports."""
+        self._refresh_model()
         services = [t.service for t in list_fleet_targets(self._engine)]
         diagnoses, evidence = diagnose_fleet(
             self._engine,

@@ -4,7 +4,7 @@ them, the problem pattern they match and the ranked root-cause candidates."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -127,3 +127,36 @@ class FleetDiagnosis(Contract):
 
     diagnoses: list[Diagnosis] = Field(default_factory=list)
     evidence: dict[str, ServiceEvidence] = Field(default_factory=dict)
+
+
+class TrainDetectorInput(Contract):
+    """Train the learned detector on the labelled history (see nofx.diagnosis.training)."""
+
+    hours: float = Field(default=6.0, gt=0, le=24 * 14, description="history to learn from")
+    until: datetime | None = Field(default=None, description="end of the history (default: now)")
+    holdout_share: float = Field(
+        default=0.3, gt=0, lt=1, description="the latest share of the history held out to judge"
+    )
+    holdout_from: datetime | None = Field(
+        default=None, description="hold out from this moment instead of by share"
+    )
+    activate: bool | None = Field(
+        default=None, description="None: when the held-out figures qualify; True/False: force"
+    )
+    services: list[str] = Field(
+        default_factory=list, description="default: the inventory and every faulted service"
+    )
+    skip_without_history: bool = Field(
+        default=False, description="end without a model (not fail) when nothing is labelled"
+    )
+
+
+class DetectorModelReport(Contract):
+    """A trained detector: where it is stored, whether it went live and why, and its figures."""
+
+    model_id: str | None = Field(default=None, description="None: the run was skipped")
+    version: str | None = None
+    active: bool = False
+    verdict: str
+    holdout: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)

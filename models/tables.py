@@ -49,6 +49,7 @@ __all__ = [
     "MaintenancePrediction",
     "MaintenanceSchedule",
     "MetricSample",
+    "ModelArtifact",
     "OptimizationRecommendation",
     "RecoveryPlaybook",
     "Service",
@@ -407,3 +408,24 @@ class FaultInjection(SQLModel, table=True):
     expected_pattern: str | None = _column(Text, nullable=True)
     injected_at: datetime | None = _timestamptz(nullable=False, server_default=True)
     cleared_at: datetime | None = _timestamptz()
+
+
+class ModelArtifact(SQLModel, table=True):
+    """The serialised model of a `decision_models` row (LightGBM text format)."""
+
+    __tablename__ = "model_artifacts"
+    __table_args__ = (
+        CheckConstraint("format IN ('lightgbm-text')", name="model_artifacts_format_check"),
+    )
+
+    model_id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True),
+            ForeignKey("decision_models.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    format: str = _column(Text, nullable=False)
+    artifact: str = _column(Text, nullable=False)
+    sha256: str = _column(Text, nullable=False)
+    created_at: datetime | None = _timestamptz(nullable=False, server_default=True)

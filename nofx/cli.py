@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
+from models.detection import TrainDetectorInput
 from models.healing import TERMINAL_STATES, IncidentStatus
 from nofx.audit import verify_chain
-from nofx.client import incident_workflow_id
+from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
+from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
 from nofx.logging import configure_logging
 from nofx.settings import Settings, SettingsError, get_settings
@@ -32,9 +34,11 @@ app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive ma
 db_app = typer.Typer(help="The platform database.")
 fleet_app = typer.Typer(help="The staging fleet (pilot services under supervisord).")
 audit_app = typer.Typer(help="The append-only audit trail.")
+detect_app = typer.Typer(help="The learned anomaly detector: train it, list its versions.")
 app.add_typer(db_app, name="db")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(audit_app, name="audit")
+app.add_typer(detect_app, name="detect")
 
 
 def fail(message: str) -> typer.Exit:
@@ -343,6 +347,87 @@ def audit_verify() -> None:
     if not verdict.ok:
         raise fail(f"audit chain broken at event {verdict.first_bad_id}: {verdict.problem}")
     typer.echo(f"audit chain intact: {verdict.events} event(s)")
+
+
+# ---- detect --------------------------------------------------------------------------------
+
+
+@detect_app.command("train")
+def detect_train(
+    hours: Annotated[float, typer.Option(help="learn from the last N hours of history")] = 6.0,
+    holdout: Annotated[float, typer.Option(help="latest share of the history held out")] = 0.3,
+    activate: Annotated[
+        bool | None,
+        typer.Option(
+            "--activate/--no-activate",
+            help="force or forbid going live (default: when the held-out figures qualify)",
+        ),
+    ] = None,
+    service: Annotated[
+        list[str] | None, typer.Option("--service", help="train on these services only")
+    ] = None,
+) -> None:
+    """Train the LightGBM detector on recorded faults and incidents (DetectorTrainingWorkflow)."""
+    try:
+        request = TrainDetectorInput(
+            hours=hours, holdout_share=holdout, activate=activate, services=service or []
+        )
+    except ValueError as err:
+        raise fail(_first_error(err)) from None
+    typer.echo(f"training on the last {hours:g} h (latest {holdout:.0%} held out)")
+    try:
+        report = asyncio.run(_train(request))
+    except (RPCError, WorkflowFailureError) as err:
+        cause = getattr(err, "cause", None)
+        raise fail(f"training failed: {getattr(cause, 'message', None) or err}") from None
+    holdout_figures = report.holdout
+    say(f"model {report.version} ({report.model_id})")
+    say(
+        f"trained on {report.training['points']} samples, {report.training['positives']} faulty,"
+        f" from {report.training['windows']} labelled windows"
+    )
+    say(
+        f"held out: {holdout_figures['points']} samples, {holdout_figures['episodes']} fault"
+        f" episodes, {holdout_figures['episodes_detected']} flagged; ROC AUC"
+        f" {holdout_figures['roc_auc']}, precision {holdout_figures['precision']}, recall"
+        f" {holdout_figures['recall']}, false-positive rate"
+        f" {holdout_figures['false_positive_rate']}"
+    )
+    typer.echo(f"{'ACTIVE' if report.active else 'kept inactive'}: {report.verdict}")
+
+
+async def _train(request: TrainDetectorInput) -> Any:
+    async with NofxClient.connect(settings()) as nofx:
+        return await nofx.train_detector(request)
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"--{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(err)
+
+
+@detect_app.command("models")
+def detect_models() -> None:
+    """The learned detector's versions, newest first, with their held-out figures."""
+    engine = make_engine(_database_url())
+    try:
+        models = list_models(engine)
+    finally:
+        engine.dispose()
+    if not models:
+        typer.echo("no learned detector yet: `nofx detect train` after some faults or incidents")
+        return
+    for model in models:
+        holdout = (model["performance_metrics"] or {}).get("holdout", {})
+        typer.echo(
+            f"{model['model_version']}  {'ACTIVE  ' if model['active'] else 'inactive'}"
+            f"  episodes {holdout.get('episodes_detected')}/{holdout.get('episodes')}"
+            f"  auc {holdout.get('roc_auc')}  fpr {holdout.get('false_positive_rate')}"
+            f"  {model['created_at']:%Y-%m-%d %H:%M}"
+        )
 
 
 def run() -> None:

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from models.common import AbortRequest, ApprovalRequest
+from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
-from nofx.settings import TASK_QUEUE_HEALING, Settings, get_settings
+from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
 from nofx.temporal import SERVICE, STATUS, TRACK, connect
+
+
+def training_workflow_id(started: datetime) -> str:
+    return f"detector-training-{started:%Y%m%dT%H%M%S}"
 
 
 def incident_workflow_id(service: str, incident_type: str) -> str:
@@ -84,3 +90,15 @@ class NofxClient:
 
     async def approve_incident(self, workflow_id: str, request: ApprovalRequest) -> None:
         await self.temporal.get_workflow_handle(workflow_id).signal("approve", request)
+
+    async def train_detector(self, request: TrainDetectorInput) -> DetectorModelReport:
+        """Train the learned anomaly detector now and wait for its report (minutes at most)."""
+        report: DetectorModelReport = await self.temporal.execute_workflow(
+            "DetectorTrainingWorkflow",
+            request,
+            id=training_workflow_id(datetime.now(UTC)),
+            task_queue=TASK_QUEUE_MAINTENANCE,
+            result_type=DetectorModelReport,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(TRACK, "maintenance")]),
+        )
+        return report

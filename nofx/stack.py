@@ -39,6 +39,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 
+from models.detection import TrainDetectorInput
 from models.healing import MonitorInput
 from nofx.db import make_engine, migrate, to_libpq_url
 from nofx.inventory import register_fleet
@@ -68,6 +69,17 @@ WORKERS: dict[str, str] = {
 MONITOR_WORKFLOW_ID = "monitor-fleet"
 TRAFFIC_RPS = 10.0  # requests/s over the whole fleet
 AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
+TRAINING_SCHEDULE_ID = "maintenance-detector-training"
+# Scheduled maintenance workflows: (schedule id, workflow, arguments, interval).
+STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta], ...] = (
+    (AUDIT_SCHEDULE_ID, "AuditChainVerificationWorkflow", [], timedelta(minutes=15)),
+    (
+        TRAINING_SCHEDULE_ID,
+        "DetectorTrainingWorkflow",
+        [TrainDetectorInput(hours=6, skip_without_history=True)],
+        timedelta(hours=6),
+    ),
+)
 
 
 _PORT_SETTINGS = {
@@ -308,20 +320,17 @@ class Stack:
             task_queue=TASK_QUEUE_HEALING,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
-        with contextlib.suppress(ScheduleAlreadyRunningError):
-            await client.create_schedule(
-                AUDIT_SCHEDULE_ID,
-                Schedule(
-                    action=ScheduleActionStartWorkflow(
-                        "AuditChainVerificationWorkflow",
-                        id=AUDIT_SCHEDULE_ID,
-                        task_queue=TASK_QUEUE_MAINTENANCE,
+        for schedule_id, workflow, args, every in STANDING_JOBS:
+            with contextlib.suppress(ScheduleAlreadyRunningError):
+                await client.create_schedule(
+                    schedule_id,
+                    Schedule(
+                        action=ScheduleActionStartWorkflow(
+                            workflow, args=args, id=schedule_id, task_queue=TASK_QUEUE_MAINTENANCE
+                        ),
+                        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
                     ),
-                    spec=ScheduleSpec(
-                        intervals=[ScheduleIntervalSpec(every=timedelta(minutes=15))]
-                    ),
-                ),
-            )
+                )
 
     def _undo_started(self) -> None:
         for name in reversed(self.started):

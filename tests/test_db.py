@@ -57,6 +57,7 @@ ADDED_TABLES = {
     "action_log",
     "metric_samples",
     "fault_injections",
+    "model_artifacts",
 }
 
 TABLE_CLASSES: list[type[SQLModel]] = sorted(

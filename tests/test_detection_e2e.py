@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -110,6 +111,19 @@ async def wait_incident(client: Client, workflow_id: str, since: datetime) -> Wo
         await asyncio.sleep(0.5)
 
 
+async def recorded_evidence(engine: Engine, incident_id: str) -> dict[str, Any]:
+    """The evidence stored with the incident's row, once its first activity has written it (the
+    workflow answers queries before that activity has run)."""
+    query = text("SELECT root_cause->'evidence' FROM healing_incidents WHERE id = :i")
+    for _ in range(60):
+        with engine.connect() as conn:
+            evidence = conn.execute(query, {"i": incident_id}).scalar_one_or_none()
+        if evidence is not None:
+            return evidence  # type: ignore[no-any-return]
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"incident {incident_id} has no healing_incidents row after 30 s")
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
@@ -141,11 +155,7 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
             direct = ("service_down", "service_hung", "stale_cache", "db_pool_exhaustion")
             if pattern not in direct:
                 # the ensemble's evidence (which detectors fired, why) is kept with the incident
-                with engine.connect() as conn:
-                    evidence = conn.execute(
-                        text("SELECT root_cause->'evidence' FROM healing_incidents WHERE id = :i"),
-                        {"i": status.incident_id},
-                    ).scalar_one()
+                evidence = await recorded_evidence(engine, status.incident_id)
                 assert evidence["anomalies"], (kind, evidence)
                 assert all(a["detectors"] and a["reasons"] for a in evidence["anomalies"])
         # Healing (restarts for down/hung) and escalations finish before the next stage; the

@@ -6,16 +6,20 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from activities.store import AuditActivities
+from activities.training import TrainingActivities
 from nofx.settings import TASK_QUEUE_MAINTENANCE
 from workers.common import Dependencies, serve
-from workflows.maintenance import AuditChainVerificationWorkflow
+from workflows.maintenance import AuditChainVerificationWorkflow, DetectorTrainingWorkflow
 
 TASK_QUEUE = TASK_QUEUE_MAINTENANCE
-WORKFLOWS: list[type] = [AuditChainVerificationWorkflow]
+WORKFLOWS: list[type] = [AuditChainVerificationWorkflow, DetectorTrainingWorkflow]
 
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
-    return [AuditActivities(deps.engine).verify_audit_chain]
+    return [
+        AuditActivities(deps.engine).verify_audit_chain,
+        TrainingActivities(deps.engine, deps.settings).train_anomaly_detector,
+    ]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Track C's standing maintenance job: verify the audit chain on a schedule.
+"""Standing maintenance jobs on `nofx-maintenance`: verify the audit chain, retrain the detector.
 
-The audit trail is only worth something if tampering is noticed; the dev stack schedules this
-workflow, and a broken chain fails the run so it shows red in the Web UI.
+The audit trail is only worth something if tampering is noticed; the dev stack schedules its
+verification, and a broken chain fails the run so it shows red in the Web UI. The learned anomaly
+detector is retrained on a schedule too (and on demand, `nofx detect train`), from the faults and
+incidents the platform recorded since.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
     from activities.store import AuditActivities
+    from activities.training import TrainingActivities
     from models.common import AuditVerdict
-
-AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
+    from models.detection import DetectorModelReport, TrainDetectorInput
 
 
 @workflow.defn
@@ -37,3 +39,44 @@ class AuditChainVerificationWorkflow:
                 non_retryable=True,
             )
         return verdict
+
+
+@workflow.defn
+class DetectorTrainingWorkflow:
+    """Train the learned detector once; the report says whether it went live and why."""
+
+    def __init__(self) -> None:
+        self._step = "starting"
+
+    @workflow.run
+    async def run(self, inp: TrainDetectorInput) -> DetectorModelReport:
+        # The history window ends when the run starts, recorded in its history: a replay or a
+        # retried activity trains on the same window.
+        if inp.until is None:
+            inp = inp.model_copy(update={"until": workflow.now()})
+        self._step = "training"
+        try:
+            report = await workflow.execute_activity_method(
+                TrainingActivities.train_anomaly_detector,
+                inp,
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=STORE_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if not (
+                inp.skip_without_history
+                and isinstance(cause, ApplicationError)
+                and cause.type == "NotEnoughHistory"
+            ):
+                raise
+            # A quiet fleet has nothing new to learn from: the scheduled run ends green.
+            self._step = f"skipped: {cause.message}"
+            return DetectorModelReport(verdict=self._step)
+        self._step = f"done: {report.version} {'active' if report.active else 'kept inactive'}"
+        return report
+
+    @workflow.query
+    def step(self) -> str:
+        return self._step

@@ -19,8 +19,9 @@ above their own level and why, because "the value is 6 sigma above its median an
 limits" is what a person reads before acting. (As likelihood members they did not help on NAB:
 the robust z of the value changed nothing, EWMA limits cost three points of false alarms.)
 
-An optional ``extra_scorer`` (later a LightGBM model trained on the platform's own incident
-history, never on benchmark labels) is one more way to fire: its probability is the score.
+An optional ``extra_scorer`` (the LightGBM model of ``nofx.detection.learned``, trained on the
+platform's own incident history, never on benchmark labels) is one more way to fire: its
+probability is the score.
 
 The output is ``r / (1 + r)`` where ``r`` is the strongest path's ratio to its own alert level, so
 0.5 means "exactly at an alert level", whatever fired, and the ordering above it is kept.
@@ -319,7 +320,7 @@ class EnsembleDetector:
             probability = min(1.0, max(0.0, float(self._extra(timestamp, value))))
             members.append(
                 MemberEvidence(
-                    detector="extra",
+                    detector=str(getattr(self._extra, "name", "extra")),
                     role="extra",
                     score=probability,
                     level=config.extra_level,

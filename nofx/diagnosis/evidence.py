@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from models.detection import Anomaly, ConfigChange, ServiceEvidence, Signal
 from models.healing import ProbeResult
 from nofx.detection.ensemble import EnsembleDetector
+from nofx.detection.learned import LearnedDetector
 from nofx.telemetry.derived import latency_quantile, rate
 from nofx.telemetry.sources import MetricSource
 
@@ -149,6 +150,25 @@ class DetectorCache:
         self._factory = factory
         self._tracked: dict[tuple[str, str], _Tracked] = {}
         self._lock = threading.Lock()
+        self._model: LearnedDetector | None = None
+
+    @property
+    def model(self) -> LearnedDetector | None:
+        """The learned detector every new ensemble gets as its extra scorer (if any)."""
+        return self._model
+
+    def use_model(self, model: LearnedDetector | None) -> None:
+        """Switch the learned member; detectors are rebuilt from the window on their next feed."""
+        with self._lock:
+            if (model and model.model_id) != (self._model and self._model.model_id):
+                self._model = model
+                self._tracked.clear()
+
+    def _new_detector(self, name: str) -> EnsembleDetector:
+        scorer = self._model.scorer(name) if self._model is not None else None
+        if scorer is None:
+            return self._factory()
+        return EnsembleDetector(extra_scorer=scorer)
 
     def feed(
         self, service: str, name: str, series: pd.Series
@@ -164,7 +184,7 @@ class DetectorCache:
             if tracked is None or stale or tracked.last_ts < first - STEP.total_seconds():
                 # The detectors' memory is the window: an extreme from long ago must not hide a
                 # repeat of the same fault, so state older than the window is rebuilt from it.
-                tracked = self._tracked[(service, name)] = _Tracked(self._factory(), first)
+                tracked = self._tracked[(service, name)] = _Tracked(self._new_detector(name), first)
             detector = tracked.detector
             for ts, value in series.items():
                 stamp = ts.timestamp()

@@ -1,0 +1,336 @@
+"""Train the learned detector on the platform's own history, store it, and load the active one.
+
+Labels come from two records the platform keeps anyway: `fault_injections` (every fault the
+CLI, benchmarks, chaos experiments and tests injected, with when it was cleared) and resolved
+`healing_incidents` (a fault the platform fixed was a fault). A window of either labels a watched
+series of its service *positive* when the window's pattern requires that series' signal (a memory
+leak labels `rss_bytes`), *ignored* when the signal only supports the pattern, when the service
+was down or hung (its series are gaps, not behaviour) and while a cleared fault fades; every other
+sample is *normal*.
+
+A model is activated only when its held-out figures clear `ACTIVATION`; otherwise it is kept
+with its figures and the reason, and the active model (if any) stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from nofx.detection.learned import (
+    Dataset,
+    LearnedDetector,
+    TrainedModel,
+    TrainingError,
+    describe,
+    series_features,
+    train,
+)
+from nofx.diagnosis.evidence import WATCHED, derive_series
+from nofx.diagnosis.patterns import SIGNATURES
+from nofx.telemetry.sources import MetricSource
+
+MODEL_TYPE = "anomaly_detector"
+FADE = timedelta(seconds=60)
+# Patterns seen by probes: while they last the service's series are not behaviour.
+PROBE_PATTERNS = frozenset({"service_down", "service_hung"})
+# A model goes live only when, on the held-out later history, it flags at least this share of
+# fault episodes, ranks well, and rarely flags normal samples.
+ACTIVATION = {"episode_recall": 0.5, "roc_auc": 0.75, "false_positive_rate": 0.02}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LabelWindow:
+    """A span during which a service had a known problem."""
+
+    key: str
+    service: str
+    pattern: str
+    start: datetime
+    end: datetime
+    origin: str  # "injection" or "incident"
+
+
+def label_windows(engine: Engine, since: datetime, until: datetime) -> list[LabelWindow]:
+    """Injected faults and resolved incidents overlapping [since, until]."""
+    with engine.connect() as conn:
+        injections = conn.execute(
+            text(
+                "SELECT id, service, expected_pattern, injected_at, cleared_at"
+                " FROM fault_injections WHERE expected_pattern IS NOT NULL"
+                " AND injected_at <= :until AND coalesce(cleared_at, :until) >= :since"
+            ),
+            {"since": since, "until": until},
+        ).all()
+        incidents = conn.execute(
+            text(
+                "SELECT id, root_cause->>'service', incident_type, started_at, resolved_at"
+                " FROM healing_incidents WHERE status = 'resolved' AND resolved_at IS NOT NULL"
+                " AND root_cause->>'service' IS NOT NULL"
+                " AND started_at <= :until AND resolved_at >= :since"
+            ),
+            {"since": since, "until": until},
+        ).all()
+    windows = [
+        LabelWindow(f"fault:{i}", s, p, start, end or until, "injection")
+        for i, s, p, start, end in injections
+    ]
+    windows += [
+        LabelWindow(f"incident:{i}", s, p, start, end, "incident")
+        for i, s, p, start, end in incidents
+    ]
+    return sorted(windows, key=lambda w: w.start)
+
+
+def _roles(pattern: str) -> tuple[frozenset[str], frozenset[str]]:
+    signature = next((s for s in SIGNATURES if s.pattern == pattern), None)
+    if signature is None:
+        return frozenset(), frozenset()
+    return frozenset(signature.required), frozenset(signature.supporting)
+
+
+def build_dataset(
+    source: MetricSource,
+    services: Sequence[str],
+    windows: Sequence[LabelWindow],
+    since: datetime,
+    until: datetime,
+    progress: Progress | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Features and labels of every watched series of every service over [since, until]."""
+    names = [w.name for w in WATCHED]
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]] = []
+    summary: dict[str, Any] = {"series": 0, "ignored_points": 0}
+    for number, service in enumerate(services, 1):
+        derived = derive_series(source, service, since, until)
+        mine = [w for w in windows if w.service == service]
+        for kind, watched in enumerate(WATCHED):
+            values = derived.get(watched.name)
+            if values is None or values.empty:
+                continue
+            features, usable = series_features(kind, values.to_numpy(dtype=float))
+            stamps = np.array([t.timestamp() for t in values.index], dtype=np.float64)
+            labels = np.zeros(len(values), dtype=np.int8)
+            episodes: list[str | None] = [None] * len(values)
+            for window in mine:
+                start, end = window.start.timestamp(), window.end.timestamp()
+                required, supporting = _roles(window.pattern)
+                inside = (stamps >= start) & (stamps <= end)
+                fading = (stamps > end) & (stamps <= end + FADE.total_seconds())
+                if window.pattern in PROBE_PATTERNS or watched.signal in supporting:
+                    usable &= ~(inside | fading)
+                elif watched.signal in required:
+                    labels[inside] = 1
+                    usable &= ~fading
+                    for index in np.flatnonzero(inside):
+                        episodes[index] = f"{window.key}:{watched.name}"
+                else:
+                    usable &= ~fading
+            summary["ignored_points"] += int(len(values) - usable.sum())
+            summary["series"] += 1
+            keep = np.flatnonzero(usable & ~np.isnan(features).any(axis=1))
+            parts.append((features[keep], labels[keep], stamps[keep], [episodes[i] for i in keep]))
+        if progress is not None:
+            progress(f"features for {service} ({number}/{len(services)})")
+    if not parts:
+        raise TrainingError(f"no telemetry for {list(services)} between {since} and {until}")
+    stamps = np.concatenate([p[2] for p in parts])
+    order = np.argsort(stamps, kind="mergesort")
+    episode_ids = [e for p in parts for e in p[3]]
+    data = Dataset(
+        features=np.concatenate([p[0] for p in parts])[order],
+        labels=np.concatenate([p[1] for p in parts])[order],
+        timestamps=stamps[order],
+        episode_ids=[episode_ids[i] for i in order],
+    )
+    summary.update(
+        points=len(data),
+        positives=int(data.labels.sum()),
+        series_names=names,
+        windows=len(windows),
+        windows_by_origin={
+            origin: sum(1 for w in windows if w.origin == origin)
+            for origin in ("injection", "incident")
+        },
+    )
+    return data, summary
+
+
+def activation_verdict(metrics: dict[str, Any]) -> tuple[bool, str]:
+    """Whether held-out figures are good enough to go live, and why (or why not)."""
+    holdout = metrics["holdout"]
+    if not holdout["episodes"]:
+        return False, "the held-out history has no fault episode to judge the model on"
+    failures = []
+    if (holdout["episode_recall"] or 0.0) < ACTIVATION["episode_recall"]:
+        failures.append(
+            f"episode recall {holdout['episode_recall']} < {ACTIVATION['episode_recall']}"
+        )
+    if holdout["roc_auc"] is None or holdout["roc_auc"] < ACTIVATION["roc_auc"]:
+        failures.append(f"ROC AUC {holdout['roc_auc']} < {ACTIVATION['roc_auc']}")
+    fpr = holdout["false_positive_rate"]
+    if fpr is not None and fpr > ACTIVATION["false_positive_rate"]:
+        failures.append(f"false-positive rate {fpr} > {ACTIVATION['false_positive_rate']}")
+    if failures:
+        return False, "; ".join(failures)
+    return True, (
+        f"held-out: {holdout['episodes_detected']}/{holdout['episodes']} fault episodes flagged,"
+        f" ROC AUC {holdout['roc_auc']}, false-positive rate {fpr}"
+    )
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    model_id: str
+    version: str
+    active: bool
+    verdict: str
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+
+
+def store_model(
+    engine: Engine,
+    model: TrainedModel,
+    training: dict[str, Any],
+    *,
+    activate: bool | None,
+    now: datetime | None = None,
+) -> StoredModel:
+    """Record the model, its figures and artifact; make it the active one when it qualifies.
+
+    `activate`: None decides by `activation_verdict`, True forces, False never activates.
+    """
+    now = now or datetime.now(UTC)
+    metrics = dict(describe(model))
+    qualifies, verdict = activation_verdict(metrics)
+    go_live = qualifies if activate is None else activate
+    if activate is not None:
+        verdict = f"{'activated' if activate else 'not activated'} by request ({verdict})"
+    metrics["activation"] = {"active": go_live, "verdict": verdict, "criteria": ACTIVATION}
+    version = f"lgbm-{now:%Y%m%dT%H%M%S}"
+    artifact = model.to_text()
+    with engine.begin() as conn:
+        if go_live:
+            conn.execute(
+                text("UPDATE decision_models SET active = false WHERE model_type = :t AND active"),
+                {"t": MODEL_TYPE},
+            )
+        model_id = conn.execute(
+            text(
+                "INSERT INTO decision_models (model_type, model_version, training_data,"
+                " performance_metrics, active, deployed_at) VALUES (:t, :v,"
+                " CAST(:training AS jsonb), CAST(:metrics AS jsonb), :active, :deployed)"
+                " RETURNING id"
+            ),
+            {
+                "t": MODEL_TYPE,
+                "v": version,
+                "training": json.dumps(training, default=str),
+                "metrics": json.dumps(metrics),
+                "active": go_live,
+                "deployed": now if go_live else None,
+            },
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO model_artifacts (model_id, format, artifact, sha256)"
+                " VALUES (:id, 'lightgbm-text', :artifact, :sha)"
+            ),
+            {
+                "id": model_id,
+                "artifact": artifact,
+                "sha": hashlib.sha256(artifact.encode()).hexdigest(),
+            },
+        )
+    return StoredModel(str(model_id), version, go_live, verdict, metrics, training)
+
+
+def train_detector(
+    engine: Engine,
+    source: MetricSource,
+    services: Sequence[str],
+    since: datetime,
+    until: datetime,
+    *,
+    holdout_share: float = 0.3,
+    holdout_from: datetime | None = None,
+    activate: bool | None = None,
+    progress: Progress | None = None,
+) -> StoredModel:
+    """Build the dataset, train on the earlier part, judge on the later, store (module doc)."""
+    if not since < until:
+        raise TrainingError(f"empty history window: since {since} is not before until {until}")
+    if holdout_from is None:
+        if not 0.0 < holdout_share < 1.0:
+            raise TrainingError(f"holdout_share must lie in (0, 1), got {holdout_share}")
+        holdout_from = since + (until - since) * (1.0 - holdout_share)
+    elif not since < holdout_from < until:
+        raise TrainingError(f"holdout_from {holdout_from} must lie inside ({since}, {until})")
+    windows = label_windows(engine, since, until)
+    if not windows:
+        raise TrainingError(
+            f"no injected fault or resolved incident between {since} and {until}: nothing to learn"
+        )
+    data, summary = build_dataset(source, services, windows, since, until, progress)
+    if progress is not None:
+        progress(f"training on {len(data)} samples ({summary['positives']} labelled faulty)")
+    model = train(data, [w.name for w in WATCHED], holdout_from.timestamp())
+    training = {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "holdout_from": holdout_from.isoformat(),
+        "services": list(services),
+        **summary,
+    }
+    return store_model(engine, model, training, activate=activate)
+
+
+def active_model_id(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT id FROM decision_models WHERE model_type = :t AND active"),
+            {"t": MODEL_TYPE},
+        ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+def load_detector(engine: Engine, model_id: str) -> LearnedDetector:
+    """A stored model, checked against its recorded hash."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT m.model_version, m.performance_metrics, a.artifact, a.sha256"
+                " FROM decision_models m JOIN model_artifacts a ON a.model_id = m.id"
+                " WHERE m.id = :id"
+            ),
+            {"id": model_id},
+        ).one_or_none()
+    if row is None:
+        raise TrainingError(f"model {model_id} has no stored artifact")
+    version, metrics, artifact, sha = row
+    if hashlib.sha256(artifact.encode()).hexdigest() != sha:
+        raise TrainingError(f"model {version}: artifact does not match its recorded sha256")
+    return LearnedDetector(model_id, version, artifact, metrics["series"])
+
+
+def list_models(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, model_version, active, created_at, deployed_at, performance_metrics"
+                " FROM decision_models WHERE model_type = :t ORDER BY created_at DESC LIMIT :n"
+            ),
+            {"t": MODEL_TYPE, "n": limit},
+        ).mappings()
+        return [dict(r) for r in rows]
