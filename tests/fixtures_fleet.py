@@ -16,9 +16,14 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from nofx.inventory import register_fleet, unregister
-from nofx.settings import TASK_QUEUE_DECISIONS, TASK_QUEUE_HEALING, Settings
+from nofx.settings import (
+    TASK_QUEUE_DECISIONS,
+    TASK_QUEUE_HEALING,
+    TASK_QUEUE_MAINTENANCE,
+    Settings,
+)
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
-from workers import decisions, healing
+from workers import decisions, healing, maintenance
 from workers.common import Dependencies, build_worker
 
 
@@ -64,5 +69,15 @@ async def decisions_worker(deps: Dependencies) -> AsyncIterator[None]:
 async def healing_worker(deps: Dependencies, decisions_worker: None) -> AsyncIterator[None]:
     """The real healing worker (with the decisions worker it asks), in process."""
     worker = build_worker(deps, TASK_QUEUE_HEALING, healing.WORKFLOWS, healing.activities)
+    async with worker:
+        yield
+
+
+@pytest.fixture
+async def maintenance_worker(deps: Dependencies) -> AsyncIterator[None]:
+    """The real maintenance worker (audit verification, detector training), in process."""
+    worker = build_worker(
+        deps, TASK_QUEUE_MAINTENANCE, maintenance.WORKFLOWS, maintenance.activities
+    )
     async with worker:
         yield

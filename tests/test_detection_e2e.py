@@ -20,9 +20,12 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
+from models.detection import TrainDetectorInput
 from models.healing import IncidentState, MonitorInput
-from nofx.client import incident_workflow_id
+from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import make_engine
+from nofx.diagnosis.evidence import DetectorCache, derive_series
+from nofx.diagnosis.training import MODEL_TYPE, load_detector
 from nofx.faults import (
     ANOMALY_STAGE,
     PROBE_STAGE,
@@ -33,6 +36,7 @@ from nofx.faults import (
 )
 from nofx.inventory import register_fleet, unregister
 from nofx.settings import TASK_QUEUE_HEALING
+from nofx.telemetry.sources import make_source
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
 from pilot.load import LoadGenerator
 from workflows.healing import HealingIncidentWorkflow
@@ -183,3 +187,102 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
         for role, (kind, params) in stage.items()
     }
     assert opened <= wanted, opened - wanted
+
+
+# The learned detector learns from faults the platform recorded: two rounds of the faults whose
+# series it watches, the first to learn from, the second held out to judge it.
+TRAINING_FAULTS = {role: ANOMALY_STAGE[role] for role in ("cfg", "busy", "mem", "disk")}
+FAULT_SECONDS = 35
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
+    client: Client,
+    monitored: tuple[Fleet, Engine, WorkflowHandle[object, object]],
+    maintenance_worker: None,
+) -> None:
+    fleet, engine, _ = monitored
+    everyone = [s.name for s in fleet.spec.services]
+    started = datetime.now(UTC)
+    await asyncio.sleep(60)  # a baseline of normal behaviour under load
+    rounds = []
+    for _ in range(2):
+        rounds.append(datetime.now(UTC))
+        for role, (kind, params) in TRAINING_FAULTS.items():
+            inject_recorded(
+                fleet,
+                engine,
+                kind,
+                service(fleet, role),
+                source="training",
+                actor="pytest",
+                **params,
+            )
+        await asyncio.sleep(FAULT_SECONDS)
+        for role in TRAINING_FAULTS:
+            clear_recorded(fleet, engine, service(fleet, role))
+        await asyncio.sleep(SETTLE_SECONDS + 10)
+    until = datetime.now(UTC)
+    try:
+        report = await NofxClient(client).train_detector(
+            TrainDetectorInput(
+                hours=(until - started).total_seconds() / 3600,
+                until=until,
+                holdout_from=rounds[1],
+                services=everyone,
+            )
+        )
+        holdout = report.holdout
+        # every faulted series of the second round is an episode: errors (cfg), request rate
+        # and latency (busy), memory (mem), disk (disk)
+        assert holdout["episodes"] == 5, holdout
+        assert holdout["episodes_detected"] >= 4, holdout
+        assert holdout["roc_auc"] >= 0.9, holdout
+        assert holdout["false_positive_rate"] <= 0.02, holdout
+        assert report.training["windows_by_origin"]["injection"] >= 8, report.training
+        assert report.active, report.verdict
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT model_type, active, performance_metrics->'holdout'->>'episodes'"
+                    " FROM decision_models WHERE id = :i"
+                ),
+                {"i": report.model_id},
+            ).one()
+        assert tuple(row) == (MODEL_TYPE, True, "5")
+
+        # The model, as the monitor loads it, scores the held-out memory leak as faulty and the
+        # baseline before any leak as normal, and fires inside the ensemble only while a leak
+        # was on (or fading right after it).
+        assert report.model_id is not None
+        detector = load_detector(engine, report.model_id)
+        leaking = service(fleet, "mem")
+        rss = derive_series(make_source("scrape", engine=engine), leaking, started, until)
+        scorer = detector.scorer("rss_bytes")
+        assert scorer is not None
+        scored = [(ts.timestamp(), scorer(ts.timestamp(), v)) for ts, v in rss["rss_bytes"].items()]
+        in_round_2 = [
+            p
+            for t, p in scored
+            if rounds[1].timestamp() + 10 <= t <= rounds[1].timestamp() + FAULT_SECONDS
+        ]
+        before = [p for t, p in scored if t < rounds[0].timestamp()]
+        assert in_round_2, scored
+        assert max(in_round_2) >= 0.5, (report.training, scored)
+        assert before, scored
+        assert max(before) < 0.5, scored
+        cache = DetectorCache()
+        cache.use_model(detector)
+        firings = cache.feed(leaking, "rss_bytes", rss["rss_bytes"])
+        learned = [f for f in firings if "lightgbm" in f[2]]
+        leak_on = [(r.timestamp(), r.timestamp() + FAULT_SECONDS + 20) for r in rounds]
+        assert learned, firings
+        assert all(any(a <= f[0] <= b for a, b in leak_on) for f in learned), (leak_on, learned)
+    finally:
+        # later tests' monitors must not inherit a model trained on this fleet
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE decision_models SET active = false WHERE model_type = :t"),
+                {"t": MODEL_TYPE},
+            )

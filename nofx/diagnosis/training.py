@@ -110,7 +110,7 @@ def build_dataset(
     """Features and labels of every watched series of every service over [since, until]."""
     names = [w.name for w in WATCHED]
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]] = []
-    summary: dict[str, Any] = {"series": 0, "ignored_points": 0}
+    summary: dict[str, Any] = {"series": 0, "ignored_points": 0, "by_series": {}}
     for number, service in enumerate(services, 1):
         derived = derive_series(source, service, since, until)
         mine = [w for w in windows if w.service == service]
@@ -139,6 +139,9 @@ def build_dataset(
             summary["ignored_points"] += int(len(values) - usable.sum())
             summary["series"] += 1
             keep = np.flatnonzero(usable & ~np.isnan(features).any(axis=1))
+            counts = summary["by_series"].setdefault(watched.name, {"points": 0, "positives": 0})
+            counts["points"] += len(keep)
+            counts["positives"] += int(labels[keep].sum())
             parts.append((features[keep], labels[keep], stamps[keep], [episodes[i] for i in keep]))
         if progress is not None:
             progress(f"features for {service} ({number}/{len(services)})")
