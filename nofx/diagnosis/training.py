@@ -65,10 +65,14 @@ def label_windows(engine: Engine, since: datetime, until: datetime) -> list[Labe
     """Injected faults and resolved incidents overlapping [since, until]."""
     with engine.connect() as conn:
         injections = conn.execute(
+            # A fault ends when it is cleared or when the platform healed it, whichever is first.
             text(
-                "SELECT id, service, expected_pattern, injected_at, cleared_at"
-                " FROM fault_injections WHERE expected_pattern IS NOT NULL"
-                " AND injected_at <= :until AND coalesce(cleared_at, :until) >= :since"
+                "SELECT f.id, f.service, f.expected_pattern, f.injected_at,"
+                " least(f.cleared_at, (SELECT min(i.resolved_at) FROM healing_incidents i"
+                "  WHERE i.status = 'resolved' AND i.root_cause->>'service' = f.service"
+                "  AND i.incident_type = f.expected_pattern AND i.resolved_at > f.injected_at))"
+                " FROM fault_injections f WHERE f.expected_pattern IS NOT NULL"
+                " AND f.injected_at <= :until AND coalesce(f.cleared_at, :until) >= :since"
             ),
             {"since": since, "until": until},
         ).all()
