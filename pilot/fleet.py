@@ -620,7 +620,7 @@ class Fleet:
         keys = [
             f"{cache_prefix(self.root, s.name)}:{suffix}"
             for s in self.spec.services
-            for suffix in ("value", "source")
+            for suffix in ("cache:value", "cache:refresh-lock", "source")
         ]
         try:
             client = redis.Redis.from_url(self.redis_url, socket_timeout=1.0)
