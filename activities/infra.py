@@ -62,6 +62,48 @@ def check_health(endpoint: str, timeout_seconds: float) -> tuple[bool, str, floa
     return True, "HTTP 200", latency
 
 
+def log_action(
+    engine: Engine,
+    key: str,
+    workflow_id: str,
+    step: str,
+    action: str,
+    target: str,
+    status: str,
+    detail: Any,
+) -> None:
+    """Record (or move on) an action's row in `action_log`, keyed by its idempotency key."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"
+                " status, detail, finished_at) VALUES (:key, :wf, :step, :action, :target,"
+                " :status, CAST(:detail AS jsonb), CASE WHEN :status = 'started' THEN NULL"
+                " ELSE now() END) ON CONFLICT (idempotency_key) DO UPDATE SET"
+                " status = EXCLUDED.status, detail = EXCLUDED.detail,"
+                " finished_at = EXCLUDED.finished_at"
+            ),
+            {
+                "key": key,
+                "wf": workflow_id,
+                "step": step,
+                "action": action,
+                "target": target,
+                "status": status,
+                "detail": _json(detail),
+            },
+        )
+
+
+def logged_action(engine: Engine, key: str) -> tuple[str, dict[str, Any]] | None:
+    """(status, detail) of the action recorded under `key`, or None if it never started."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, detail FROM action_log WHERE idempotency_key = :k"), {"k": key}
+        ).one_or_none()
+    return None if row is None else (row[0], dict(row[1]))
+
+
 class InfraActivities:
     """Actions on the fleet; the inventory (table services) says how to reach each target."""
 
@@ -69,26 +111,16 @@ class InfraActivities:
         self._engine = engine
 
     def _log_action(self, inp: ServiceActionInput, action: str, status: str, detail: Any) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"
-                    " status, detail, finished_at) VALUES (:key, :wf, :step, :action, :target,"
-                    " :status, CAST(:detail AS jsonb), CASE WHEN :status = 'started' THEN NULL"
-                    " ELSE now() END) ON CONFLICT (idempotency_key) DO UPDATE SET"
-                    " status = EXCLUDED.status, detail = EXCLUDED.detail,"
-                    " finished_at = EXCLUDED.finished_at"
-                ),
-                {
-                    "key": inp.idempotency_key,
-                    "wf": inp.workflow_id,
-                    "step": inp.step,
-                    "action": action,
-                    "target": inp.service,
-                    "status": status,
-                    "detail": _json(detail),
-                },
-            )
+        log_action(
+            self._engine,
+            inp.idempotency_key,
+            inp.workflow_id,
+            inp.step,
+            action,
+            inp.service,
+            status,
+            detail,
+        )
 
     @activity.defn
     def restart_service(self, inp: ServiceActionInput) -> ActionOutcome:

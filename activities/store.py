@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from activities._support import invalid_input, not_found
+from models.actions import ServiceCapabilities
 from models.common import AuditEventInput, AuditEventRef, AuditVerdict
 from models.healing import (
     FleetTarget,
@@ -25,6 +26,7 @@ from models.healing import (
     UpdateIncidentInput,
 )
 from nofx.audit import append_audit, verify_chain
+from nofx.healing.actions import capabilities
 
 
 def _json(value: Any) -> str:
@@ -132,6 +134,16 @@ class StoreActivities:
             ).rowcount
         if updated == 0:
             raise not_found(f"incident {inp.incident_id} does not exist")
+
+    @activity.defn
+    def service_capabilities(self, service: str) -> ServiceCapabilities:
+        """What the service's providers can do (empty, with the reason, when it is unknown)."""
+        for target in list_fleet_targets(self._engine):
+            if target.service == service:
+                return ServiceCapabilities(
+                    service=service, known=True, capabilities=capabilities(target)
+                )
+        return ServiceCapabilities(service=service, known=False, capabilities={})
 
     @activity.defn
     def load_playbooks(self, incident_type: str) -> PlaybookCandidates:

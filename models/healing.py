@@ -6,8 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
+from models.actions import ACTION_PARAMS, ActionName
 from models.common import Contract
 from models.detection import Diagnosis, Pattern
 
@@ -121,11 +122,26 @@ class OpenIncidentResult(Contract):
 
 
 class PlaybookStep(Contract):
-    """One step of a recovery playbook (`recovery_playbooks.recovery_steps`)."""
+    """One step of a recovery playbook (`recovery_playbooks.recovery_steps`).
 
-    action: Literal["restart_service", "validate_health"]
+    `params` is checked against the action's own model (models.actions.ACTION_PARAMS), so a bad
+    parameter is refused with its name when the playbook is written, not when it runs.
+    """
+
+    action: ActionName
     params: dict[str, Any] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=60, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _params_fit_the_action(self) -> PlaybookStep:
+        try:
+            ACTION_PARAMS[self.action].model_validate(self.params)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(f"{self.action}: {problems}") from None
+        return self
 
 
 class PlaybookChoice(Contract):

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from pilot.config import application_name, cache_prefix, data_dir
 from pilot.fleet import Fleet
+
+
+def service_metadata(fleet: Fleet, name: str) -> dict[str, Any]:
+    """How the providers reach one pilot service: each key is what a capability needs
+    (nofx.healing.actions.capabilities)."""
+    return {
+        "supervisor_socket": str(fleet.socket_path),
+        "process": name,
+        "fleet_home": str(fleet.home),
+        "data_dir": str(data_dir(fleet.state_dir, name)),
+        "application_name": application_name(name),
+        "redis_url": fleet.redis_url,
+        "cache_prefix": cache_prefix(fleet.root, name),
+    }
 
 
 def register_fleet(engine: Engine, fleet: Fleet, *, owner: str = "platform-sre") -> list[str]:
@@ -30,9 +46,7 @@ def register_fleet(engine: Engine, fleet: Fleet, *, owner: str = "platform-sre")
                     "endpoint": f"http://127.0.0.1:{service.port}",
                     "deps": service.depends_on,
                     "slo": json.dumps({"availability": 0.999, "recovery_time_objective_s": 120}),
-                    "meta": json.dumps(
-                        {"supervisor_socket": str(fleet.socket_path), "process": service.name}
-                    ),
+                    "meta": json.dumps(service_metadata(fleet, service.name)),
                 },
             )
     return [s.name for s in fleet.spec.services]

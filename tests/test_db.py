@@ -219,7 +219,7 @@ def test_concurrent_migrate_calls_apply_each_file_once(pg_admin_url: str) -> Non
         assert migration_status(url).up_to_date
         with psycopg.connect(to_libpq_url(url)) as conn:
             playbooks = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-        assert playbooks == (2,)
+        assert playbooks == (8,)  # 008 and 013 seed 2 + 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,11 +423,11 @@ def test_seed_playbooks_exist_once_each(db_engine: Engine) -> None:
 
 
 def test_seed_playbooks_are_not_duplicated_when_rerun(fresh_database_url: str) -> None:
-    seed = (SQL_DIR / "008_seed_playbooks.sql").read_text()
     with psycopg.connect(to_libpq_url(fresh_database_url)) as conn:
-        conn.execute(seed.encode())
+        for seed in ("008_seed_playbooks.sql", "013_seed_strategy_playbooks.sql"):
+            conn.execute((SQL_DIR / seed).read_text().encode())
         count = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-    assert count == (2,)
+    assert count == (8,)
 
 
 # --------------------------------------------------------------------------------------------

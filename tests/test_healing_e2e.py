@@ -194,7 +194,14 @@ async def test_failed_restart_rolls_back_and_restores_the_service(
     status = await handle.query(HealingIncidentWorkflow.status)
     assert status.state is IncidentState.FAILED
     assert status.rollback_plan == []  # every compensation ran
-    assert [a.action for a in status.actions] == ["restore_service_running"]
+    # The restart either fails outright or "succeeds" (supervisord saw it start) and the pilot
+    # then dies on the taken port, failing validation; on a busy machine both happen. Either way
+    # the compensation is the last action.
+    actions = [a.action for a in status.actions]
+    assert actions in (
+        ["restore_service_running"],
+        ["restart_service", "restore_service_running"],
+    ), actions
     async with httpx.AsyncClient() as http:
         assert (await http.get(live_fleet.health_url(spec.name), timeout=2)).status_code == 200
     recorded = incident_rows(db_engine, status.incident_id)

@@ -16,7 +16,12 @@ WORKFLOWS: list[type] = [PlaybookDecisionWorkflow]
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     store = StoreActivities(deps.engine)
-    return [store.load_playbooks, store.record_decision, store.append_audit_event]
+    return [
+        store.load_playbooks,
+        store.service_capabilities,
+        store.record_decision,
+        store.append_audit_event,
+    ]
 
 
 if __name__ == "__main__":

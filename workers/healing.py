@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from activities.actions import ActionActivities
 from activities.incidents import IncidentActivities
 from activities.infra import InfraActivities
 from activities.store import StoreActivities
@@ -22,6 +23,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     store = StoreActivities(deps.engine)
     infra = InfraActivities(deps.engine)
     detection = DetectionActivities(deps.engine, deps.settings)
+    actions = ActionActivities(deps.engine, deps.settings)
     return [
         store.append_audit_event,
         store.record_incident,
@@ -29,6 +31,9 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         infra.restart_service,
         infra.restore_service_running,
         infra.validate_health,
+        actions.perform_action,
+        actions.undo_action,
+        actions.validate_requests,
         TelemetryActivities(deps.engine).probe_fleet,
         detection.scrape_fleet,
         detection.diagnose_fleet,

@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
     from activities.store import StoreActivities
+    from models.actions import ServiceCapabilities
     from models.common import AuditEventInput
     from models.healing import (
         PlaybookCandidate,
@@ -34,11 +35,13 @@ def success_estimate(candidate: PlaybookCandidate) -> float:
 
 def rank_playbooks(
     candidates: list[PlaybookCandidate],
+    offered: ServiceCapabilities | None = None,
 ) -> tuple[list[tuple[PlaybookCandidate, list[PlaybookStep]]], list[dict[str, object]]]:
     """Order usable playbooks best first; report the unusable ones with the reason.
 
     Best = highest estimated success, then the most automated, then the oldest (seed order).
-    A playbook whose steps do not validate is never chosen.
+    A playbook whose steps do not validate is never chosen, nor one that needs a capability the
+    target's providers do not offer (`offered`; None skips that check).
     """
     usable: list[tuple[PlaybookCandidate, list[PlaybookStep]]] = []
     rejected: list[dict[str, object]] = []
@@ -53,6 +56,16 @@ def rank_playbooks(
         if not steps:
             rejected.append({"playbook": candidate.playbook_name, "rejected": "no steps"})
             continue
+        if offered is not None:
+            if not offered.known:
+                reason = f"service {offered.service!r} is not in the inventory"
+                rejected.append({"playbook": candidate.playbook_name, "rejected": reason})
+                continue
+            missing = offered.missing_for([s.action for s in steps])
+            if missing:
+                reason = f"{offered.service} does not offer {', '.join(missing)}"
+                rejected.append({"playbook": candidate.playbook_name, "rejected": reason})
+                continue
         usable.append((candidate, steps))
     order = {id(c): i for i, c in enumerate(candidates)}
     usable.sort(
@@ -77,11 +90,21 @@ class PlaybookDecisionWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,
         )
-        usable, rejected = rank_playbooks(found.candidates)
+        offered = None
+        if workflow.patched("filter-playbooks-by-capability"):
+            offered = await workflow.execute_activity_method(
+                StoreActivities.service_capabilities,
+                request.service,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=STORE_RETRY,
+            )
+        usable, rejected = rank_playbooks(found.candidates, offered)
         if not usable:
+            reasons = "; ".join(f"{r['playbook']}: {r['rejected']}" for r in rejected)
             raise ApplicationError(
                 f"no usable playbook for incident type {request.incident_type!r}"
-                f" ({len(found.candidates)} found, {len(rejected)} rejected)",
+                f" ({len(found.candidates)} found, {len(rejected)} rejected"
+                + (f": {reasons})" if reasons else ")"),
                 type="NoPlaybook",
                 non_retryable=True,
             )

@@ -21,8 +21,10 @@ from workflows.saga import COMPENSATION_RETRY, Saga
 
 with workflow.unsafe.imports_passed_through():
     from activities._support import ACTION_RETRY, STORE_RETRY
+    from activities.actions import ActionActivities
     from activities.infra import InfraActivities
     from activities.store import StoreActivities
+    from models.actions import ActionRequest, ValidateRequestsParams
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput
     from models.healing import (
         TERMINAL_STATES,
@@ -337,6 +339,74 @@ class HealingIncidentWorkflow:
                 f"validated: {result.consecutive_passes} health checks passed in a row"
                 f" ({result.attempts} probes)"
             )
+        elif step.action == "validate_requests":
+            await self._validate_requests(index, step)
+        else:
+            await self._act(index, step, key)
+
+    def _action_request(self, index: int, step: PlaybookStep, key: str) -> ActionRequest:
+        return ActionRequest(
+            idempotency_key=key,
+            workflow_id=workflow.info().workflow_id,
+            step=f"{index}-{step.action}",
+            service=self._inp.service,
+            action=step.action,
+            params=step.params,
+            not_before=self._inp.detected_at,
+        )
+
+    async def _act(self, index: int, step: PlaybookStep, key: str) -> None:
+        """A state-changing action: its undo is registered first, then it runs once."""
+        request = self._action_request(index, step, key)
+        self._saga.register(
+            f"undo_{step.action}({self._inp.service})",
+            lambda: self._undo(request),
+        )
+        outcome = await workflow.execute_activity_method(
+            ActionActivities.perform_action,
+            request,
+            start_to_close_timeout=timedelta(seconds=step.timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=10),
+            retry_policy=ACTION_RETRY,
+        )
+        self._actions.append(outcome)
+        await self._update_row(healing_actions=True)
+        self._note(f"{step.action}: {_summary(outcome.detail)}")
+
+    async def _undo(self, request: ActionRequest) -> None:
+        outcome = await workflow.execute_activity_method(
+            ActionActivities.undo_action,
+            request,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(seconds=10),
+            retry_policy=COMPENSATION_RETRY,
+        )
+        self._actions.append(outcome)
+
+    async def _validate_requests(self, index: int, step: PlaybookStep) -> None:
+        checks = ValidateRequestsParams.model_validate(step.params)
+        await self._transition(
+            IncidentState.VALIDATING,
+            f"sending {checks.requests} real requests to {checks.path} per round",
+        )
+        result = await workflow.execute_activity_method(
+            ActionActivities.validate_requests,
+            self._action_request(index, step, f"validate-{index}"),
+            start_to_close_timeout=timedelta(
+                seconds=checks.attempts
+                * (checks.interval_seconds + checks.requests * checks.request_timeout_seconds)
+                + 30
+            ),
+            heartbeat_timeout=timedelta(seconds=max(30, checks.requests * 2 + 10)),
+            retry_policy=RetryPolicy(maximum_attempts=2),
+        )
+        if not result.passed:
+            raise ApplicationError(
+                f"recovery not validated after {result.rounds} rounds: {result.detail}",
+                type="ValidationFailed",
+                non_retryable=True,
+            )
+        self._note(f"validated by real requests: {result.detail}")
 
     async def _compensate(
         self,
@@ -504,3 +574,10 @@ def _describe(err: BaseException) -> str:
     if isinstance(cause, ApplicationError):
         return cause.message
     return f"{type(err).__name__}: {err}"
+
+
+def _summary(detail: dict[str, Any]) -> str:
+    """A one-line account of an action's detail for the timeline."""
+    parts = [f"{k}={v}" for k, v in detail.items() if not isinstance(v, (dict, list)) or not v]
+    parts += [f"{k}={len(v)} item(s)" for k, v in detail.items() if isinstance(v, list) and v]
+    return ", ".join(parts[:6]) or "done"

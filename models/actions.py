@@ -1,0 +1,177 @@
+"""The healing actions a playbook step may name: their parameters, and the capability each needs.
+
+A playbook's steps are validated against these models when the playbook is written and again when
+it runs, so a typo in a parameter is refused field by field ("steps.1.params.factor: Input should
+be greater than 1") rather than failing mid-incident. Each action needs one capability, which the
+target's providers must declare (see nofx.healing.capabilities); the decision track offers only
+playbooks whose every action the target supports.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.common import Contract
+
+Capability = Literal[
+    "process.restart",
+    "disk.cleanup",
+    "config.rollback",
+    "config.adjust",
+    "db.terminate_idle",
+    "cache.invalidate",
+    "traffic.drain",
+    "traffic.weight",
+    "probe.http",
+]
+
+
+class ActionParams(BaseModel):
+    """Base of every action's parameters: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RestartParams(ActionParams):
+    pass
+
+
+class ValidateHealthParams(ActionParams):
+    consecutive_passes: int = Field(default=3, ge=1, le=100)
+    interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
+    probe_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+
+class ValidateRequestsParams(ActionParams):
+    """A synthetic check: real requests to the service's work path must come back good."""
+
+    path: str = Field(default="/", pattern=r"^/")
+    requests: int = Field(default=20, ge=1, le=1000)
+    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    max_p95_ms: float | None = Field(default=None, gt=0)
+    fresh_cache: bool = Field(default=False, description="no response may come from a stale cache")
+    attempts: int = Field(default=10, ge=1, le=100, description="rounds before giving up")
+    interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    request_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+class CleanupDiskParams(ActionParams):
+    """Move files matching `patterns` out of the service's data directory into a quarantine."""
+
+    patterns: list[str] = Field(min_length=1, description="glob patterns, e.g. '*.tmp'")
+    min_age_seconds: float = Field(default=0, ge=0, description="leave files younger than this")
+
+
+class RollbackConfigParams(ActionParams):
+    to_version: int | None = Field(default=None, ge=1, description="default: the previous one")
+
+
+class ResizePoolParams(ActionParams):
+    factor: float = Field(default=2.0, gt=1, le=10)
+    max_size: int = Field(default=50, ge=1, le=100)
+
+
+class TerminateIdleParams(ActionParams):
+    """End the service's database sessions stuck idle in a transaction that wrote nothing."""
+
+    idle_seconds: float = Field(default=5.0, ge=0, description="idle in transaction at least")
+
+
+class InvalidateCacheParams(ActionParams):
+    namespace: str = Field(
+        default="cache", pattern=r"^[A-Za-z0-9_.-]+$", description="key namespace under the prefix"
+    )
+    warm_requests: int = Field(default=3, ge=0, le=100, description="GETs that rebuild hot keys")
+    warm_path: str = Field(default="/", pattern=r"^/")
+
+
+class DrainTrafficParams(ActionParams):
+    pass
+
+
+class ShiftWeightParams(ActionParams):
+    weight: int = Field(default=0, ge=0, le=256)
+
+
+ActionName = Literal[
+    "restart_service",
+    "validate_health",
+    "validate_requests",
+    "cleanup_disk",
+    "rollback_config",
+    "resize_pool",
+    "terminate_idle_connections",
+    "invalidate_cache",
+    "drain_traffic",
+    "shift_weight",
+]
+
+ACTION_PARAMS: dict[str, type[ActionParams]] = {
+    "restart_service": RestartParams,
+    "validate_health": ValidateHealthParams,
+    "validate_requests": ValidateRequestsParams,
+    "cleanup_disk": CleanupDiskParams,
+    "rollback_config": RollbackConfigParams,
+    "resize_pool": ResizePoolParams,
+    "terminate_idle_connections": TerminateIdleParams,
+    "invalidate_cache": InvalidateCacheParams,
+    "drain_traffic": DrainTrafficParams,
+    "shift_weight": ShiftWeightParams,
+}
+
+ACTION_CAPABILITY: dict[str, Capability] = {
+    "restart_service": "process.restart",
+    "validate_health": "probe.http",
+    "validate_requests": "probe.http",
+    "cleanup_disk": "disk.cleanup",
+    "rollback_config": "config.rollback",
+    "resize_pool": "config.adjust",
+    "terminate_idle_connections": "db.terminate_idle",
+    "invalidate_cache": "cache.invalidate",
+    "drain_traffic": "traffic.drain",
+    "shift_weight": "traffic.weight",
+}
+
+# Actions that only look: nothing to undo, never counted by the action guardrails.
+CHECKS = frozenset({"validate_health", "validate_requests"})
+
+
+class ActionRequest(Contract):
+    """One state-changing step on one service, idempotent under `idempotency_key`."""
+
+    idempotency_key: str
+    workflow_id: str
+    step: str
+    service: str
+    action: ActionName
+    params: dict[str, Any] = Field(default_factory=dict)
+    not_before: datetime = Field(description="when the incident was detected")
+
+
+class RequestCheck(Contract):
+    """The outcome of one `validate_requests` check."""
+
+    service: str
+    passed: bool
+    rounds: int
+    error_ratio: float
+    p95_ms: float | None
+    stale_reads: int
+    detail: str
+
+
+class ServiceCapabilities(Contract):
+    """What can be done to a service, each capability with the provider that offers it."""
+
+    service: str
+    known: bool = Field(description="the service is in the inventory")
+    capabilities: dict[Capability, str] = Field(default_factory=dict)
+
+    def missing_for(self, actions: list[str]) -> list[Capability]:
+        """The capabilities `actions` need that this service lacks."""
+        needed = dict.fromkeys(ACTION_CAPABILITY[a] for a in actions)
+        return [c for c in needed if c not in self.capabilities]

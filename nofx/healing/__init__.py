@@ -1,0 +1,1 @@
+"""The healing track's plain code: actions against real components, and their capabilities."""

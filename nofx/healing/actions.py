@@ -1,0 +1,472 @@
+"""The healing actions, against real components, each with the undo that restores the prior state.
+
+Plain code (no Temporal): `activities.actions` wraps it with the exactly-once bookkeeping. Every
+action has three parts:
+
+* `capture` reads, *before anything changes*, what its undo needs (the active config version, the
+  cache entries' dumps, where the quarantined files go). The activity stores it in `action_log`
+  first, so an undo after a worker crash mid-action still knows the true prior state.
+* `perform` acts, idempotently: it reads the current state and does nothing when the goal holds.
+* `undo` puts the prior state back (idempotent too) — the saga's compensation.
+
+Which actions a target supports is declared by its inventory entry (`capabilities`): an action is
+offered only where its provider exists — never faked.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from models.actions import (
+    Capability,
+    CleanupDiskParams,
+    InvalidateCacheParams,
+    ResizePoolParams,
+    RollbackConfigParams,
+    TerminateIdleParams,
+)
+from models.healing import FleetTarget
+from pilot.fleet import Fleet, FleetError, FleetSpec, ServiceSpec
+
+HEALING_ACTOR = "nofx-healing"
+
+
+class ActionError(RuntimeError):
+    """The action cannot be done on this target (and retrying will not change that)."""
+
+
+def capabilities(target: FleetTarget) -> dict[Capability, str]:
+    """What can be done to `target`, each capability with the provider that offers it."""
+    meta = target.metadata
+    found: dict[Capability, str] = {"probe.http": "http"}
+    if target.provider == "supervisor" and meta.get("supervisor_socket"):
+        found["process.restart"] = "supervisor"
+    if meta.get("data_dir"):
+        found["disk.cleanup"] = "files"
+    if meta.get("fleet_home"):
+        found["config.rollback"] = "config_versions"
+        found["config.adjust"] = "config_versions"
+    if meta.get("application_name"):
+        found["db.terminate_idle"] = "postgresql"
+    if meta.get("redis_url") and meta.get("cache_prefix"):
+        found["cache.invalidate"] = "redis"
+    socket = meta.get("haproxy_socket")
+    if socket and meta.get("haproxy_backend") and Path(socket).exists():
+        found["traffic.drain"] = "haproxy"
+        found["traffic.weight"] = "haproxy"
+    return found
+
+
+@dataclass
+class ActionContext:
+    """Where an action runs: its target, the platform database, and its idempotency key."""
+
+    target: FleetTarget
+    engine: Engine
+    database_url: str | None
+    key: str
+
+    @property
+    def service(self) -> str:
+        return self.target.service
+
+    def meta(self, name: str) -> Any:
+        value = self.target.metadata.get(name)
+        if value in (None, ""):
+            raise ActionError(f"service {self.service!r} has no metadata.{name} in the inventory")
+        return value
+
+    def fleet(self) -> Fleet:
+        """The pilot fleet that runs the target, for its versioned configuration."""
+        port = int(httpx.URL(self.target.endpoint).port or 80)
+        return Fleet(
+            Path(self.meta("fleet_home")),
+            FleetSpec(services=[ServiceSpec(name=self.service, port=port)]),
+            database_url=self.database_url,
+        )
+
+
+@dataclass
+class Performed:
+    performed: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Action(Protocol):
+    """A healing action (module doc); `plan` says, in words, what it and its undo would do."""
+
+    @property
+    def name(self) -> str: ...
+
+    def capture(self, ctx: ActionContext, params: Any) -> dict[str, Any]: ...
+
+    def perform(self, ctx: ActionContext, params: Any, prior: Mapping[str, Any]) -> Performed: ...
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed: ...
+
+    def plan(self, params: Any) -> tuple[str, str]: ...
+
+
+# ---- disk: quarantine, never delete ------------------------------------------------------
+
+
+class CleanupDisk:
+    """Move matching files out of the service's data directory (its quota) into a quarantine.
+
+    Nothing is deleted: the quarantine sits next to the data directory, outside the quota, and
+    the undo moves every file back. Purging the quarantine after its retention is a separate,
+    audited maintenance job — healing never destroys data.
+    """
+
+    name = "cleanup_disk"
+
+    def capture(self, ctx: ActionContext, params: CleanupDiskParams) -> dict[str, Any]:
+        data = Path(ctx.meta("data_dir"))
+        digest = hashlib.sha256(ctx.key.encode()).hexdigest()[:16]
+        return {"data_dir": str(data), "quarantine": str(data.parent / ".quarantine" / digest)}
+
+    def perform(
+        self, ctx: ActionContext, params: CleanupDiskParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        data, quarantine = Path(prior["data_dir"]), Path(prior["quarantine"])
+        if not data.is_dir():
+            raise ActionError(f"{ctx.service}: data directory {data} does not exist")
+        now = time.time()
+        moved, size = [], 0
+        for path in sorted(data.iterdir()):
+            if not path.is_file() or path.is_symlink():
+                continue
+            if not any(fnmatch.fnmatch(path.name, p) for p in params.patterns):
+                continue
+            stat = path.stat()
+            if now - stat.st_mtime < params.min_age_seconds:
+                continue
+            quarantine.mkdir(parents=True, exist_ok=True)
+            os.replace(path, quarantine / path.name)
+            moved.append(path.name)
+            size += stat.st_size
+        already = sorted(p.name for p in quarantine.iterdir()) if quarantine.is_dir() else []
+        return Performed(
+            bool(moved),
+            {
+                "moved": moved,
+                "bytes": size,
+                "quarantine": str(quarantine),
+                "in_quarantine": len(already),
+            },
+        )
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        data, quarantine = Path(prior["data_dir"]), Path(prior["quarantine"])
+        if not quarantine.is_dir():
+            return Performed(False, {"reason": "nothing was quarantined"})
+        restored, kept = [], []
+        for path in sorted(quarantine.iterdir()):
+            destination = data / path.name
+            if destination.exists():
+                kept.append(path.name)  # never overwrite what the service wrote since
+                continue
+            os.replace(path, destination)
+            restored.append(path.name)
+        if not kept:
+            shutil.rmtree(quarantine, ignore_errors=True)
+        return Performed(bool(restored), {"restored": restored, "left_in_quarantine": kept})
+
+    def plan(self, params: CleanupDiskParams) -> tuple[str, str]:
+        return (
+            f"move files matching {', '.join(params.patterns)} out of the data directory into a"
+            " quarantine",
+            "move the quarantined files back",
+        )
+
+
+# ---- configuration: versions in config_versions -------------------------------------------
+
+
+def _reason(ctx: ActionContext, what: str) -> str:
+    return f"{what} (healing step {ctx.key})"
+
+
+class RollbackConfig:
+    """Make an earlier configuration version active again (as a new version; history is kept)."""
+
+    name = "rollback_config"
+
+    def capture(self, ctx: ActionContext, params: RollbackConfigParams) -> dict[str, Any]:
+        active = ctx.fleet().active_config(ctx.service)
+        if active is None:
+            raise ActionError(f"{ctx.service} has no active configuration version to roll back")
+        return {"from_version": active.version}
+
+    def perform(
+        self, ctx: ActionContext, params: RollbackConfigParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        fleet = ctx.fleet()
+        active = fleet.active_config(ctx.service)
+        if active is not None and ctx.key in (active.reason or ""):
+            return Performed(
+                True, {"active_version": active.version, "note": "already rolled back"}
+            )
+        try:
+            rolled = fleet.rollback_config(
+                ctx.service,
+                applied_by=HEALING_ACTOR,
+                reason=_reason(ctx, f"roll back v{prior['from_version']}"),
+                to_version=params.to_version,
+            )
+        except FleetError as err:
+            raise ActionError(str(err)) from err
+        return Performed(
+            True,
+            {
+                "from_version": prior["from_version"],
+                "active_version": rolled.version,
+                "config": rolled.config,
+            },
+        )
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        fleet = ctx.fleet()
+        history = {v.version: v for v in fleet.config_history(ctx.service)}
+        before = history.get(int(prior["from_version"]))
+        active = fleet.active_config(ctx.service)
+        if before is None or active is None or active.config == before.config:
+            return Performed(False, {"reason": "the prior configuration is in force"})
+        restored = fleet.rollback_config(
+            ctx.service,
+            applied_by=HEALING_ACTOR,
+            reason=_reason(ctx, f"compensation: restore v{before.version}"),
+            to_version=before.version,
+        )
+        return Performed(True, {"restored_version": before.version, "active": restored.version})
+
+    def plan(self, params: RollbackConfigParams) -> tuple[str, str]:
+        target = f"v{params.to_version}" if params.to_version else "the previous version"
+        return f"roll the configuration back to {target}", "re-apply the configuration it replaced"
+
+
+class ResizePool:
+    """Grow the service's database connection pool (a config change; undo restores the size)."""
+
+    name = "resize_pool"
+
+    def capture(self, ctx: ActionContext, params: ResizePoolParams) -> dict[str, Any]:
+        active = ctx.fleet().active_config(ctx.service)
+        size = int((active.config if active else {}).get("db_pool_size", 5))
+        return {
+            "size": size,
+            "target": min(params.max_size, max(size + 1, round(size * params.factor))),
+        }
+
+    def perform(
+        self, ctx: ActionContext, params: ResizePoolParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        fleet = ctx.fleet()
+        active = fleet.active_config(ctx.service)
+        current = int((active.config if active else {}).get("db_pool_size", prior["size"]))
+        target = int(prior["target"])
+        if current >= target:
+            return Performed(False, {"size": current, "reason": f"pool already {current}"})
+        try:
+            pushed = fleet.push_config(
+                ctx.service,
+                {"db_pool_size": target},
+                applied_by=HEALING_ACTOR,
+                reason=_reason(ctx, f"grow the database pool {current} -> {target}"),
+            )
+        except FleetError as err:
+            raise ActionError(str(err)) from err
+        return Performed(True, {"from": current, "to": target, "version": pushed.version})
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        fleet = ctx.fleet()
+        active = fleet.active_config(ctx.service)
+        size = int(prior["size"])
+        if active is None or int(active.config.get("db_pool_size", size)) == size:
+            return Performed(False, {"reason": f"the pool is back at {size}"})
+        fleet.push_config(
+            ctx.service,
+            {"db_pool_size": size},
+            applied_by=HEALING_ACTOR,
+            reason=_reason(ctx, f"compensation: pool back to {size}"),
+        )
+        return Performed(True, {"size": size})
+
+    def plan(self, params: ResizePoolParams) -> tuple[str, str]:
+        return (
+            f"grow the database pool by a factor of {params.factor:g} (at most {params.max_size})",
+            "set the pool size back",
+        )
+
+
+# ---- database: sessions stuck idle in a transaction ---------------------------------------
+
+_STUCK_SESSIONS = text(
+    "SELECT pid, state, backend_xid IS NOT NULL AS wrote,"
+    " extract(epoch FROM now() - state_change) AS idle_s"
+    " FROM pg_stat_activity WHERE application_name = :app AND pid <> pg_backend_pid()"
+    " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+    " AND state_change < now() - make_interval(secs => :idle) ORDER BY pid"
+)
+
+
+class TerminateIdleConnections:
+    """End the service's sessions idle in a transaction that wrote nothing.
+
+    A session whose transaction holds a transaction id (`backend_xid`) has written: ending it
+    would roll those writes back, so it is left alone and reported — zero data loss. The ones
+    ended held only a snapshot; the service's pool notices and reconnects. There is no state to
+    restore, so the undo only says so.
+    """
+
+    name = "terminate_idle_connections"
+
+    def capture(self, ctx: ActionContext, params: TerminateIdleParams) -> dict[str, Any]:
+        return {"application_name": ctx.meta("application_name")}
+
+    def perform(
+        self, ctx: ActionContext, params: TerminateIdleParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        with ctx.engine.begin() as conn:
+            stuck = conn.execute(
+                _STUCK_SESSIONS, {"app": prior["application_name"], "idle": params.idle_seconds}
+            ).all()
+            ended, spared = [], []
+            for pid, _state, wrote, _idle in stuck:
+                if wrote:
+                    spared.append(pid)
+                    continue
+                if conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
+                    ended.append(pid)
+        return Performed(
+            bool(ended),
+            {"terminated": ended, "spared_with_writes": spared, "seen": len(stuck)},
+        )
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        return Performed(
+            False, {"reason": "ended sessions had written nothing; nothing to restore"}
+        )
+
+    def plan(self, params: TerminateIdleParams) -> tuple[str, str]:
+        return (
+            f"end the service's sessions idle in a transaction for {params.idle_seconds:g}s or"
+            " more that wrote nothing (sessions with writes are spared)",
+            "nothing to restore (the ended sessions held no writes)",
+        )
+
+
+# ---- cache: invalidate by namespace, keep the dumps ---------------------------------------
+
+
+def _redis(ctx: ActionContext) -> redis.Redis:
+    return redis.Redis.from_url(str(ctx.meta("redis_url")), socket_timeout=5.0)
+
+
+class InvalidateCache:
+    """Delete the service's cache namespace (SCAN, never KEYS) and warm it with real requests.
+
+    Only derived data lives under ``<prefix>:<namespace>:``; the source of truth is elsewhere, so
+    the next read rebuilds every entry. The entries' DUMPs (with their TTLs) are kept as the
+    prior state, so the undo restores them exactly.
+    """
+
+    name = "invalidate_cache"
+
+    @staticmethod
+    def _match(ctx: ActionContext, params: InvalidateCacheParams) -> str:
+        return f"{ctx.meta('cache_prefix')}:{params.namespace}:*"
+
+    def capture(self, ctx: ActionContext, params: InvalidateCacheParams) -> dict[str, Any]:
+        client = _redis(ctx)
+        try:
+            entries = []
+            for key in client.scan_iter(match=self._match(ctx, params), count=500):
+                dumped = client.dump(key)
+                if dumped is None:
+                    continue
+                entries.append(
+                    {
+                        "key": base64.b64encode(key).decode(),
+                        "dump": base64.b64encode(dumped).decode(),
+                        "pttl": max(0, int(client.pttl(key))),
+                    }
+                )
+        finally:
+            client.close()
+        return {"match": self._match(ctx, params), "entries": entries}
+
+    def perform(
+        self, ctx: ActionContext, params: InvalidateCacheParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        client = _redis(ctx)
+        try:
+            deleted = 0
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=prior["match"], count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += int(client.unlink(*batch))
+                    batch.clear()
+            if batch:
+                deleted += int(client.unlink(*batch))
+        finally:
+            client.close()
+        warmed: list[int | str] = []
+        for _ in range(params.warm_requests):
+            try:
+                response = httpx.get(f"{ctx.target.endpoint}{params.warm_path}", timeout=2.0)
+                warmed.append(response.status_code)
+            except httpx.HTTPError as err:
+                warmed.append(type(err).__name__)
+        return Performed(
+            deleted > 0,
+            {"deleted": deleted, "match": prior["match"], "warm_responses": warmed},
+        )
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        client = _redis(ctx)
+        try:
+            for entry in prior["entries"]:
+                client.restore(
+                    base64.b64decode(entry["key"]),
+                    int(entry["pttl"]),
+                    base64.b64decode(entry["dump"]),
+                    replace=True,
+                )
+        finally:
+            client.close()
+        return Performed(bool(prior["entries"]), {"restored": len(prior["entries"])})
+
+    def plan(self, params: InvalidateCacheParams) -> tuple[str, str]:
+        return (
+            f"delete the cache namespace '{params.namespace}' (SCAN) and warm it with"
+            f" {params.warm_requests} request(s)",
+            "restore the deleted entries from their dumps",
+        )
+
+
+ACTIONS: dict[str, Action] = {
+    action.name: action
+    for action in (
+        CleanupDisk(),
+        RollbackConfig(),
+        ResizePool(),
+        TerminateIdleConnections(),
+        InvalidateCache(),
+    )
+}
