@@ -135,7 +135,7 @@ class TrainDetectorInput(Contract):
     hours: float = Field(default=6.0, gt=0, le=24 * 14, description="history to learn from")
     until: datetime | None = Field(default=None, description="end of the history (default: now)")
     holdout_share: float = Field(
-        default=0.3, gt=0, lt=1, description="the latest share of the history held out to judge"
+        default=0.3, gt=0, lt=1, description="the latest share of fault episodes held out to judge"
     )
     holdout_from: datetime | None = Field(
         default=None, description="hold out from this moment instead of by share"

@@ -355,7 +355,9 @@ def audit_verify() -> None:
 @detect_app.command("train")
 def detect_train(
     hours: Annotated[float, typer.Option(help="learn from the last N hours of history")] = 6.0,
-    holdout: Annotated[float, typer.Option(help="latest share of the history held out")] = 0.3,
+    holdout: Annotated[
+        float, typer.Option(help="latest share of the fault episodes held out to judge")
+    ] = 0.3,
     activate: Annotated[
         bool | None,
         typer.Option(
@@ -374,12 +376,13 @@ def detect_train(
         )
     except ValueError as err:
         raise fail(_first_error(err)) from None
-    typer.echo(f"training on the last {hours:g} h (latest {holdout:.0%} held out)")
+    typer.echo(
+        f"training on the last {hours:g} h (latest {holdout:.0%} of fault episodes held out)"
+    )
     try:
         report = asyncio.run(_train(request))
     except (RPCError, WorkflowFailureError) as err:
-        cause = getattr(err, "cause", None)
-        raise fail(f"training failed: {getattr(cause, 'message', None) or err}") from None
+        raise fail(f"training failed: {_root_cause(err)}") from None
     holdout_figures = report.holdout
     say(f"model {report.version} ({report.model_id})")
     say(
@@ -399,6 +402,13 @@ def detect_train(
 async def _train(request: TrainDetectorInput) -> Any:
     async with NofxClient.connect(settings()) as nofx:
         return await nofx.train_detector(request)
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost failure's message (a workflow failed because an activity failed because...)."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause  # type: ignore[attr-defined]
+    return str(getattr(err, "message", None) or err)
 
 
 def _first_error(err: ValueError) -> str:

@@ -4,7 +4,7 @@ history trains it in tests/test_detection_e2e.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,10 @@ from nofx.detection.learned import (
 )
 from nofx.diagnosis.evidence import DetectorCache
 from nofx.diagnosis.training import (
+    LabelWindow,
     activation_verdict,
     active_model_id,
+    holdout_cut,
     list_models,
     load_detector,
     store_model,
@@ -202,3 +204,19 @@ def test_models_are_stored_loaded_and_only_one_is_active(fresh_database_url: str
             load_detector(engine, first.model_id)
     finally:
         engine.dispose()
+
+
+def window(minute: float, service: str = "s") -> LabelWindow:
+    start = datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(minutes=minute)
+    return LabelWindow(f"k{minute}{service}", service, "memory_leak", start, start, "injection")
+
+
+def test_the_holdout_starts_before_the_latest_episodes_not_at_a_clock_share() -> None:
+    # three bursts of faults (two at once in each), the last after an hour of quiet
+    windows = [window(m, s) for m in (0, 10, 70) for s in ("a", "b")]
+    assert holdout_cut(windows, 0.3) == windows[4].start  # the latest of three episodes
+    assert holdout_cut(windows, 0.7) == windows[2].start  # two of three
+    with pytest.raises(TrainingError, match="one episode"):
+        holdout_cut([window(0, "a"), window(0.5, "b")], 0.3)
+    with pytest.raises(TrainingError, match="holdout_share"):
+        holdout_cut(windows, 1.0)

@@ -263,6 +263,34 @@ def store_model(
     return StoredModel(str(model_id), version, go_live, verdict, metrics, training)
 
 
+# Windows that start within this of each other are one episode of faults (a stage injected at
+# once, or one fault seen as an injection and as the incident that healed it).
+EPISODE_GAP = timedelta(seconds=60)
+
+
+def holdout_cut(windows: Sequence[LabelWindow], share: float) -> datetime:
+    """Where the held-out later history starts: before the latest `share` of fault episodes.
+
+    Cutting by episodes, not by clock time, keeps labelled faults on both sides however the
+    history is spread (hours of quiet, then a burst of chaos runs); cutting between episodes
+    keeps an episode's windows together.
+    """
+    if not 0.0 < share < 1.0:
+        raise TrainingError(f"holdout_share must lie in (0, 1), got {share}")
+    starts = sorted(w.start for w in windows)
+    episodes = [starts[0]]
+    for start in starts[1:]:
+        if start - episodes[-1] > EPISODE_GAP:
+            episodes.append(start)
+    if len(episodes) < 2:
+        raise TrainingError(
+            f"all {len(windows)} labelled window(s) belong to one episode of faults: a"
+            " time-ordered holdout needs faults at two separate times at least"
+        )
+    held = min(len(episodes) - 1, max(1, round(len(episodes) * share)))
+    return episodes[len(episodes) - held]
+
+
 def train_detector(
     engine: Engine,
     source: MetricSource,
@@ -275,20 +303,22 @@ def train_detector(
     activate: bool | None = None,
     progress: Progress | None = None,
 ) -> StoredModel:
-    """Build the dataset, train on the earlier part, judge on the later, store (module doc)."""
+    """Build the dataset, train on the earlier part, judge on the later, store (module doc).
+
+    The held-out part starts at `holdout_from`, or else before the latest `holdout_share` of
+    fault episodes (`holdout_cut`).
+    """
     if not since < until:
         raise TrainingError(f"empty history window: since {since} is not before until {until}")
-    if holdout_from is None:
-        if not 0.0 < holdout_share < 1.0:
-            raise TrainingError(f"holdout_share must lie in (0, 1), got {holdout_share}")
-        holdout_from = since + (until - since) * (1.0 - holdout_share)
-    elif not since < holdout_from < until:
+    if holdout_from is not None and not since < holdout_from < until:
         raise TrainingError(f"holdout_from {holdout_from} must lie inside ({since}, {until})")
     windows = label_windows(engine, since, until)
     if not windows:
         raise TrainingError(
             f"no injected fault or resolved incident between {since} and {until}: nothing to learn"
         )
+    if holdout_from is None:
+        holdout_from = holdout_cut(windows, holdout_share)
     data, summary = build_dataset(source, services, windows, since, until, progress)
     if progress is not None:
         progress(f"training on {len(data)} samples ({summary['positives']} labelled faulty)")
