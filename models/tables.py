@@ -37,12 +37,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ActionLease",
     "ActionLog",
     "AuditEvent",
     "AutonomousDecision",
+    "ChangeFreeze",
     "ConfigVersion",
     "DecisionModel",
     "FaultInjection",
+    "GuardrailVerdict",
     "HealingIncident",
     "HealingPattern",
     "LearningFeedback",
@@ -51,6 +54,7 @@ __all__ = [
     "MetricSample",
     "ModelArtifact",
     "OptimizationRecommendation",
+    "PlatformControl",
     "RecoveryPlaybook",
     "Service",
 ]
@@ -429,3 +433,68 @@ class ModelArtifact(SQLModel, table=True):
     artifact: str = _column(Text, nullable=False)
     sha256: str = _column(Text, nullable=False)
     created_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+
+
+class PlatformControl(SQLModel, table=True):
+    """A platform-wide control: the kill switch and the guardrail policy ('automation')."""
+
+    __tablename__ = "platform_controls"
+
+    name: str = Field(sa_column=Column(Text, primary_key=True))
+    paused: bool = _column(Boolean, nullable=False, server_default=text("false"))
+    reason: str | None = _column(Text, nullable=True)
+    changed_by: str | None = _column(Text, nullable=True)
+    changed_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+    policy: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
+
+
+class ChangeFreeze(SQLModel, table=True):
+    """A window in which no automated change is made (scope: a service, or '*')."""
+
+    __tablename__ = "change_freezes"
+    __table_args__ = (CheckConstraint("ends_at > starts_at", name="change_freezes_check"),)
+
+    id: uuid.UUID | None = _uuid_pk()
+    scope: str = _column(Text, nullable=False, server_default=text("'*'"))
+    starts_at: datetime = _timestamptz(nullable=False)
+    ends_at: datetime = _timestamptz(nullable=False)
+    reason: str = _column(Text, nullable=False)
+    created_by: str = _column(Text, nullable=False)
+    created_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+
+
+class ActionLease(SQLModel, table=True):
+    """An action in flight: what the concurrency limit and the blast radius count."""
+
+    __tablename__ = "action_leases"
+
+    idempotency_key: str = Field(sa_column=Column(Text, primary_key=True))
+    service: str = _column(Text, nullable=False)
+    service_group: str = _column(Text, nullable=False)
+    workflow_id: str = _column(Text, nullable=False)
+    action: str = _column(Text, nullable=False)
+    acquired_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+    expires_at: datetime = _timestamptz(nullable=False)
+
+
+class GuardrailVerdict(SQLModel, table=True):
+    """One guardrail check and its answer (allow, wait, ask), with the reason."""
+
+    __tablename__ = "guardrail_verdicts"
+    __table_args__ = (
+        CheckConstraint(
+            "verdict IN ('allow', 'wait', 'ask')", name="guardrail_verdicts_verdict_check"
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    decided_at: datetime | None = _timestamptz(nullable=False, server_default=True)
+    workflow_id: str = _column(Text, nullable=False)
+    service: str = _column(Text, nullable=False)
+    action: str = _column(Text, nullable=False)
+    verdict: str = _column(Text, nullable=False)
+    guardrail: str | None = _column(Text, nullable=True)
+    reason: str = _column(Text, nullable=False)
+    details: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)

@@ -29,6 +29,7 @@ from pgserver.postgres_server import get_server
 from sqlalchemy import Engine
 
 from nofx.db import make_engine, migrate, scratch_database
+from nofx.healing.guardrails import set_policy
 
 TEST_DATABASE_URL_ENV = "NOFX_TEST_DATABASE_URL"
 
@@ -57,11 +58,29 @@ def pg_admin_url() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+# Tests fail incidents on purpose and fault many services at once; with the production policy
+# the circuit breaker and the unhealthy-fleet stop would then (rightly) hold every later test's
+# healing for a person. The session runs with these limits; tests/test_guardrails.py sets the
+# ones it checks and puts this back.
+TEST_POLICY = {
+    "breaker_failures": 10_000,
+    "unhealthy_share_stop": 1.0,
+    "cooldown_seconds": 0,
+    "max_actions_per_hour": 10_000,
+    "max_concurrent_actions": 50,
+}
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_admin_url: str) -> Iterator[str]:
-    """The session's migrated scratch database."""
+    """The session's migrated scratch database, with the test session's guardrail policy."""
     with scratch_database(pg_admin_url) as url:
         migrate(url)
+        engine = make_engine(url)
+        try:
+            set_policy(engine, TEST_POLICY)
+        finally:
+            engine.dispose()
         yield url
 
 

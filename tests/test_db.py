@@ -58,6 +58,10 @@ ADDED_TABLES = {
     "metric_samples",
     "fault_injections",
     "model_artifacts",
+    "platform_controls",
+    "change_freezes",
+    "action_leases",
+    "guardrail_verdicts",
 }
 
 TABLE_CLASSES: list[type[SQLModel]] = sorted(

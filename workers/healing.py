@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from activities.actions import ActionActivities
+from activities.guardrails import GuardrailActivities
 from activities.incidents import IncidentActivities
 from activities.infra import InfraActivities
 from activities.store import StoreActivities
@@ -24,6 +25,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     infra = InfraActivities(deps.engine)
     detection = DetectionActivities(deps.engine, deps.settings)
     actions = ActionActivities(deps.engine, deps.settings)
+    guardrails = GuardrailActivities(deps.engine)
     return [
         store.append_audit_event,
         store.record_incident,
@@ -34,6 +36,8 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         actions.perform_action,
         actions.undo_action,
         actions.validate_requests,
+        guardrails.check_guardrails,
+        guardrails.release_lease,
         TelemetryActivities(deps.engine).probe_fleet,
         detection.scrape_fleet,
         detection.diagnose_fleet,

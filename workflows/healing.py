@@ -22,10 +22,12 @@ from workflows.saga import COMPENSATION_RETRY, Saga
 with workflow.unsafe.imports_passed_through():
     from activities._support import ACTION_RETRY, STORE_RETRY
     from activities.actions import ActionActivities
+    from activities.guardrails import GuardrailActivities
     from activities.infra import InfraActivities
     from activities.store import StoreActivities
-    from models.actions import ActionRequest, ValidateRequestsParams
+    from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput
+    from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import (
         TERMINAL_STATES,
         AbortAccepted,
@@ -247,10 +249,13 @@ class HealingIncidentWorkflow:
     async def _wait_for_approval_if_needed(self, choice: PlaybookChoice) -> None:
         if choice.automation_level == "full-auto":
             return
-        await self._transition(
-            IncidentState.AWAITING_APPROVAL,
-            f"playbook {choice.playbook_name} is {choice.automation_level}: waiting for `approve`",
+        await self._await_person(
+            f"playbook {choice.playbook_name} is {choice.automation_level}: waiting for `approve`"
         )
+
+    async def _await_person(self, why: str) -> None:
+        """Wait for `approve` (or `abort`), listed in the Web UI as awaiting approval."""
+        await self._transition(IncidentState.AWAITING_APPROVAL, why)
         workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(True)])
         try:
             await workflow.wait_condition(
@@ -286,6 +291,69 @@ class HealingIncidentWorkflow:
 
     async def _run_step(self, index: int, step: PlaybookStep) -> None:
         key = f"{workflow.info().workflow_id}/{self._incident_id}/{index}-{step.action}"
+        if step.action in CHECKS or not workflow.patched("guardrails"):
+            await self._run_unguarded(index, step, key)
+            return
+        await self._pass_guardrails(step, key)
+        try:
+            await self._run_unguarded(index, step, key)
+        finally:
+            # The lease must go even when the step failed or the incident is being cancelled.
+            release = workflow.execute_activity_method(
+                GuardrailActivities.release_lease,
+                ReleaseLease(idempotency_key=key),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.ensure_future(release))
+
+    async def _pass_guardrails(self, step: PlaybookStep, key: str) -> None:
+        """Wait out temporary holds, ask a person where automation must stop (module doc of
+        nofx.healing.guardrails); return once the step holds its lease."""
+        began = workflow.now()
+        held_by: str | None = None
+        while True:
+            verdict = await workflow.execute_activity_method(
+                GuardrailActivities.check_guardrails,
+                GuardrailCheck(
+                    idempotency_key=key,
+                    workflow_id=workflow.info().workflow_id,
+                    service=self._inp.service,
+                    action=step.action,
+                    approved_by=self._approval.approver if self._approval else None,
+                ),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            if verdict.verdict == "allow":
+                if held_by is not None or self._approval is not None:
+                    self._note(f"guardrails passed: {verdict.reason}")
+                return
+            if verdict.verdict == "ask":
+                await self._await_person(
+                    f"guardrail {verdict.guardrail}: {verdict.reason}; waiting for `approve`"
+                )
+                await self._transition(IncidentState.HEALING, f"approved: {step.action} goes ahead")
+                continue
+            if held_by != verdict.guardrail:
+                held_by = verdict.guardrail
+                self._note(f"held by guardrail {verdict.guardrail}: {verdict.reason}")
+            if (workflow.now() - began).total_seconds() > verdict.max_wait_seconds:
+                raise ApplicationError(
+                    f"held by guardrail {verdict.guardrail} for more than"
+                    f" {verdict.max_wait_seconds:g}s: {verdict.reason}",
+                    type="GuardrailTimeout",
+                    non_retryable=True,
+                )
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._abort is not None, timeout=verdict.retry_after_seconds
+                )
+            if self._abort is not None:
+                raise aborted(self._abort)
+
+    async def _run_unguarded(self, index: int, step: PlaybookStep, key: str) -> None:
         if step.action == "restart_service":
             action = ServiceActionInput(
                 idempotency_key=key,
