@@ -7,23 +7,35 @@ one-line error naming what is wrong instead of a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import sqlalchemy.exc
 import typer
+from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
 from models.detection import TrainDetectorInput
-from models.healing import TERMINAL_STATES, IncidentStatus
+from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
 from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
+from nofx.healing.guardrails import (
+    active_freezes,
+    add_freeze,
+    read_controls,
+    recent_verdicts,
+    set_paused,
+    set_policy,
+)
 from nofx.logging import configure_logging
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.stack import Stack, StackError
@@ -35,10 +47,14 @@ db_app = typer.Typer(help="The platform database.")
 fleet_app = typer.Typer(help="The staging fleet (pilot services under supervisord).")
 audit_app = typer.Typer(help="The append-only audit trail.")
 detect_app = typer.Typer(help="The learned anomaly detector: train it, list its versions.")
+guardrails_app = typer.Typer(help="Guardrails every healing action passes: policy, freezes.")
+freeze_app = typer.Typer(help="Change-freeze windows: no automated change inside them.")
 app.add_typer(db_app, name="db")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(audit_app, name="audit")
 app.add_typer(detect_app, name="detect")
+app.add_typer(guardrails_app, name="guardrails")
+guardrails_app.add_typer(freeze_app, name="freeze")
 
 
 def fail(message: str) -> typer.Exit:
@@ -208,6 +224,13 @@ async def _follow_incident(
                     f"{_clock(entry.at)}  +{offset:.1f}s  {entry.state.value:<8} {entry.message}"
                 )
         shown = len(status.timeline)
+        if status.state is IncidentState.AWAITING_APPROVAL:
+            why = status.timeline[-1].message if status.timeline else "approval"
+            raise fail(
+                f"incident {workflow_id} waits for a person ({why}). Approve it from the Web UI"
+                f' (signal `approve` with {{"approver": "you", "reason": "..."}}),'
+                " or see `nofx guardrails show`"
+            )
         if status.state in TERMINAL_STATES and described.status != WorkflowExecutionStatus.RUNNING:
             return status
         if status.state in TERMINAL_STATES:
@@ -230,6 +253,22 @@ def _database_url() -> str:
     if not url:
         raise fail("no database: set NOFX_DATABASE_URL or run `nofx up` for the embedded one")
     return str(url)
+
+
+@contextlib.contextmanager
+def _engine() -> Iterator[Engine]:
+    """The platform database for one command; its failures end the command in one line."""
+    engine = make_engine(_database_url())
+    try:
+        yield engine
+    except sqlalchemy.exc.ProgrammingError as err:
+        first = str(err.orig).strip().splitlines()[0]
+        raise fail(f"the database is not ready ({first}): run `nofx db migrate`") from None
+    except sqlalchemy.exc.OperationalError as err:
+        first = str(err.orig).strip().splitlines()[0]
+        raise fail(f"cannot use the database: {first}") from None
+    finally:
+        engine.dispose()
 
 
 @db_app.command("migrate")
@@ -259,12 +298,12 @@ def db_status() -> None:
 # ---- fleet ---------------------------------------------------------------------------------
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
+def _parse_params(pairs: list[str], option: str = "--set ") -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise fail(f"--set {pair!r}: expected KEY=VALUE")
+            raise fail(f"{option}{pair!r}: expected KEY=VALUE")
         try:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -283,21 +322,19 @@ def fleet_inject(
 ) -> None:
     """Inject a real fault into a pilot service (recorded in fault_injections)."""
     params = _parse_params(set_ or [])
-    engine = make_engine(_database_url())
-    try:
-        outcome = inject_recorded(
-            Stack(settings()).fleet(),
-            engine,
-            kind,
-            service,
-            source="cli",
-            actor=getpass.getuser(),
-            **params,
-        )
-    except FleetError as err:
-        raise fail(str(err)) from None
-    finally:
-        engine.dispose()
+    with _engine() as engine:
+        try:
+            outcome = inject_recorded(
+                Stack(settings()).fleet(),
+                engine,
+                kind,
+                service,
+                source="cli",
+                actor=getpass.getuser(),
+                **params,
+            )
+        except FleetError as err:
+            raise fail(str(err)) from None
     detail = ", ".join(
         f"{k}={v}" for k, v in outcome.items() if k not in ("kind", "service", "injected_at")
     )
@@ -310,13 +347,11 @@ def fleet_clear(
     kind: Annotated[str | None, typer.Option("--kind", help="only this fault kind")] = None,
 ) -> None:
     """Remove injected faults by hand (every fault of the service unless --kind)."""
-    engine = make_engine(_database_url())
-    try:
-        undone = clear_recorded(Stack(settings()).fleet(), engine, service, kind)
-    except FleetError as err:
-        raise fail(str(err)) from None
-    finally:
-        engine.dispose()
+    with _engine() as engine:
+        try:
+            undone = clear_recorded(Stack(settings()).fleet(), engine, service, kind)
+        except FleetError as err:
+            raise fail(str(err)) from None
     for line in undone or ["nothing to clear"]:
         typer.echo(f"{service}: {line}")
 
@@ -332,18 +367,99 @@ def fleet_faults(service: Annotated[str, typer.Option("--service")]) -> None:
         typer.echo(f"{kind:<16} {json.dumps(detail, default=str)}")
 
 
+# ---- guardrails ----------------------------------------------------------------------------
+
+
+@app.command()
+def pause(
+    reason: Annotated[str, typer.Option(help="why (recorded, shown to every incident)")],
+) -> None:
+    """The kill switch: hold every automated healing action until `nofx resume`."""
+    with _engine() as engine:
+        controls = set_paused(engine, True, actor=getpass.getuser(), reason=reason)
+    typer.echo(f"automation PAUSED by {controls.changed_by}: {controls.reason}")
+
+
+@app.command()
+def resume(reason: Annotated[str, typer.Option(help="why")] = "resumed") -> None:
+    """Lift the kill switch; held incidents go ahead at their next check."""
+    with _engine() as engine:
+        controls = set_paused(engine, False, actor=getpass.getuser(), reason=reason)
+    typer.echo(f"automation resumed by {controls.changed_by}")
+
+
+@guardrails_app.command("show")
+def guardrails_show() -> None:
+    """The kill switch, the policy, active freezes and the last refusals."""
+    with _engine() as engine:
+        with engine.connect() as conn:
+            controls = read_controls(conn)
+        freezes = active_freezes(engine)
+        refused = [v for v in recent_verdicts(engine) if v["verdict"] != "allow"][-10:]
+    state = "PAUSED" if controls.paused else "active"
+    typer.echo(f"automation: {state} (last change by {controls.changed_by}: {controls.reason})")
+    for key, value in controls.policy.model_dump().items():
+        say(f"{key} = {value}")
+    for freeze in freezes:
+        typer.echo(
+            f"freeze {freeze['scope']}: {freeze['starts_at']:%Y-%m-%d %H:%M} →"
+            f" {freeze['ends_at']:%Y-%m-%d %H:%M} ({freeze['reason']})"
+        )
+    for verdict in refused:
+        typer.echo(
+            f"{verdict['decided_at']:%H:%M:%S} {verdict['verdict']:<4} {verdict['service']}"
+            f" {verdict['action']}: {verdict['guardrail']} — {verdict['reason']}"
+        )
+
+
+@guardrails_app.command("set")
+def guardrails_set(
+    pairs: Annotated[list[str], typer.Argument(help="KEY=VALUE, e.g. max_concurrent_actions=2")],
+) -> None:
+    """Change guardrail limits (validated as a whole before anything is stored)."""
+    changes = _parse_params(pairs, option="")
+    with _engine() as engine:
+        try:
+            policy = set_policy(engine, changes)
+        except ValueError as err:
+            raise fail(_first_error(err)) from None
+    for key in changes:
+        say(f"{key} = {getattr(policy, key)}")
+
+
+@freeze_app.command("add")
+def freeze_add(
+    reason: Annotated[str, typer.Option(help="why nothing may change")],
+    hours: Annotated[float, typer.Option(help="length of the window from --start")] = 1.0,
+    start: Annotated[
+        datetime | None, typer.Option(help="ISO time (default now)", formats=["%Y-%m-%dT%H:%M"])
+    ] = None,
+    scope: Annotated[str, typer.Option(help="a service name, or * for the fleet")] = "*",
+) -> None:
+    """Open a change-freeze window."""
+    begins = (start.astimezone() if start else datetime.now(UTC)).astimezone(UTC)
+    if hours <= 0:
+        raise fail(f"--hours {hours}: must be above 0")
+    with _engine() as engine:
+        freeze_id = add_freeze(
+            engine,
+            begins,
+            begins + timedelta(hours=hours),
+            scope=scope,
+            reason=reason,
+            actor=getpass.getuser(),
+        )
+    typer.echo(f"freeze {freeze_id}: {scope} from {begins:%Y-%m-%d %H:%M %Z} for {hours:g} h")
+
+
 # ---- audit ---------------------------------------------------------------------------------
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute the audit chain's hashes; exit 1 at the first event that does not match."""
-    engine = make_engine(_database_url())
-    try:
-        with engine.connect() as conn:
-            verdict = verify_chain(conn)
-    finally:
-        engine.dispose()
+    with _engine() as engine, engine.connect() as conn:
+        verdict = verify_chain(conn)
     if not verdict.ok:
         raise fail(f"audit chain broken at event {verdict.first_bad_id}: {verdict.problem}")
     typer.echo(f"audit chain intact: {verdict.events} event(s)")
@@ -422,11 +538,8 @@ def _first_error(err: ValueError) -> str:
 @detect_app.command("models")
 def detect_models() -> None:
     """The learned detector's versions, newest first, with their held-out figures."""
-    engine = make_engine(_database_url())
-    try:
+    with _engine() as engine:
         models = list_models(engine)
-    finally:
-        engine.dispose()
     if not models:
         typer.echo("no learned detector yet: `nofx detect train` after some faults or incidents")
         return

@@ -112,6 +112,18 @@ def add_freeze(
         )
 
 
+def active_freezes(engine: Engine) -> list[dict[str, Any]]:
+    """Freezes in force now or later, soonest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, scope, starts_at, ends_at, reason, created_by FROM change_freezes"
+                " WHERE ends_at > now() ORDER BY starts_at"
+            )
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
 def release_lease(engine: Engine, key: str) -> bool:
     with engine.begin() as conn:
         return bool(
