@@ -78,7 +78,9 @@ class ResizePoolParams(ActionParams):
 class TerminateIdleParams(ActionParams):
     """End the service's database sessions stuck idle in a transaction that wrote nothing."""
 
-    idle_seconds: float = Field(default=5.0, ge=0, description="idle in transaction at least")
+    idle_seconds: float = Field(default=2.0, ge=0, description="idle in transaction at least")
+    scans: int = Field(default=3, ge=1, le=20, description="passes over pg_stat_activity")
+    scan_interval_seconds: float = Field(default=1.0, ge=0, le=30)
 
 
 class InvalidateCacheParams(ActionParams):

@@ -14,7 +14,7 @@ FROM (VALUES
    '[{"action": "rollback_config", "params": {}, "timeout_seconds": 60}, {"action": "validate_requests", "params": {"requests": 20, "max_error_ratio": 0.05, "max_p95_ms": 250, "attempts": 15}, "timeout_seconds": 120}]',
    'full-auto', '{healing:config}'),
   ('db_pool_exhaustion', 'release-stuck-connections',
-   '[{"action": "terminate_idle_connections", "params": {"idle_seconds": 5}, "timeout_seconds": 60}, {"action": "validate_requests", "params": {"requests": 20, "max_error_ratio": 0.05, "attempts": 15}, "timeout_seconds": 120}]',
+   '[{"action": "terminate_idle_connections", "params": {"idle_seconds": 2, "scans": 3}, "timeout_seconds": 60}, {"action": "validate_requests", "params": {"requests": 20, "max_error_ratio": 0.05, "attempts": 15}, "timeout_seconds": 120}]',
    'full-auto', '{healing:database}'),
   ('stale_cache', 'invalidate-cache',
    '[{"action": "invalidate_cache", "params": {"namespace": "cache", "warm_requests": 3}, "timeout_seconds": 60}, {"action": "validate_requests", "params": {"requests": 10, "fresh_cache": true, "attempts": 10}, "timeout_seconds": 120}]',

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from models.detection import TrainDetectorInput
@@ -164,8 +164,16 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
                 assert all(a["detectors"] and a["reasons"] for a in evidence["anomalies"])
         # Healing (restarts for down/hung) and escalations finish before the next stage; the
         # faults are cleared after, so clearing never races a restart.
-        for name, (_, pattern) in expected.items():
-            result = await client.get_workflow_handle(incident_workflow_id(name, pattern)).result()
+        for name, (kind, pattern) in expected.items():
+            handle = client.get_workflow_handle(incident_workflow_id(name, pattern))
+            try:
+                result = await handle.result()
+            except WorkflowFailureError:
+                status = await handle.query(HealingIncidentWorkflow.status)
+                raise AssertionError(
+                    f"{kind} on {name} not healed: {status.error};"
+                    f" actions {[(a.action, a.detail) for a in status.actions]}"
+                ) from None
             assert result["state"] in (
                 IncidentState.RESOLVED.value,
                 IncidentState.ESCALATED.value,

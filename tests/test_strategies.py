@@ -183,7 +183,7 @@ async def test_stuck_sessions_are_ended_but_sessions_with_writes_are_spared(
         live_fleet.inject("connection_leak", service, interval_s=0.05)
         await asyncio.sleep(1.5)
         assert any(r["status"] == 503 for r in work(live_fleet, service, 5))
-        await asyncio.sleep(5)  # the leaked sessions must be idle long enough to count as stuck
+        await asyncio.sleep(2.5)  # the leaked sessions must be idle long enough to count as stuck
 
         result, workflow_id = await heal(client, service, "db_pool_exhaustion")
         assert result.state is IncidentState.RESOLVED

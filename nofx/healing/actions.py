@@ -341,20 +341,29 @@ class TerminateIdleConnections:
     def perform(
         self, ctx: ActionContext, params: TerminateIdleParams, prior: Mapping[str, Any]
     ) -> Performed:
-        with ctx.engine.begin() as conn:
-            stuck = conn.execute(
-                _STUCK_SESSIONS, {"app": prior["application_name"], "idle": params.idle_seconds}
-            ).all()
-            ended, spared = [], []
-            for pid, _state, wrote, _idle in stuck:
-                if wrote:
-                    spared.append(pid)
-                    continue
-                if conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
-                    ended.append(pid)
+        # A leak takes its sessions over several seconds: scan a few times, so the ones that
+        # cross the idle threshold just after the first scan are ended too.
+        ended: list[int] = []
+        spared: set[int] = set()
+        seen: set[int] = set()
+        for scan in range(params.scans):
+            if scan:
+                time.sleep(params.scan_interval_seconds)
+            with ctx.engine.begin() as conn:
+                stuck = conn.execute(
+                    _STUCK_SESSIONS,
+                    {"app": prior["application_name"], "idle": params.idle_seconds},
+                ).all()
+                for pid, _state, wrote, _idle in stuck:
+                    seen.add(pid)
+                    if wrote:
+                        spared.add(pid)
+                        continue
+                    if conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
+                        ended.append(pid)
         return Performed(
             bool(ended),
-            {"terminated": ended, "spared_with_writes": spared, "seen": len(stuck)},
+            {"terminated": ended, "spared_with_writes": sorted(spared), "seen": len(seen)},
         )
 
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
