@@ -154,7 +154,7 @@ class StoreActivities:
             rows = conn.execute(
                 text(
                     "SELECT id, playbook_name, automation_level, required_permissions,"
-                    " recovery_steps,"
+                    " recovery_steps, escalation_rank,"
                     " (SELECT count(*) FROM healing_incidents i"
                     "   WHERE i.incident_type = p.incident_type"
                     "   AND i.healing_strategy = p.playbook_name AND i.status = 'resolved')"
@@ -163,8 +163,8 @@ class StoreActivities:
                     "   WHERE i.incident_type = p.incident_type"
                     "   AND i.healing_strategy = p.playbook_name AND i.status = 'failed')"
                     "   AS failed"
-                    " FROM recovery_playbooks p WHERE incident_type = :t"
-                    " ORDER BY created_at, playbook_name"
+                    " FROM recovery_playbooks p WHERE incident_type = :t AND enabled"
+                    " ORDER BY escalation_rank, created_at, playbook_name"
                 ),
                 {"t": incident_type},
             ).mappings()
@@ -172,6 +172,7 @@ class StoreActivities:
                 PlaybookCandidate(
                     playbook_id=str(r["id"]),
                     playbook_name=r["playbook_name"],
+                    escalation_rank=r["escalation_rank"],
                     automation_level=r["automation_level"] or "manual",
                     required_permissions=list(r["required_permissions"] or []),
                     recovery_steps=list(r["recovery_steps"]),

@@ -165,11 +165,15 @@ class PlaybookRequest(Contract):
     service: str
     incident_type: str
     evidence: dict[str, Any] = Field(default_factory=dict)
+    exclude: list[str] = Field(
+        default_factory=list, description="playbooks that already failed this incident"
+    )
 
 
 class PlaybookCandidate(Contract):
     playbook_id: str
     playbook_name: str
+    escalation_rank: int = Field(default=1, ge=1, description="its rung on the ladder")
     automation_level: Literal["manual", "semi-auto", "full-auto"]
     required_permissions: list[str]
     recovery_steps: list[dict[str, Any]]

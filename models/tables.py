@@ -200,6 +200,7 @@ class RecoveryPlaybook(SQLModel, table=True):
             "automation_level IN ('manual', 'semi-auto', 'full-auto')",
             name="recovery_playbooks_automation_level_check",
         ),
+        CheckConstraint("escalation_rank >= 1", name="recovery_playbooks_escalation_rank_check"),
     )
 
     id: uuid.UUID | None = _uuid_pk()
@@ -209,6 +210,10 @@ class RecoveryPlaybook(SQLModel, table=True):
     automation_level: str | None = _column(Text, nullable=True)
     required_permissions: list[str] | None = _column(ARRAY(Text), nullable=True)
     created_at: datetime | None = _timestamptz(server_default=True)
+    # sql/015_playbook_ladder.sql
+    escalation_rank: int = _column(Integer, nullable=False, server_default=text("1"))
+    enabled: bool = _column(Boolean, nullable=False, server_default=text("true"))
+    updated_at: datetime | None = _timestamptz()
 
 
 # --------------------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def test_concurrent_migrate_calls_apply_each_file_once(pg_admin_url: str) -> Non
         assert migration_status(url).up_to_date
         with psycopg.connect(to_libpq_url(url)) as conn:
             playbooks = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-        assert playbooks == (8,)  # 008 and 013 seed 2 + 6
+        assert playbooks == (10,)  # 008, 013 and 015 seed 2 + 6 + 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ def test_seed_playbooks_are_not_duplicated_when_rerun(fresh_database_url: str) -
         for seed in ("008_seed_playbooks.sql", "013_seed_strategy_playbooks.sql"):
             conn.execute((SQL_DIR / seed).read_text().encode())
         count = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-    assert count == (8,)
+    assert count == (10,)
 
 
 # --------------------------------------------------------------------------------------------

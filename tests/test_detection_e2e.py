@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from models.detection import TrainDetectorInput
@@ -39,6 +39,7 @@ from nofx.settings import TASK_QUEUE_HEALING
 from nofx.telemetry.sources import make_source
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
 from pilot.load import LoadGenerator
+from tests.helpers import wait_for_state
 from workflows.healing import HealingIncidentWorkflow
 from workflows.monitor import FleetMonitorWorkflow
 
@@ -166,18 +167,18 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
         # faults are cleared after, so clearing never races a restart.
         for name, (kind, pattern) in expected.items():
             handle = client.get_workflow_handle(incident_workflow_id(name, pattern))
-            try:
-                result = await handle.result()
-            except WorkflowFailureError:
-                status = await handle.query(HealingIncidentWorkflow.status)
-                raise AssertionError(
-                    f"{kind} on {name} not healed: {status.error};"
-                    f" actions {[(a.action, a.detail) for a in status.actions]}"
-                ) from None
-            assert result["state"] in (
-                IncidentState.RESOLVED.value,
-                IncidentState.ESCALATED.value,
-            ), (name, result)
+            ended = await wait_for_state(
+                handle,
+                IncidentState.RESOLVED,
+                IncidentState.ESCALATED,
+                IncidentState.FAILED,
+                IncidentState.AWAITING_APPROVAL,
+                timeout=240,
+            )
+            assert ended.state in (IncidentState.RESOLVED, IncidentState.ESCALATED), (
+                f"{kind} on {name} not healed ({ended.state.value}): {ended.error};"
+                f" actions {[(a.action, a.detail) for a in ended.actions]}"
+            )
         for name in expected:
             clear_recorded(fleet, engine, name)
         # Rates are computed over 10 s windows: let the cleared faults' signals fade, or the

@@ -34,6 +34,7 @@ from nofx.audit import verify_chain
 from nofx.client import incident_workflow_id, start_incident
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet
+from tests.helpers import wait_for_state
 from workflows.healing import HealingIncidentWorkflow
 from workflows.monitor import FleetMonitorWorkflow
 
@@ -187,6 +188,10 @@ async def test_failed_restart_rolls_back_and_restores_the_service(
             await asyncio.sleep(0.2)
     finally:
         squatter.close()
+    # The only playbook failed and was rolled back: the ladder hands the incident to a person.
+    waiting = await wait_for_state(handle, IncidentState.AWAITING_APPROVAL)
+    assert "every playbook failed (restart-service)" in waiting.timeline[-1].message
+    await handle.signal("abort", AbortRequest(requested_by="frank", reason="will fix by hand"))
     with pytest.raises(WorkflowFailureError) as failure:
         await asyncio.wait_for(handle.result(), timeout=120)
     assert "not healed" in str(failure.value.cause)

@@ -270,54 +270,73 @@ async def test_memory_leak_is_healed_by_a_restart(
     assert "memory_leak" not in live_fleet.active_faults(service)
 
 
-async def test_a_failed_validation_rolls_the_pool_resize_back(
+async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
     client: Client, healing_worker: None, live_fleet: Fleet, db_engine: Engine
 ) -> None:
-    """The saga end to end: the action runs, validation fails, the compensation restores it."""
+    """The saga and the escalation ladder end to end: rung 1 resizes the pool, its validation
+    fails, the compensation restores the size; rung 2 restarts the service and resolves."""
     service = live_fleet.spec.services[0].name
-    name = f"test-resize-{uuid.uuid4().hex[:6]}"
-    steps = [
-        {"action": "resize_pool", "params": {"factor": 2}},
-        # impossible on purpose: no real request answers in a microsecond
-        {
-            "action": "validate_requests",
-            "params": {"max_p95_ms": 0.001, "attempts": 2, "requests": 3, "interval_seconds": 0.2},
-        },
+    tag = uuid.uuid4().hex[:6]
+    ladder = [
+        (
+            f"test-resize-{tag}",
+            1,
+            [
+                {"action": "resize_pool", "params": {"factor": 2}},
+                # impossible on purpose: no real request answers in a microsecond
+                {
+                    "action": "validate_requests",
+                    "params": {
+                        "max_p95_ms": 0.001,
+                        "attempts": 2,
+                        "requests": 3,
+                        "interval_seconds": 0.2,
+                    },
+                },
+            ],
+        ),
+        (f"test-restart-{tag}", 2, [{"action": "restart_service"}, {"action": "validate_health"}]),
     ]
     with db_engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO recovery_playbooks (incident_type, playbook_name, recovery_steps,"
-                " automation_level, required_permissions) VALUES ('overload', :n,"
-                " CAST(:s AS jsonb), 'full-auto', '{healing:config}')"
-            ),
-            {"n": name, "s": json.dumps(steps)},
-        )
+        for name, rank, steps in ladder:
+            conn.execute(
+                text(
+                    "INSERT INTO recovery_playbooks (incident_type, playbook_name, recovery_steps,"
+                    " automation_level, required_permissions, escalation_rank) VALUES"
+                    " ('overload', :n, CAST(:s AS jsonb), 'full-auto', '{healing:config}', :r)"
+                ),
+                {"n": name, "s": json.dumps(steps), "r": rank},
+            )
     try:
         before = live_fleet.active_config(service)
         size = (before.config if before else {}).get("db_pool_size", 5)
-        handle, _ = await start_incident(
-            client,
-            IncidentInput(
-                service=service,
-                incident_type="overload",
-                detection_method="test",
-                detected_at=datetime.now(UTC),
-            ),
-        )
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(handle.result(), timeout=120)
-        status = await handle.query(HealingIncidentWorkflow.status)
-        assert status.state is IncidentState.FAILED
-        assert [a.action for a in status.actions] == ["resize_pool", "undo_resize_pool"]
-        assert status.actions[0].detail["to"] == size * 2
-        assert status.actions[1].performed
+        pid = live_fleet.pid(service)
+        result, _ = await heal(client, service, "overload")
+        assert result.state is IncidentState.RESOLVED
+        assert actions_of(result) == ["resize_pool", "undo_resize_pool", "restart_service"]
+        assert result.actions[0].detail["to"] == size * 2
+        assert result.actions[1].performed
         after = live_fleet.active_config(service)
         assert after is not None
         assert after.config["db_pool_size"] == size  # the prior size is back
         assert served_version(live_fleet, service) == after.version  # and the pilot runs it
+        assert live_fleet.pid(service) != pid  # rung 2 restarted it
+        with db_engine.connect() as conn:
+            chosen = (
+                conn.execute(
+                    text(
+                        "SELECT chosen_action FROM autonomous_decisions"
+                        " WHERE context_data->>'incident_id' = :i ORDER BY created_at"
+                    ),
+                    {"i": result.incident_id},
+                )
+                .scalars()
+                .all()
+            )
+        assert chosen == [f"test-resize-{tag}", f"test-restart-{tag}"]
     finally:
         with db_engine.begin() as conn:
             conn.execute(
-                text("DELETE FROM recovery_playbooks WHERE playbook_name = :n"), {"n": name}
+                text("DELETE FROM recovery_playbooks WHERE playbook_name = ANY(:n)"),
+                {"n": [name for name, _, _ in ladder]},
             )

@@ -39,7 +39,8 @@ def rank_playbooks(
 ) -> tuple[list[tuple[PlaybookCandidate, list[PlaybookStep]]], list[dict[str, object]]]:
     """Order usable playbooks best first; report the unusable ones with the reason.
 
-    Best = highest estimated success, then the most automated, then the oldest (seed order).
+    Best = the lowest rung of the escalation ladder, then the highest estimated success, then
+    the most automated, then the oldest (seed order).
     A playbook whose steps do not validate is never chosen, nor one that needs a capability the
     target's providers do not offer (`offered`; None skips that check).
     """
@@ -70,6 +71,7 @@ def rank_playbooks(
     order = {id(c): i for i, c in enumerate(candidates)}
     usable.sort(
         key=lambda pair: (
+            pair[0].escalation_rank,
             -success_estimate(pair[0]),
             -_AUTOMATION_RANK[pair[0].automation_level],
             order[id(pair[0])],
@@ -98,7 +100,13 @@ class PlaybookDecisionWorkflow:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=STORE_RETRY,
             )
-        usable, rejected = rank_playbooks(found.candidates, offered)
+        candidates = [c for c in found.candidates if c.playbook_name not in request.exclude]
+        tried: list[dict[str, object]] = [
+            {"playbook": name, "rejected": "already failed for this incident"}
+            for name in request.exclude
+        ]
+        usable, rejected = rank_playbooks(candidates, offered)
+        rejected = tried + rejected
         if not usable:
             reasons = "; ".join(f"{r['playbook']}: {r['rejected']}" for r in rejected)
             raise ApplicationError(
@@ -114,7 +122,9 @@ class PlaybookDecisionWorkflow:
         rationale = (
             f"{best.playbook_name}: estimated success {confidence:.2f} from {history} past"
             f" {request.incident_type} incidents ({best.resolved_count} resolved),"
-            f" automation {best.automation_level}; {len(usable) - 1} other usable candidate(s)"
+            f" automation {best.automation_level}, rung {best.escalation_rank} of the escalation"
+            f" ladder; {len(usable) - 1} other usable candidate(s)"
+            + (f"; already failed: {', '.join(request.exclude)}" if request.exclude else "")
         )
         decision_id = str(workflow.uuid4())
         alternatives = [

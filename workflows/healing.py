@@ -146,17 +146,33 @@ class HealingIncidentWorkflow:
         await self._record_detection()
         try:
             await self._transition(IncidentState.DIAGNOSING, self._diagnosis_summary())
-            choice = await self._choose_playbook()
-            if choice is None:
-                return await self._escalate()
-            self._choice = choice
-            await self._wait_for_approval_if_needed(self._choice)
-            await self._transition(
-                IncidentState.HEALING, f"running playbook {self._choice.playbook_name}"
-            )
-            for index, step in enumerate(self._choice.steps):
-                await self._unless_aborted(self._run_step(index, step))
-            await self._resolve()
+            ladder = workflow.patched("escalation-ladder")
+            failed: list[str] = []
+            while True:
+                choice = await self._choose_playbook(failed)
+                if choice is None and failed:
+                    await self._hand_to_person(failed)
+                    break
+                if choice is None:
+                    return await self._escalate()
+                self._choice = choice
+                await self._wait_for_approval_if_needed(self._choice)
+                await self._transition(
+                    IncidentState.HEALING,
+                    f"running playbook {self._choice.playbook_name}"
+                    + (f" (after {', '.join(failed)} failed)" if failed else ""),
+                )
+                try:
+                    for index, step in enumerate(self._choice.steps):
+                        await self._unless_aborted(self._run_step(index, step, rung=len(failed)))
+                except BaseException as err:
+                    if not ladder or self._abort is not None or not _retryable_by_ladder(err):
+                        raise
+                    await self._roll_back_rung(err)
+                    failed.append(choice.playbook_name)
+                    continue
+                await self._resolve()
+                break
         except BaseException as err:
             await self._roll_back(err)
             if isinstance(err, asyncio.CancelledError):
@@ -216,8 +232,8 @@ class HealingIncidentWorkflow:
             + "; choosing a playbook"
         )
 
-    async def _choose_playbook(self) -> PlaybookChoice | None:
-        """Ask the decision track; None when no playbook handles this incident type."""
+    async def _choose_playbook(self, failed: list[str]) -> PlaybookChoice | None:
+        """Ask the decision track for the next rung; None when no (further) playbook applies."""
         try:
             choice = await workflow.execute_child_workflow(
                 PlaybookDecisionWorkflow.run,
@@ -227,8 +243,9 @@ class HealingIncidentWorkflow:
                     service=self._inp.service,
                     incident_type=self._inp.incident_type,
                     evidence=self._inp.evidence,
+                    exclude=failed,
                 ),
-                id=f"decision-{self._incident_id}",
+                id=f"decision-{self._incident_id}" + (f"-rung{len(failed) + 1}" if failed else ""),
                 task_queue=TASK_QUEUE_DECISIONS,
                 execution_timeout=timedelta(minutes=5),
             )
@@ -289,8 +306,10 @@ class HealingIncidentWorkflow:
         abort_wait.cancel()
         await task
 
-    async def _run_step(self, index: int, step: PlaybookStep) -> None:
-        key = f"{workflow.info().workflow_id}/{self._incident_id}/{index}-{step.action}"
+    async def _run_step(self, index: int, step: PlaybookStep, rung: int = 0) -> None:
+        # The first playbook keeps the original key format (recorded action_log rows match it).
+        place = f"r{rung + 1}/" if rung else ""
+        key = f"{workflow.info().workflow_id}/{self._incident_id}/{place}{index}-{step.action}"
         if step.action in CHECKS or not workflow.patched("guardrails"):
             await self._run_unguarded(index, step, key)
             return
@@ -490,6 +509,33 @@ class HealingIncidentWorkflow:
         )
         self._actions.append(outcome)
 
+    async def _roll_back_rung(self, err: BaseException) -> None:
+        """One rung of the ladder failed: undo it (shielded) before the next one is tried."""
+        failure = _describe(err)
+        plan = self._saga.rollback_plan
+        await self._transition(
+            IncidentState.ROLLING_BACK,
+            f"playbook {self._choice.playbook_name if self._choice else '?'} failed: {failure};"
+            f" rolling back: {', '.join(plan) or 'nothing to undo'}",
+        )
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(asyncio.ensure_future(self._saga.compensate()))
+        self._note("rolled back; trying the next playbook of the escalation ladder")
+
+    async def _hand_to_person(self, failed: list[str]) -> None:
+        """The ladder is exhausted: a person takes over, then `approve` re-validates and closes."""
+        self._error = f"every playbook failed ({', '.join(failed)})"
+        await self._await_person(
+            f"{self._error}: a person takes over — fix it, then send `approve` to re-validate"
+            " (or `abort` to close it as failed)"
+        )
+        check = PlaybookStep(action="validate_health")
+        await self._run_step(0, check, rung=len(failed))
+        self._error = None
+        assert self._approval is not None
+        self._note(f"healed by {self._approval.approver}: {self._approval.reason}")
+        await self._resolve()
+
     async def _escalate(self) -> IncidentResult:
         """Nothing automatic applies: hand the diagnosis to a person and end, touching nothing."""
         await self._transition(
@@ -649,3 +695,20 @@ def _summary(detail: dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in detail.items() if not isinstance(v, (dict, list)) or not v]
     parts += [f"{k}={len(v)} item(s)" for k, v in detail.items() if isinstance(v, list) and v]
     return ", ".join(parts[:6]) or "done"
+
+
+def _retryable_by_ladder(err: BaseException) -> bool:
+    """Failures the next playbook may fix: the playbook's own (its action or validation), not a
+    cancellation, an abort, a refused guardrail or waiting too long for a person."""
+    if isinstance(err, asyncio.CancelledError):
+        return False
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type in (
+            "Aborted",
+            "ApprovalTimeout",
+            "GuardrailTimeout",
+        ):
+            return False
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return True
