@@ -19,8 +19,11 @@ class IncidentActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    async def _recently_unhealed(self, workflow_id: str, cooldown: timedelta) -> str | None:
-        """Why not to reopen now: the last run for this failure ended unhealed too recently."""
+    async def _recently_unhealed(
+        self, workflow_id: str, cooldown: timedelta, onset: datetime | None
+    ) -> str | None:
+        """Why not to reopen now: the last run for this failure ended unhealed too recently, or
+        it was healed after the deviation now seen had already begun."""
         try:
             described = await self._client.get_workflow_handle(workflow_id).describe()
         except RPCError as err:
@@ -36,6 +39,26 @@ class IncidentActivities:
                 f"previous incident ended {state} at {described.close_time:%H:%M:%S};"
                 f" cooldown until {until:%H:%M:%S}"
             )
+        # Rates and windows lag: right after a fix the detectors still see the episode that was
+        # just healed. Only a deviation that began after it is a new incident.
+        healed = state == IncidentState.RESOLVED.value
+        if healed and onset is not None and onset <= described.close_time:
+            return (
+                f"the anomaly began at {onset:%H:%M:%S}, before the previous incident was"
+                f" resolved at {described.close_time:%H:%M:%S}: the tail of the healed episode"
+            )
+        return None
+
+    async def _busy_with_another(self, service: str, workflow_id: str) -> str | None:
+        """One incident per service at a time: while one heals it (a restart takes it down for a
+        moment, a hang is ended by a kill), what the probes see is that incident's doing."""
+        query = (
+            f"WorkflowType = 'HealingIncidentWorkflow' AND ExecutionStatus = 'Running'"
+            f" AND NofxService = '{service}'"
+        )
+        async for running in self._client.list_workflows(query, limit=5):
+            if running.id != workflow_id:
+                return f"incident {running.id} is healing {service}"
         return None
 
     @activity.defn
@@ -44,8 +67,17 @@ class IncidentActivities:
         hold back while a recent attempt that failed or escalated is cooling down."""
         incident = inp.incident
         workflow_id = incident_workflow_id(incident.service, incident.incident_type)
-        reason = await self._recently_unhealed(
-            workflow_id, timedelta(seconds=inp.reopen_cooldown_seconds)
+        onsets = [
+            datetime.fromisoformat(a["onset"])
+            for a in incident.evidence.get("anomalies", [])
+            if isinstance(a, dict) and a.get("onset")
+        ]
+        reason = await self._busy_with_another(incident.service, workflow_id) or (
+            await self._recently_unhealed(
+                workflow_id,
+                timedelta(seconds=inp.reopen_cooldown_seconds),
+                min(onsets, default=None),
+            )
         )
         if reason is not None:
             activity.logger.info("incident %s held back: %s", workflow_id, reason)

@@ -68,8 +68,9 @@ def new_fleet(home: Path, database_url: str, engine: Engine) -> tuple[Fleet, Loa
         ),
         database_url=database_url,
     )
-    register_fleet(engine, fleet)
     fleet.start(timeout=90)
+    # registered once up: the monitor must not take a starting service for a dead one
+    register_fleet(engine, fleet)
     load = LoadGenerator(
         [fleet.url(s.name, "/") for s in fleet.spec.services], concurrency=8, rate=LOAD_RPS
     )

@@ -41,8 +41,8 @@ def live_fleet(tmp_path: Path, db_engine: Engine, database_url: str) -> Iterator
         ),
         database_url=database_url,
     )
-    names = register_fleet(db_engine, fleet)
     fleet.start()
+    names = register_fleet(db_engine, fleet)  # once up: starting is not down
     try:
         yield fleet
     finally:

@@ -230,8 +230,8 @@ def storm_fleet(tmp_path: Path, db_engine: Engine, database_url: str) -> Iterato
         ),
         database_url=database_url,
     )
-    names = register_fleet(db_engine, fleet)
     fleet.start(timeout=120)
+    names = register_fleet(db_engine, fleet)  # once up: starting is not down
     try:
         yield fleet
     finally:

@@ -345,6 +345,9 @@ class HealingIncidentWorkflow:
                 start_to_close_timeout=STORE_TIMEOUT,
                 retry_policy=STORE_RETRY,
             )
+            workflow.metric_meter().create_counter(
+                "nofx_guardrail_verdicts_total", "Guardrail checks by verdict and guardrail"
+            ).add(1, {"verdict": verdict.verdict, "guardrail": verdict.guardrail or "none"})
             if verdict.verdict == "allow":
                 if held_by is not None or self._approval is not None:
                     self._note(f"guardrails passed: {verdict.reason}")
@@ -397,6 +400,7 @@ class HealingIncidentWorkflow:
                 retry_policy=ACTION_RETRY,
             )
             self._actions.append(outcome)
+            _count_action(outcome)
             await self._update_row(healing_actions=True)
             self._note(
                 f"restart_service: {outcome.detail.get('reason', '')}"
@@ -457,6 +461,7 @@ class HealingIncidentWorkflow:
             retry_policy=ACTION_RETRY,
         )
         self._actions.append(outcome)
+        _count_action(outcome)
         await self._update_row(healing_actions=True)
         self._note(f"{step.action}: {_summary(outcome.detail)}")
 
@@ -469,6 +474,7 @@ class HealingIncidentWorkflow:
             retry_policy=COMPENSATION_RETRY,
         )
         self._actions.append(outcome)
+        _count_action(outcome)
 
     async def _validate_requests(self, index: int, step: PlaybookStep) -> None:
         checks = ValidateRequestsParams.model_validate(step.params)
@@ -712,3 +718,10 @@ def _retryable_by_ladder(err: BaseException) -> bool:
             return False
         cause = cause.__cause__ or getattr(cause, "cause", None)
     return True
+
+
+def _count_action(outcome: ActionOutcome) -> None:
+    """`nofx_healing_actions_total{action, performed}` on the worker's /metrics."""
+    workflow.metric_meter().create_counter(
+        "nofx_healing_actions_total", "Healing actions and undos, by whether they changed anything"
+    ).add(1, {"action": outcome.action, "performed": str(outcome.performed).lower()})

@@ -210,6 +210,13 @@ class RollbackConfig:
         active = ctx.fleet().active_config(ctx.service)
         if active is None:
             raise ActionError(f"{ctx.service} has no active configuration version to roll back")
+        rolled_back = active.applied_by == HEALING_ACTOR and "roll back" in (active.reason or "")
+        if params.to_version is None and rolled_back:
+            # "The previous version" of a rollback is the configuration it just removed.
+            raise ActionError(
+                f"{ctx.service}: v{active.version} is already a rollback by healing"
+                f" ({active.reason}); rolling back again would restore what it removed"
+            )
         return {"from_version": active.version}
 
     def perform(
