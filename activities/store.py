@@ -27,6 +27,7 @@ from models.healing import (
 )
 from nofx.audit import append_audit, verify_chain
 from nofx.healing.actions import capabilities
+from nofx.healing.operations import refresh_pattern
 
 
 def _json(value: Any) -> str:
@@ -134,6 +135,11 @@ class StoreActivities:
             ).rowcount
         if updated == 0:
             raise not_found(f"incident {inp.incident_id} does not exist")
+
+    @activity.defn
+    def refresh_pattern(self, incident_type: str) -> None:
+        """Keep the pattern's success rate and average resolution time current."""
+        refresh_pattern(self._engine, incident_type)
 
     @activity.defn
     def service_capabilities(self, service: str) -> ServiceCapabilities:

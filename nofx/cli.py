@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import getpass
 import json
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy.exc
 import typer
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
@@ -28,6 +31,7 @@ from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
 from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
+from nofx.healing import operations as ops
 from nofx.healing.guardrails import (
     active_freezes,
     add_freeze,
@@ -49,12 +53,18 @@ audit_app = typer.Typer(help="The append-only audit trail.")
 detect_app = typer.Typer(help="The learned anomaly detector: train it, list its versions.")
 guardrails_app = typer.Typer(help="Guardrails every healing action passes: policy, freezes.")
 freeze_app = typer.Typer(help="Change-freeze windows: no automated change inside them.")
+healing_app = typer.Typer(
+    help="Healing operations: status, patterns, playbooks, simulate, metrics."
+)
+playbooks_app = typer.Typer(help="Recovery playbooks: list, show, create, update, disable.")
 app.add_typer(db_app, name="db")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(audit_app, name="audit")
 app.add_typer(detect_app, name="detect")
 app.add_typer(guardrails_app, name="guardrails")
 guardrails_app.add_typer(freeze_app, name="freeze")
+app.add_typer(healing_app, name="healing")
+healing_app.add_typer(playbooks_app, name="playbooks")
 
 
 def fail(message: str) -> typer.Exit:
@@ -450,6 +460,219 @@ def freeze_add(
             actor=getpass.getuser(),
         )
     typer.echo(f"freeze {freeze_id}: {scope} from {begins:%Y-%m-%d %H:%M %Z} for {hours:g} h")
+
+
+# ---- healing operations --------------------------------------------------------------------
+
+
+def _emit(data: Any, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, default=str, indent=2))
+        return
+    for line in lines:
+        typer.echo(line)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+@healing_app.command("status")
+def healing_status(
+    service: Annotated[str | None, typer.Option(help="one service only")] = None,
+    limit: Annotated[int, typer.Option(help="how many incidents")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Running incidents first, then the most recent."""
+    with _engine() as engine:
+        rows = ops.incident_status(engine, service=service, limit=limit)
+    _emit(
+        rows,
+        as_json,
+        [
+            f"{r['started_at']:%Y-%m-%d %H:%M:%S}  {r['status']:<17} {r['service'] or '?':<20}"
+            f" {r['incident_type']:<32} {r['healing_strategy']}"
+            + (f"  {r['resolution_time_ms'] / 1000:.1f}s" if r["resolution_time_ms"] else "")
+            for r in rows
+        ]
+        or ["no incidents"],
+    )
+
+
+@healing_app.command("patterns")
+def healing_patterns(as_json: JsonOption = False) -> None:
+    """Problem patterns with their success rate and average resolution time (from outcomes)."""
+    with _engine() as engine:
+        rows = ops.patterns(engine)
+
+    def line(r: dict[str, Any]) -> str:
+        rate = "-" if r["success_rate"] is None else f"{float(r['success_rate']):.2f}"
+        avg = r["average_resolution_time_ms"]
+        solutions = ", ".join(
+            f"{p['playbook']} ({p['resolved']})" for p in r["proven_solutions"] or []
+        )
+        return (
+            f"{r['problem_signature']:<32} incidents {r['incidents']:>4}  success {rate:>4}"
+            f"  avg resolution {'-' if avg is None else f'{avg / 1000:.1f}s':>6}  {solutions}"
+        )
+
+    _emit(rows, as_json, [line(r) for r in rows])
+
+
+@playbooks_app.command("list")
+def playbooks_list(
+    incident_type: Annotated[str | None, typer.Option("--type", help="one incident type")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every playbook, by incident type and rung of the escalation ladder."""
+    with _engine() as engine:
+        rows = ops.list_playbooks(engine, incident_type)
+    _emit(
+        rows,
+        as_json,
+        [
+            f"{r['incident_type']:<32} rung {r['escalation_rank']}  {r['playbook_name']:<34}"
+            f" {r['automation_level']:<9} {'enabled' if r['enabled'] else 'DISABLED'}"
+            f"  {' → '.join(s['action'] for s in r['recovery_steps'])}"
+            for r in rows
+        ],
+    )
+
+
+@playbooks_app.command("show")
+def playbooks_show(name: str) -> None:
+    """One playbook, whole, as JSON."""
+    with _engine() as engine:
+        try:
+            book = ops.get_playbook(engine, name)
+        except ops.OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(json.dumps(book, default=str, indent=2))
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_text() if path != "-" else sys.stdin.read()
+        data = json.loads(raw)
+    except (OSError, json.JSONDecodeError) as err:
+        raise fail(f"--file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise fail(f"--file {path}: expected a JSON object")
+    return data
+
+
+def _refused(err: ValidationError) -> typer.Exit:
+    for line in ops.field_errors(err):
+        typer.secho(f"  {line}", err=True)
+    return fail(f"playbook refused: {len(err.errors())} field(s) wrong")
+
+
+@playbooks_app.command("create")
+def playbooks_create(
+    file: Annotated[str, typer.Option("--file", help="JSON playbook (- for stdin)")],
+) -> None:
+    """Create a playbook; every field is checked, and nothing is written if one is wrong."""
+    try:
+        spec = ops.PlaybookSpec.model_validate(_read_json(file))
+    except ValidationError as err:
+        raise _refused(err) from None
+    with _engine() as engine:
+        try:
+            book = ops.create_playbook(engine, spec)
+        except ops.OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"created {book['playbook_name']} for {book['incident_type']} ({book['id']})")
+
+
+@playbooks_app.command("update")
+def playbooks_update(
+    name: str,
+    file: Annotated[str, typer.Option("--file", help="JSON object of the fields to change")],
+) -> None:
+    """Change fields of a playbook (validated as a whole before anything is stored)."""
+    changes = _read_json(file)
+    with _engine() as engine:
+        try:
+            book = ops.update_playbook(engine, name, changes)
+        except ValidationError as err:
+            raise _refused(err) from None
+        except ops.OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"updated {book['playbook_name']}")
+
+
+@playbooks_app.command("disable")
+def playbooks_disable(name: str) -> None:
+    """Take a playbook off the ladder (kept, so past incidents still name it)."""
+    _set_enabled(name, False)
+
+
+@playbooks_app.command("enable")
+def playbooks_enable(name: str) -> None:
+    """Put a disabled playbook back on the ladder."""
+    _set_enabled(name, True)
+
+
+def _set_enabled(name: str, enabled: bool) -> None:
+    with _engine() as engine:
+        try:
+            book = ops.set_playbook_enabled(engine, name, enabled)
+        except ops.OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"{book['playbook_name']}: {'enabled' if book['enabled'] else 'disabled'}")
+
+
+@healing_app.command("simulate")
+def healing_simulate(
+    playbook: Annotated[str, typer.Option(help="playbook name")],
+    service: Annotated[str, typer.Option(help="target service")],
+    as_json: JsonOption = False,
+) -> None:
+    """Dry run: steps, compensations, guardrail verdicts, expected outcome — nothing touched."""
+    with _engine() as engine:
+        try:
+            plan = ops.simulate(engine, playbook, service)
+        except ops.OperationError as err:
+            raise fail(str(err)) from None
+    lines = [
+        f"{plan['playbook']} on {plan['service']} ({plan['incident_type']}, "
+        f"{plan['automation_level']}) — nothing is touched"
+    ]
+    for step in plan["steps"]:
+        guard = step.get("guardrail")
+        lines.append(
+            f"  {step['step']}. {step['action']}: {step['does']}"
+            + ("" if step["supported"] else f"  [NOT OFFERED: needs {step['capability']}]")
+            + (f"  [guardrail: {guard['verdict']} — {guard['reason']}]" if guard else "")
+        )
+    lines.append("  rollback plan: " + ("; ".join(plan["rollback_plan"]) or "nothing to undo"))
+    lines.append(f"  expected: {plan['expected_outcome']}")
+    _emit(plan, as_json, lines)
+
+
+@healing_app.command("metrics")
+def healing_metrics(
+    hours: Annotated[float, typer.Option(help="over the last N hours")] = 24.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Detection rate, auto-resolution rate, MTTD and MTTR p50/p95, by pattern and overall."""
+    with _engine() as engine:
+        report = ops.healing_metrics(engine, timedelta(hours=hours))
+
+    def show(value: Any) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lines = [
+        f"{'pattern':<32} {'faults':>6} {'detect':>7} {'incid':>6} {'auto':>6}"
+        f" {'MTTD p50':>9} {'p95':>7} {'MTTR p50':>9} {'p95':>7}"
+    ]
+    for r in report["table"]:
+        lines.append(
+            f"{r['pattern']:<32} {r['faults_injected']:>6} {show(r['detection_rate']):>7}"
+            f" {r['incidents']:>6} {show(r['auto_resolution_rate']):>6}"
+            f" {show(r['mttd_p50_s']):>9} {show(r['mttd_p95_s']):>7}"
+            f" {show(r['mttr_p50_s']):>9} {show(r['mttr_p95_s']):>7}"
+        )
+    _emit(report, as_json, lines)
 
 
 # ---- audit ---------------------------------------------------------------------------------

@@ -7,19 +7,34 @@ async with NofxClient.connect() as nofx:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from models.common import AbortRequest, ApprovalRequest
 from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
+from nofx.db import make_engine
+from nofx.healing import operations as ops
 from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
 from nofx.temporal import SERVICE, STATUS, TRACK, connect
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+def _local_database_url(settings: Settings) -> str | None:
+    """The embedded database of a local stack (`nofx up`), if one runs."""
+    from nofx.stack import Stack  # the stack imports this module's callers: import late
+
+    url = Stack(settings).recorded().get("database_url")
+    return str(url) if url else None
 
 
 def training_workflow_id(started: datetime) -> str:
@@ -60,19 +75,69 @@ async def start_incident(
 
 
 class NofxClient:
-    """Operations on NOFX Autonomy's workflows, with pydantic models in and out."""
+    """Operations on NOFX Autonomy's workflows and records, with pydantic models in and out.
 
-    def __init__(self, client: Client) -> None:
+    The healing operations (`healing_*`, playbooks) read and write the platform database; they
+    need `engine` (given by `connect` when NOFX_DATABASE_URL is set or a local stack runs).
+    """
+
+    def __init__(self, client: Client, engine: Engine | None = None) -> None:
         self.temporal = client
+        self.engine = engine
 
     @classmethod
     @asynccontextmanager
     async def connect(cls, settings: Settings | None = None) -> AsyncIterator[NofxClient]:
-        client = await connect(settings or get_settings())
+        settings = settings or get_settings()
+        client = await connect(settings)
+        url = settings.database_url or _local_database_url(settings)
+        engine = make_engine(url) if url else None
         try:
-            yield cls(client)
+            yield cls(client, engine)
         finally:
+            if engine is not None:
+                engine.dispose()
             del client  # see nofx.temporal.temporal_client: avoid the exit-time crash
+
+    async def _db(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.engine is None:
+            raise RuntimeError(
+                "no platform database: set NOFX_DATABASE_URL (or run `nofx up`) for healing"
+                " operations"
+            )
+        return await asyncio.to_thread(operation, self.engine, *args, **kwargs)
+
+    # ---- healing operations (same names as `nofx healing ...`) ----------------------------
+
+    async def healing_status(self, service: str | None = None, limit: int = 20) -> list[Row]:
+        return await self._db(ops.incident_status, service=service, limit=limit)
+
+    async def healing_patterns(self) -> list[Row]:
+        return await self._db(ops.patterns)
+
+    async def healing_playbooks(self, incident_type: str | None = None) -> list[Row]:
+        return await self._db(ops.list_playbooks, incident_type)
+
+    async def healing_playbook(self, name: str) -> Row:
+        return await self._db(ops.get_playbook, name)
+
+    async def create_playbook(self, spec: ops.PlaybookSpec) -> Row:
+        return await self._db(ops.create_playbook, spec)
+
+    async def update_playbook(self, name: str, changes: dict[str, Any]) -> Row:
+        return await self._db(ops.update_playbook, name, changes)
+
+    async def disable_playbook(self, name: str) -> Row:
+        return await self._db(ops.set_playbook_enabled, name, False)
+
+    async def enable_playbook(self, name: str) -> Row:
+        return await self._db(ops.set_playbook_enabled, name, True)
+
+    async def healing_simulate(self, playbook: str, service: str) -> Row:
+        return await self._db(ops.simulate, playbook, service)
+
+    async def healing_metrics(self, since: timedelta = timedelta(hours=24)) -> Row:
+        return await self._db(ops.healing_metrics, since)
 
     async def open_incident(self, incident: IncidentInput) -> WorkflowHandle[Any, Any]:
         """Start healing an incident, or join the one running for the same service and type."""

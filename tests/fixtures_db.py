@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgserver.postgres_server import get_server
@@ -30,6 +31,7 @@ from sqlalchemy import Engine
 
 from nofx.db import make_engine, migrate, scratch_database
 from nofx.healing.guardrails import set_policy
+from nofx.settings import get_settings
 
 TEST_DATABASE_URL_ENV = "NOFX_TEST_DATABASE_URL"
 
@@ -100,3 +102,28 @@ def fresh_database_url(pg_admin_url: str) -> Iterator[str]:
     with scratch_database(pg_admin_url) as url:
         migrate(url)
         yield url
+
+
+@pytest.fixture
+def nofx_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """Run `nofx ...` in process against a database: `nofx_cli(url, "healing", "status")`.
+
+    The settings are read once per process (`get_settings` is cached), so the cache is cleared
+    around each test that points the CLI somewhere else.
+    """
+    from typer.testing import CliRunner
+
+    from nofx.cli import app
+
+    monkeypatch.setenv("NOFX_HOME", str(tmp_path))
+    runner = CliRunner()
+
+    def run(database_url: str, *args: str, stdin: str | None = None) -> Any:
+        monkeypatch.setenv("NOFX_DATABASE_URL", database_url)
+        get_settings.cache_clear()
+        return runner.invoke(app, list(args), input=stdin)
+
+    try:
+        yield run
+    finally:
+        get_settings.cache_clear()

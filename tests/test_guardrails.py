@@ -329,31 +329,25 @@ async def test_alert_storm_opens_one_incident_per_service_and_respects_the_limit
     assert any(v["guardrail"] == "concurrency" for v in recent_verdicts(engine, names))
 
 
-def test_pause_resume_and_policy_from_the_cli(
-    fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner
+def test_pause_resume_and_policy_from_the_cli(fresh_database_url: str, nofx_cli: Any) -> None:
+    def run(*args: str) -> Any:
+        return nofx_cli(fresh_database_url, *args)
 
-    from nofx.cli import app
-
-    monkeypatch.setenv("NOFX_HOME", str(tmp_path))
-    monkeypatch.setenv("NOFX_DATABASE_URL", fresh_database_url)
-    runner = CliRunner()
-    paused = runner.invoke(app, ["pause", "--reason", "db upgrade"])
+    paused = run("pause", "--reason", "db upgrade")
     assert paused.exit_code == 0, paused.output
     assert "PAUSED" in paused.output
-    shown = runner.invoke(app, ["guardrails", "show"])
+    shown = run("guardrails", "show")
     assert "automation: PAUSED" in shown.output
-    refused = runner.invoke(app, ["guardrails", "set", "max_concurrent_actions=0"])
+    refused = run("guardrails", "set", "max_concurrent_actions=0")
     assert refused.exit_code == 1
     assert "max_concurrent_actions" in refused.output
-    changed = runner.invoke(app, ["guardrails", "set", "max_concurrent_actions=2"])
+    changed = run("guardrails", "set", "max_concurrent_actions=2")
     assert changed.exit_code == 0, changed.output
-    frozen = runner.invoke(
-        app, ["guardrails", "freeze", "add", "--reason", "peak", "--hours", "1", "--scope", "api"]
+    frozen = run(
+        "guardrails", "freeze", "add", "--reason", "peak", "--hours", "1", "--scope", "api"
     )
     assert frozen.exit_code == 0, frozen.output
-    assert runner.invoke(app, ["resume"]).exit_code == 0
+    assert run("resume").exit_code == 0
     engine = make_engine(fresh_database_url)
     try:
         with engine.connect() as conn:

@@ -30,6 +30,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         store.append_audit_event,
         store.record_incident,
         store.update_incident,
+        store.refresh_pattern,
         infra.restart_service,
         infra.restore_service_running,
         infra.validate_health,

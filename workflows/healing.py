@@ -542,6 +542,16 @@ class HealingIncidentWorkflow:
         self._note(f"healed by {self._approval.approver}: {self._approval.reason}")
         await self._resolve()
 
+    async def _refresh_pattern(self) -> None:
+        """The pattern's success rate and average resolution time, from every outcome so far."""
+        if workflow.patched("pattern-stats"):
+            await workflow.execute_activity_method(
+                StoreActivities.refresh_pattern,
+                self._inp.incident_type,
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+
     async def _escalate(self) -> IncidentResult:
         """Nothing automatic applies: hand the diagnosis to a person and end, touching nothing."""
         await self._transition(
@@ -578,6 +588,7 @@ class HealingIncidentWorkflow:
         meter.create_histogram(
             "nofx_incident_resolution_ms", "Detection to resolution", "ms"
         ).record(self._resolution_ms, {"incident_type": self._inp.incident_type})
+        await self._refresh_pattern()
 
     async def _roll_back(self, err: BaseException) -> None:
         self._error = _describe(err)
@@ -604,6 +615,7 @@ class HealingIncidentWorkflow:
             },
         )
         await self._transition(IncidentState.FAILED, f"not healed: {self._error}")
+        await self._refresh_pattern()
         workflow.metric_meter().create_counter(
             "nofx_incidents_total", "Incidents by type and outcome"
         ).add(1, {"incident_type": self._inp.incident_type, "outcome": "failed"})

@@ -262,10 +262,13 @@ def _first_block(conn: Connection, check: GuardrailCheck, controls: Controls) ->
     return None
 
 
-def _lease(conn: Connection, check: GuardrailCheck, policy: GuardrailPolicy) -> _Decision:
+def _lease(
+    conn: Connection, check: GuardrailCheck, policy: GuardrailPolicy, *, dry_run: bool = False
+) -> _Decision:
     """Take a lease if concurrency and blast radius allow (serialised by an advisory lock)."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LEASE_LOCK})
-    conn.execute(text("DELETE FROM action_leases WHERE expires_at <= now()"))
+    if not dry_run:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LEASE_LOCK})
+        conn.execute(text("DELETE FROM action_leases WHERE expires_at <= now()"))
     held = conn.execute(
         text("SELECT 1 FROM action_leases WHERE idempotency_key = :k"),
         {"k": check.idempotency_key},
@@ -306,6 +309,12 @@ def _lease(conn: Connection, check: GuardrailCheck, policy: GuardrailPolicy) -> 
             f"{total} actions in flight (global limit {policy.max_concurrent_actions})",
             {"in_flight": total},
         )
+    if dry_run:
+        return _allow(
+            f"within limits now ({total}/{policy.max_concurrent_actions} in flight,"
+            f" {in_group}/{allowed_in_group} of {group})",
+            group=group,
+        )
     conn.execute(
         text(
             "INSERT INTO action_leases (idempotency_key, service, service_group, workflow_id,"
@@ -328,33 +337,41 @@ def _lease(conn: Connection, check: GuardrailCheck, policy: GuardrailPolicy) -> 
     )
 
 
-def check_guardrails(engine: Engine, check: GuardrailCheck) -> GuardrailVerdict:
-    """Decide, record the verdict, and (on allow) hold the step's lease."""
+def check_guardrails(
+    engine: Engine, check: GuardrailCheck, *, dry_run: bool = False
+) -> GuardrailVerdict:
+    """Decide, record the verdict, and (on allow) hold the step's lease.
+
+    `dry_run` (for `healing simulate`) decides the same way but takes no lease and records
+    nothing.
+    """
     with engine.begin() as conn:
         controls = read_controls(conn)
         decision = _first_block(conn, check, controls)
         if decision is None or decision.verdict == "allow":
-            leased = _lease(conn, check, controls.policy)
+            leased = _lease(conn, check, controls.policy, dry_run=dry_run)
             if decision is not None and leased.verdict == "allow":
                 leased = decision  # keep the approval's account of what it overrode
             decision = leased
-        conn.execute(
-            text(
-                "INSERT INTO guardrail_verdicts (workflow_id, service, action, verdict, guardrail,"
-                " reason, details) VALUES (:wf, :s, :a, :v, :g, :r, CAST(:d AS jsonb))"
-            ),
-            {
-                "wf": check.workflow_id,
-                "s": check.service,
-                "a": check.action,
-                "v": decision.verdict,
-                "g": decision.guardrail,
-                "r": decision.reason,
-                "d": json.dumps(
-                    {**decision.details, "approved_by": check.approved_by}, default=str
+        if not dry_run:
+            conn.execute(
+                text(
+                    "INSERT INTO guardrail_verdicts (workflow_id, service, action, verdict,"
+                    " guardrail, reason, details) VALUES (:wf, :s, :a, :v, :g, :r,"
+                    " CAST(:d AS jsonb))"
                 ),
-            },
-        )
+                {
+                    "wf": check.workflow_id,
+                    "s": check.service,
+                    "a": check.action,
+                    "v": decision.verdict,
+                    "g": decision.guardrail,
+                    "r": decision.reason,
+                    "d": json.dumps(
+                        {**decision.details, "approved_by": check.approved_by}, default=str
+                    ),
+                },
+            )
     policy = controls.policy
     return GuardrailVerdict(
         verdict=decision.verdict,
