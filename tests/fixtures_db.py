@@ -86,14 +86,18 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def db_engine(database_url: str) -> Iterator[Engine]:
-    """An engine on the session's database, disposed after the test."""
-    engine = make_engine(database_url)
+def _disposed(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the session's database, disposed after the test."""
+    yield from _disposed(database_url)
 
 
 @pytest.fixture
@@ -127,3 +131,9 @@ def nofx_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
         yield run
     finally:
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh_engine(fresh_database_url: str) -> Iterator[Engine]:
+    """An engine on a migrated database of this test's own (exact counts, tampering)."""
+    yield from _disposed(fresh_database_url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -454,16 +453,6 @@ def _append(engine: Engine, n: int, **fields: Any) -> list[int]:
             )
             ids.append(record.id)
     return ids
-
-
-@pytest.fixture
-def fresh_engine(fresh_database_url: str) -> Iterator[Engine]:
-    """An engine on a database of this test's own, for exact event counts and tampering."""
-    engine = make_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def test_appended_events_form_a_valid_chain(fresh_engine: Engine) -> None:

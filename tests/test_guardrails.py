@@ -38,12 +38,8 @@ from workflows.healing import HealingIncidentWorkflow
 
 
 @pytest.fixture
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = make_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+def engine(fresh_engine: Engine) -> Engine:
+    return fresh_engine
 
 
 def add_services(engine: Engine, names: list[str], group: str | None = None) -> None:

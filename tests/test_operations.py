@@ -4,7 +4,6 @@ outcomes), playbooks CRUD with field-by-field refusals, simulate (nothing touche
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,19 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.healing.guardrails import set_paused
 from pilot.fleet import Fleet
 
 
 @pytest.fixture
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = make_engine(fresh_database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+def engine(fresh_engine: Engine) -> Engine:
+    return fresh_engine
 
 
 @pytest.fixture
