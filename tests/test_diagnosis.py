@@ -101,6 +101,16 @@ def test_recent_config_change_leads() -> None:
     assert "120s before" in ranked[0].reasons[0]
 
 
+def test_a_change_just_after_a_noisy_onset_estimate_still_leads() -> None:
+    change = ConfigChange(service="api", version=2, applied_at=T0 + timedelta(seconds=8),
+                          applied_by="deploy-bot")  # fmt: skip
+    ranked = rank_root_causes(
+        "api", {"api": evidence("api", "latency_up", onset=T0, recent_changes=[change])}, {}
+    )
+    assert ranked[0].cause == "configuration"
+    assert "8s after the estimated onset" in ranked[0].reasons[0]
+
+
 def test_change_long_before_or_after_the_onset_is_not_blamed() -> None:
     old = ConfigChange(service="api", version=3, applied_at=T0 - timedelta(hours=3), applied_by="x")
     later = ConfigChange(

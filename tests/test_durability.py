@@ -1,5 +1,6 @@
 """Durability: kill -9 the healing worker in the middle of the saga, start it again — the incident
-completes and the restart happened exactly once (counted from the pilot's own start log)."""
+completes and the action happened exactly once: the restart (counted from the pilot's own start
+log) and a configuration rollback (counted in config_versions)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,63 @@ async def test_worker_killed_mid_saga_heals_once(
     ]
     if logged == ["skipped"]:
         assert restart_attempts, "a skipped restart must come from a retried attempt"
+
+
+async def test_worker_killed_mid_rollback_rolls_back_once(
+    client: Client,
+    decisions_worker: None,
+    worker_process: WorkerProcess,
+    live_fleet: Fleet,
+    db_engine: Engine,
+) -> None:
+    """The same for a configuration rollback: the retried attempt finds its own rollback in
+    place (its step key is in the version's reason) and does not roll back again."""
+    service = live_fleet.spec.services[0].name
+    live_fleet.inject("bad_config", service, error_rate=0.6)
+    worker_process.start()
+    handle = await client.start_workflow(
+        HealingIncidentWorkflow.run,
+        IncidentInput(
+            service=service,
+            incident_type="error_spike_after_config_change",
+            detected_at=datetime.now(UTC),
+        ),
+        id=incident_workflow_id(service, "error_spike_after_config_change")
+        + f"-{uuid.uuid4().hex[:6]}",
+        task_queue=TASK_QUEUE_HEALING,
+    )
+
+    def healing_versions() -> list[int]:
+        with db_engine.connect() as conn:
+            return list(
+                conn.execute(
+                    text(
+                        "SELECT version FROM config_versions WHERE service = :s"
+                        " AND applied_by = 'nofx-healing'"
+                    ),
+                    {"s": service},
+                ).scalars()
+            )
+
+    await wait_until(lambda: bool(healing_versions()), 90, "the rollback to be recorded")
+    worker_process.kill_9()
+    await asyncio.sleep(1.0)
+    worker_process.start()
+
+    result = await asyncio.wait_for(handle.result(), timeout=180)
+    assert result.state is IncidentState.RESOLVED
+    assert len(healing_versions()) == 1, "rolled back more than once"
+    active = live_fleet.active_config(service)
+    assert active is not None
+    assert active.config["error_rate"] == 0.0
+    with db_engine.connect() as conn:
+        logged = (
+            conn.execute(
+                text("SELECT status FROM action_log WHERE workflow_id = :wf AND action = :a"),
+                {"wf": handle.id, "a": "rollback_config"},
+            )
+            .scalars()
+            .all()
+        )
+    assert logged == ["succeeded"]  # one row for the step, however many attempts ran it
+    live_fleet.clear(service)

@@ -29,6 +29,7 @@ from models.detection import Anomaly, ConfigChange, ServiceEvidence, Signal
 from models.healing import ProbeResult
 from nofx.detection.ensemble import EnsembleDetector
 from nofx.detection.learned import LearnedDetector
+from nofx.diagnosis.root_cause import ONSET_SLACK
 from nofx.telemetry.derived import latency_quantile, rate
 from nofx.telemetry.sources import MetricSource
 
@@ -369,7 +370,7 @@ def service_evidence(
     direct, notes = state_signals(series)
     signals.extend(direct)
     onset = min((a.onset for a in anomalies), default=now)
-    relevant = [c for c in changes if timedelta(0) <= onset - c.applied_at <= CHANGE_LOOKBACK]
+    relevant = [c for c in changes if -ONSET_SLACK <= onset - c.applied_at <= CHANGE_LOOKBACK]
     if relevant and (anomalies or direct):
         signals.append("config_changed")
     if probe is not None and not probe.healthy:

@@ -19,6 +19,10 @@ from datetime import timedelta
 from models.detection import RootCauseCandidate, ServiceEvidence
 
 CHANGE_LOOKBACK = timedelta(minutes=30)
+# An onset is estimated on a 2 s grid from 10 s windows, and a busy machine can make a series
+# wobble just before a push: a change applied up to this long after the estimated onset still
+# counts as having come first.
+ONSET_SLACK = timedelta(seconds=20)
 
 
 def dependency_closure(graph: Mapping[str, Sequence[str]], service: str) -> dict[str, int]:
@@ -62,15 +66,19 @@ def rank_root_causes(
         if ev is None:
             continue
         onset = ev.onset if ev.anomalies else reference
-        before = [c for c in ev.recent_changes if onset is not None and c.applied_at <= onset]
+        before = [
+            c
+            for c in ev.recent_changes
+            if onset is not None and c.applied_at <= onset + ONSET_SLACK
+        ]
         # Only the latest change before the onset is a candidate: it is what was running.
         for change in sorted(before, key=lambda c: (c.applied_at, c.version))[-1:]:
             if onset is None:
                 continue
             gap = onset - change.applied_at
-            if not timedelta(0) <= gap <= CHANGE_LOOKBACK:
+            if not -ONSET_SLACK <= gap <= CHANGE_LOOKBACK:
                 continue
-            closeness = 1.0 - gap / CHANGE_LOOKBACK
+            closeness = 1.0 - max(gap, timedelta(0)) / CHANGE_LOOKBACK
             score = 3.0 + 2.0 * closeness - 0.5 * distance
             if change.restores_version is not None:
                 # Going back to a configuration that already ran is rarely what breaks things.
@@ -82,7 +90,10 @@ def rank_root_causes(
                     score=round(score, 3),
                     detail=f"config version {change.version} applied by {change.applied_by}",
                     reasons=[
-                        f"applied {gap.total_seconds():.0f}s before the anomalies began",
+                        f"applied {gap.total_seconds():.0f}s before the anomalies began"
+                        if gap >= timedelta(0)
+                        else f"applied {-gap.total_seconds():.0f}s after the estimated onset"
+                        " (within the onset's uncertainty)",
                         *([f"reason given: {change.reason}"] if change.reason else []),
                         *(
                             [f"restores version {change.restores_version}, which ran before"]
