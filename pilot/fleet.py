@@ -570,14 +570,15 @@ class Fleet:
             if state in _STOP_STATES or state == "BACKOFF":
                 detail = _last_line(self.logs_dir / f"{name}.err.log") or info["description"]
                 raise FleetError(f"{name} is not running ({state}): {detail}")
-            if state == "RUNNING" and self._answers_health(name):
+            if state == "RUNNING" and self.answers_health(name):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
                 raise FleetError(f"{name} was not healthy in time (supervisord state {state})")
             time.sleep(0.1)
 
-    def _answers_health(self, name: str) -> bool:
+    def answers_health(self, name: str) -> bool:
+        """Whether service `name` answers GET /health with 200 within a second."""
         try:
             return httpx.get(self.health_url(name), timeout=1.0).status_code == 200
         except httpx.HTTPError:

@@ -116,6 +116,23 @@ async def wait_incident(client: Client, workflow_id: str, since: datetime) -> Wo
         await asyncio.sleep(0.5)
 
 
+async def healing_done(client: Client, fleet: Fleet, timeout: float = 180) -> None:
+    """Wait until no incident heals a service of `fleet` and every service answers again."""
+    names = [s.name for s in fleet.spec.services]
+    query = "WorkflowType = 'HealingIncidentWorkflow' AND ExecutionStatus = 'Running'"
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        running = [
+            w.id async for w in client.list_workflows(query) if any(n in w.id for n in names)
+        ]
+        down = [n for n in names if not fleet.answers_health(n)]
+        if not running and not down:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still healing {running}, still down {down}")
+        await asyncio.sleep(1.0)
+
+
 async def recorded_evidence(engine: Engine, incident_id: str) -> dict[str, Any]:
     """The evidence stored with the incident's row, once its first activity has written it (the
     workflow answers queries before that activity has run)."""
@@ -217,6 +234,7 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
     await asyncio.sleep(60)  # a baseline of normal behaviour under load
     rounds = []
     for _ in range(2):
+        await healing_done(client, fleet)  # healing is on: a restart may still be under way
         rounds.append(datetime.now(UTC))
         for role, (kind, params) in TRAINING_FAULTS.items():
             inject_recorded(
