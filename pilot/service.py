@@ -795,6 +795,9 @@ class PilotRequestHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            # Say so: a client that reuses the connection would otherwise race our close.
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
