@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.infra import InfraActivities
     from activities.store import StoreActivities
     from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
-    from models.common import AbortRequest, ApprovalRequest, AuditEventInput
+    from models.common import AbortRequest, ApprovalRequest, AuditEventInput, Contract
     from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import (
         TERMINAL_STATES,
@@ -399,13 +399,11 @@ class HealingIncidentWorkflow:
                 heartbeat_timeout=timedelta(seconds=10),
                 retry_policy=ACTION_RETRY,
             )
-            self._actions.append(outcome)
-            _count_action(outcome)
-            await self._update_row(healing_actions=True)
-            self._note(
+            await self._record_action(
+                outcome,
                 f"restart_service: {outcome.detail.get('reason', '')}"
                 if outcome.detail
-                else "restart_service done"
+                else "restart_service done",
             )
         elif step.action == "validate_health":
             await self._transition(
@@ -460,21 +458,17 @@ class HealingIncidentWorkflow:
             heartbeat_timeout=timedelta(seconds=10),
             retry_policy=ACTION_RETRY,
         )
+        await self._record_action(outcome, f"{step.action}: {_summary(outcome.detail)}")
+
+    async def _record_action(self, outcome: ActionOutcome, note: str) -> None:
+        """An action ran: keep it on the incident (row and timeline) and count it."""
         self._actions.append(outcome)
         _count_action(outcome)
         await self._update_row(healing_actions=True)
-        self._note(f"{step.action}: {_summary(outcome.detail)}")
+        self._note(note)
 
     async def _undo(self, request: ActionRequest) -> None:
-        outcome = await workflow.execute_activity_method(
-            ActionActivities.undo_action,
-            request,
-            start_to_close_timeout=timedelta(seconds=60),
-            heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=COMPENSATION_RETRY,
-        )
-        self._actions.append(outcome)
-        _count_action(outcome)
+        await self._compensate(ActionActivities.undo_action, request)
 
     async def _validate_requests(self, index: int, step: PlaybookStep) -> None:
         checks = ValidateRequestsParams.model_validate(step.params)
@@ -502,10 +496,9 @@ class HealingIncidentWorkflow:
         self._note(f"validated by real requests: {result.detail}")
 
     async def _compensate(
-        self,
-        activity_method: Callable[[InfraActivities, ServiceActionInput], ActionOutcome],
-        inp: ServiceActionInput,
+        self, activity_method: Callable[[Any, Any], ActionOutcome], inp: Contract
     ) -> None:
+        """Run one compensation (a saga undo) and keep what it did on the incident."""
         outcome = await workflow.execute_activity_method(
             activity_method,
             inp,
@@ -514,6 +507,7 @@ class HealingIncidentWorkflow:
             retry_policy=COMPENSATION_RETRY,
         )
         self._actions.append(outcome)
+        _count_action(outcome)
 
     async def _roll_back_rung(self, err: BaseException) -> None:
         """One rung of the ladder failed: undo it (shielded) before the next one is tried."""
