@@ -940,18 +940,35 @@ class Fleet:
                 f"cannot clear {', '.join(sorted(kinds))} on {name}: it hangs (SIGSTOP);"
                 " clear hang first"
             )
-        if explicit is not None:
-            targets = [explicit]
-        else:
-            active = self._pilot_call("GET", name, None)["active"]
-            targets = [k for k in IN_PROCESS_FAULTS if k in active]
-            if "disk_fill" not in targets and _fill_files(self.data_dir(name)):
-                targets.append("disk_fill")
-        for target in targets:
-            outcome = self._pilot_call("DELETE", name, target)
-            if outcome.get("cleared"):
-                done.append(f"{target}: {_describe_clear(outcome)}")
+        try:
+            if explicit is not None:
+                targets = [explicit]
+            else:
+                active = self._pilot_call("GET", name, None)["active"]
+                targets = [k for k in IN_PROCESS_FAULTS if k in active]
+                if "disk_fill" not in targets and _fill_files(self.data_dir(name)):
+                    targets.append("disk_fill")
+            for target in targets:
+                outcome = self._pilot_call("DELETE", name, target)
+                if outcome.get("cleared"):
+                    done.append(f"{target}: {_describe_clear(outcome)}")
+        except FleetError:
+            # Healing may restart the process while we ask: a new process holds none of the old
+            # one's in-process faults, so only the files are left to delete.
+            if self._wait_for_new_pid(name, pid) is None:
+                raise
+            return done + self._clear_in_process(name, kinds & {"disk_fill"}, explicit=None)
         return done
+
+    def _wait_for_new_pid(self, name: str, old_pid: int, timeout: float = 15.0) -> int | None:
+        """The pid of a process that replaced `old_pid` and answers /health, else None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.pid(name)
+            if pid is not None and pid != old_pid and self.answers_health(name):
+                return pid
+            time.sleep(0.2)
+        return None
 
     def _clear_bad_config(self, name: str, *, explicit: bool) -> str | None:
         if not self._libpq_url:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from temporalio.api.enums.v1 import EventType
 
 from models.healing import IncidentState, IncidentStatus
 from workflows.healing import HealingIncidentWorkflow
@@ -21,3 +25,25 @@ async def wait_for_state(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"incident still {status.state.value}: {status.timeline[-3:]}")
         await asyncio.sleep(0.2)
+
+
+async def assert_replays(handle: Any) -> None:
+    """Replay the run's recorded history through the current code; on a mismatch, keep the
+    history next to the test run and show where it diverged."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.worker import Replayer
+
+    from workers import decisions, healing, maintenance
+
+    history = await handle.fetch_history()
+    replayer = Replayer(
+        workflows=[*healing.WORKFLOWS, *decisions.WORKFLOWS, *maintenance.WORKFLOWS],
+        data_converter=pydantic_data_converter,
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    if result.replay_failure is None:
+        return
+    kept = Path(tempfile.gettempdir()) / f"nondeterministic-{history.workflow_id}.json"
+    kept.write_text(history.to_json())
+    tail = [f"{e.event_id} {EventType.Name(e.event_type)}" for e in history.events[-40:]]
+    raise AssertionError(f"{result.replay_failure}; history kept in {kept}; last events {tail}")

@@ -34,7 +34,7 @@ from nofx.audit import verify_chain
 from nofx.client import incident_workflow_id, start_incident
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet
-from tests.helpers import wait_for_state
+from tests.helpers import assert_replays, wait_for_state
 from workflows.healing import HealingIncidentWorkflow
 from workflows.monitor import FleetMonitorWorkflow
 
@@ -246,6 +246,7 @@ async def test_abort_mid_saga_rolls_back_and_a_second_abort_is_refused(
     assert "already requested by alice" in reason or "already completed" in reason, reason
     with pytest.raises(WorkflowFailureError):
         await asyncio.wait_for(handle.result(), timeout=60)
+    await assert_replays(handle)  # an abort racing a step's end replays as it ran
 
     status = await handle.query(HealingIncidentWorkflow.status)
     assert status.state is IncidentState.FAILED

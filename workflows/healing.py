@@ -305,6 +305,9 @@ class HealingIncidentWorkflow:
             raise aborted(self._abort)
         abort_wait.cancel()
         await task
+        if self._abort is not None and workflow.patched("abort-after-step"):
+            # The abort arrived in the same task as the step's end: it still stops the incident.
+            raise aborted(self._abort)
 
     async def _run_step(self, index: int, step: PlaybookStep, rung: int = 0) -> None:
         # The first playbook keeps the original key format (recorded action_log rows match it).
