@@ -134,7 +134,9 @@ class ActionActivities:
         ctx = self._context(req, req.idempotency_key)
         with heartbeating(step=f"{req.step}/undo"):
             done = action.undo(ctx, recorded[1]["prior"])
-        outcome = self._outcome(req, f"undo_{req.action}", done.performed, done.detail, started)
+            restored, check = action.restored(ctx, recorded[1]["prior"])
+        detail = {**done.detail, "prior_state_restored": restored, "prior_state_check": check}
+        outcome = self._outcome(req, f"undo_{req.action}", done.performed, detail, started)
         self._log(req, "compensated", {"outcome": outcome.model_dump(mode="json")}, undo=True)
         return outcome
 
@@ -142,7 +144,16 @@ class ActionActivities:
     def validate_requests(self, req: ActionRequest) -> RequestCheck:
         """Send real requests until a round comes back good enough, or the rounds run out."""
         params: ValidateRequestsParams = self._params(req)
-        endpoint = get_fleet_target(self._engine, req.service).endpoint
+        target = get_fleet_target(self._engine, req.service)
+        endpoint = target.endpoint
+        if params.via_frontend:
+            # After traffic moved off a replica, the service is what its load balancer serves.
+            endpoint = str(target.metadata.get("haproxy_frontend") or "")
+            if not endpoint:
+                raise invalid_input(
+                    f"validate_requests via_frontend: service {req.service!r} has no"
+                    " metadata.haproxy_frontend in the inventory"
+                )
         last = RequestCheck(
             service=req.service,
             passed=False,
@@ -154,7 +165,7 @@ class ActionActivities:
         )
         with httpx.Client(timeout=params.request_timeout_seconds) as client:
             for round_number in range(1, params.attempts + 1):
-                last = _one_round(client, endpoint, req.service, params, round_number)
+                last = request_round(client, endpoint, req.service, params, round_number)
                 activity.heartbeat({"round": round_number, "detail": last.detail})
                 if last.passed:
                     break
@@ -162,7 +173,7 @@ class ActionActivities:
         return last
 
 
-def _one_round(
+def request_round(
     client: httpx.Client,
     endpoint: str,
     service: str,

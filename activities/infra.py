@@ -168,6 +168,7 @@ class InfraActivities:
         if state.state != "RUNNING":
             provider.restart(process, not_before=math.floor(time.time()))
             performed = True
+        after = provider.process_state(process).state
         self._log_action(
             inp, "restore_service_running", "compensated", {"state_before": state.model_dump()}
         )
@@ -175,7 +176,11 @@ class InfraActivities:
             action="restore_service_running",
             service=inp.service,
             performed=performed,
-            detail={"state_before": state.state},
+            detail={
+                "state_before": state.state,
+                "prior_state_restored": after == "RUNNING",
+                "prior_state_check": f"process {after}",
+            },
             started_at=started_at,
             finished_at=datetime.now(UTC),
         )

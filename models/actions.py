@@ -57,6 +57,11 @@ class ValidateRequestsParams(ActionParams):
     attempts: int = Field(default=10, ge=1, le=100, description="rounds before giving up")
     interval_seconds: float = Field(default=1.0, gt=0, le=60)
     request_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    via_frontend: bool = Field(
+        default=False,
+        description="send them through the load balancer in front of the service"
+        " (metadata.haproxy_frontend), not to the replica itself",
+    )
 
 
 class CleanupDiskParams(ActionParams):

@@ -83,7 +83,10 @@ def test_playbooks_are_created_updated_disabled_and_bad_input_is_refused_field_b
     assert refused.exit_code == 1
     for field in ("playbook_name", "automation_level", "recovery_steps.0", "params.factor"):
         assert field in refused.output, (field, refused.output)
-    assert ops.list_playbooks(engine, "overload") == []  # nothing half-written
+    # nothing half-written: only the seeded traffic playbook (016) is there
+    assert [p["playbook_name"] for p in ops.list_playbooks(engine, "overload")] == [
+        "shift-traffic-off-overloaded-replica"
+    ]
 
     good = {
         "incident_type": "overload",

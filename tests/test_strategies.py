@@ -2,7 +2,7 @@
 prior state: configuration rollback (config_versions + the pilot's reload), stuck database
 sessions (the real PostgreSQL), cache invalidation (the real Redis), disk quarantine after a
 restart (supervisord + the file system), pool resizing rolled back by the saga when validation
-fails.
+fails, traffic rerouting (a real haproxy in front of two real pilot replicas, over its runtime API).
 
 A fault is injected for real, the incident is started as the monitor would start it, the seeded
 playbook heals it; then the recorded step is undone through the same activity the saga uses, and
@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
+import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,18 +29,34 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.actions import ActionActivities
 from activities.store import get_fleet_target
-from models.actions import ActionRequest, ServiceCapabilities
-from models.healing import IncidentInput, IncidentResult, IncidentState, PlaybookCandidate
+from models.actions import (
+    ActionRequest,
+    DrainTrafficParams,
+    ServiceCapabilities,
+    ShiftWeightParams,
+)
+from models.healing import (
+    ActionOutcome,
+    FleetTarget,
+    IncidentInput,
+    IncidentResult,
+    IncidentState,
+    PlaybookCandidate,
+)
 from nofx.client import start_incident
 from nofx.db import to_libpq_url
-from nofx.healing.actions import capabilities
+from nofx.healing.actions import ACTIONS, capabilities
+from nofx.providers.haproxy import HAProxyRuntime
 from nofx.settings import Settings
 from pilot.config import application_name
-from pilot.fleet import Fleet
+from pilot.fleet import Fleet, free_port
+from pilot.haproxy import HAProxyProcess, HAProxySpec, haproxy_binary
+from pilot.load import LoadGenerator
 from workflows.decisions import rank_playbooks
 from workflows.healing import HealingIncidentWorkflow
 
@@ -163,6 +186,7 @@ async def test_bad_config_is_rolled_back_and_the_undo_restores_it(
         step_request(workflow_id, result.incident_id, 0, "rollback_config", service)
     )
     assert undone.performed
+    assert undone.detail["prior_state_restored"], undone.detail
     restored = live_fleet.active_config(service)
     assert restored is not None
     assert restored.config == bad.config  # the prior (bad) configuration is back
@@ -198,6 +222,7 @@ async def test_stuck_sessions_are_ended_but_sessions_with_writes_are_spared(
             step_request(workflow_id, result.incident_id, 0, "terminate_idle_connections", service)
         )
         assert not undone.performed
+        assert undone.detail["prior_state_restored"], undone.detail
         assert "nothing to restore" in undone.detail["reason"]
     finally:
         writer.close()
@@ -223,6 +248,7 @@ async def test_stale_cache_is_invalidated_and_the_undo_restores_the_entries(
         step_request(workflow_id, result.incident_id, 0, "invalidate_cache", service)
     )
     assert undone.performed
+    assert undone.detail["prior_state_restored"], undone.detail
     await asyncio.sleep(2.5)
     assert any(r["cache"]["stale"] for r in work(live_fleet, service, 3))  # prior state is back
     live_fleet.clear(service)
@@ -340,3 +366,281 @@ async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
                 text("DELETE FROM recovery_playbooks WHERE playbook_name = ANY(:n)"),
                 {"n": [name for name, _, _ in ladder]},
             )
+
+
+# ---- traffic: a real haproxy in front of two real pilot replicas --------------------------------
+
+
+@dataclass
+class Traffic:
+    """A real haproxy balancing both services of `live_fleet` as the replicas of one backend."""
+
+    process: HAProxyProcess
+    backend: str
+    replicas: tuple[str, str]
+
+    @property
+    def runtime(self) -> HAProxyRuntime:
+        return self.process.runtime()
+
+    @property
+    def url(self) -> str:
+        return self.process.frontend_url(self.backend)
+
+    def setting(self, server: str) -> tuple[int, str]:
+        state = self.runtime.server(self.backend, server)
+        return state.weight, state.admin_state
+
+    def hits(self, count: int = 20) -> Counter[str]:
+        """Which replica answered each of `count` real GET / through the frontend.
+
+        A new connection each time: drain and weight act on new sessions only.
+        """
+        seen: Counter[str] = Counter()
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5, limits=limits, trust_env=False) as http:
+            for _ in range(count):
+                response = http.get(f"{self.url}/", headers={"Connection": "close"})
+                assert response.status_code == 200, response.text
+                seen[response.json()["service"]] += 1
+        return seen
+
+    def assert_split(self) -> None:
+        seen = self.hits()
+        assert set(seen) == set(self.replicas), seen
+
+    def wait_serving(self, timeout: float = 15.0) -> None:
+        """Until haproxy's health checks have every replica up and taking traffic."""
+        deadline = time.monotonic() + timeout
+        while not all(s.takes_new_traffic for s in self.runtime.servers(self.backend)):
+            assert time.monotonic() < deadline, self.runtime.servers(self.backend)
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def traffic(live_fleet: Fleet, db_engine: Engine, tmp_path: Path) -> Iterator[Traffic]:
+    """haproxy in front of both fleet services, recorded in their inventory metadata."""
+    if haproxy_binary() is None:
+        pytest.skip("haproxy is not installed (Debian package: haproxy)")
+    replicas = (live_fleet.spec.services[0].name, live_fleet.spec.services[1].name)
+    backend = f"{replicas[0]}-lb"
+    # A Unix socket path must fit in 107 bytes; pytest's tmp_path may not.
+    socket_dir = Path(tempfile.mkdtemp(prefix="nofx-lb-"))
+    spec = HAProxySpec.model_validate(
+        {
+            "socket_path": socket_dir / "admin.sock",
+            "frontends": [
+                {
+                    "name": backend,
+                    "bind_port": free_port(),
+                    "servers": [
+                        (name, "127.0.0.1", live_fleet.spec.get(name).port) for name in replicas
+                    ],
+                }
+            ],
+        }
+    )
+    try:
+        with HAProxyProcess(spec, tmp_path / "haproxy") as process:
+            lb = Traffic(process, backend, replicas)
+            lb.wait_serving()
+            with db_engine.begin() as conn:
+                for name in replicas:
+                    conn.execute(
+                        text(
+                            "UPDATE services SET metadata = metadata || CAST(:m AS jsonb)"
+                            " WHERE name = :n"
+                        ),
+                        {
+                            "n": name,
+                            "m": json.dumps(
+                                {
+                                    "haproxy_socket": str(spec.socket_path),
+                                    "haproxy_backend": backend,
+                                    "haproxy_server": name,
+                                    "haproxy_frontend": lb.url,
+                                }
+                            ),
+                        },
+                    )
+            yield lb
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def act(db_engine: Engine, database_url: str) -> Any:
+    """Run a healing step through the real activity (exactly once, prior state in action_log)."""
+    activities = ActionActivities(db_engine, Settings(database_url=database_url))
+
+    def run(request: ActionRequest, *, undo: bool = False) -> ActionOutcome:
+        method = activities.undo_action if undo else activities.perform_action
+        outcome: ActionOutcome = ActivityEnvironment().run(method, request)
+        return outcome
+
+    return run
+
+
+def traffic_step(service: str, action: str, params: dict[str, Any] | None = None) -> ActionRequest:
+    """A fresh step (its own idempotency key) of `action` on `service`."""
+    key = uuid.uuid4().hex[:8]
+    return step_request(f"wf-{key}", key, 0, action, service, params)
+
+
+def test_traffic_capability_needs_a_live_socket_and_the_server(
+    db_engine: Engine, traffic: Traffic, act: Any
+) -> None:
+    service = traffic.replicas[0]
+    target = get_fleet_target(db_engine, service)
+    offered = capabilities(target)
+    assert offered["traffic.weight"] == offered["traffic.drain"] == "haproxy"
+
+    def without(**changes: Any) -> FleetTarget:
+        return target.model_copy(update={"metadata": {**target.metadata, **changes}})
+
+    # The socket declared but absent (haproxy not running there): never offered.
+    missing = without(haproxy_socket=str(Path(tempfile.gettempdir()) / "nofx-no-such.sock"))
+    assert "traffic.weight" not in capabilities(missing)
+    assert "traffic.drain" not in capabilities(missing)
+    # No server name for this replica: there is nothing to address.
+    assert "traffic.weight" not in capabilities(without(haproxy_server=None))
+
+    # And the activity refuses the action where the capability is not offered.
+    with db_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE services SET metadata = metadata || CAST(:m AS jsonb) WHERE name = :n"),
+            {"n": service, "m": json.dumps(missing.metadata)},
+        )
+    with pytest.raises(ApplicationError, match="does not offer") as refused:
+        act(traffic_step(service, "shift_weight", {"weight": 0}))
+    assert refused.value.type == "UnsupportedAction"
+    assert traffic.setting(service) == (1, "ready")  # nothing was touched
+
+
+def test_shift_weight_moves_real_requests_off_a_replica_and_the_undo_restores_it(
+    traffic: Traffic, act: Any
+) -> None:
+    away, other = traffic.replicas
+    traffic.assert_split()
+    step = traffic_step(away, "shift_weight", {"weight": 0})
+
+    done = act(step)
+    assert done.performed
+    assert done.detail["before"] == {"weight": 1, "admin_state": "ready"}
+    assert done.detail["after"] == {"weight": 0, "admin_state": "ready"}
+    assert done.detail["serving"] == [other]
+    assert traffic.setting(away) == (0, "ready")
+    assert traffic.hits() == Counter({other: 20})  # real requests avoid it
+
+    assert act(step) == done  # exactly once: the recorded outcome, nothing done again
+    again = act(traffic_step(away, "shift_weight", {"weight": 0}))
+    assert not again.performed  # idempotent: the goal already holds
+    assert "weight already 0" in again.detail["reason"]
+
+    undone = act(step, undo=True)
+    assert undone.performed
+    assert undone.detail.get("prior_state_restored", True)
+    assert traffic.setting(away) == (1, "ready")  # exactly the captured weight
+    traffic.assert_split()
+    assert not act(step.model_copy(update={"idempotency_key": "other"}), undo=True).performed
+
+    # A higher weight shifts the split towards the replica rather than away.
+    heavy = traffic_step(away, "shift_weight", {"weight": 4})
+    assert act(heavy).performed
+    seen = traffic.hits()
+    assert seen[away] > 2 * seen[other] > 0, seen
+    act(heavy, undo=True)
+    assert traffic.setting(away) == (1, "ready")
+
+
+def test_drain_takes_a_replica_out_of_rotation_and_the_undo_makes_it_ready(
+    traffic: Traffic, act: Any
+) -> None:
+    away, other = traffic.replicas
+    step = traffic_step(away, "drain_traffic")
+    done = act(step)
+    assert done.performed
+    assert done.detail["after"] == {"weight": 1, "admin_state": "drain"}
+    assert traffic.setting(away) == (1, "drain")
+    assert traffic.hits() == Counter({other: 20})
+    assert not act(traffic_step(away, "drain_traffic")).performed  # already drained
+
+    assert act(step, undo=True).performed
+    assert traffic.setting(away) == (1, "ready")
+    traffic.wait_serving()
+    traffic.assert_split()
+
+
+def test_the_last_serving_server_is_never_drained_nor_zeroed(traffic: Traffic, act: Any) -> None:
+    first, last = traffic.replicas
+    drained = traffic_step(first, "drain_traffic")
+    assert act(drained).performed
+
+    for action, params in (("drain_traffic", {}), ("shift_weight", {"weight": 0})):
+        with pytest.raises(ApplicationError, match="whole service would go offline") as refused:
+            act(traffic_step(last, action, params))
+        assert refused.value.type == "ActionFailed"
+        assert refused.value.non_retryable
+        assert traffic.setting(last) == (1, "ready")
+    assert traffic.hits() == Counter({last: 20})  # the service stays up
+    # Raising the weight of the last one is not taking it offline.
+    raised = traffic_step(last, "shift_weight", {"weight": 3})
+    assert act(raised).performed
+    act(raised, undo=True)
+
+    act(drained, undo=True)
+    traffic.wait_serving()
+    # With the first one back, the second may go.
+    allowed = traffic_step(last, "shift_weight", {"weight": 0})
+    assert act(allowed).performed
+    act(allowed, undo=True)
+    assert traffic.setting(last) == (1, "ready")
+
+
+def test_traffic_actions_say_what_they_and_their_undo_do() -> None:
+    do, undo = ACTIONS["shift_weight"].plan(ShiftWeightParams(weight=0))
+    assert "weight to 0" in do
+    assert "unless" in do
+    assert "prior weight" in undo
+    do, undo = ACTIONS["drain_traffic"].plan(DrainTrafficParams())
+    assert "drain" in do
+    assert "prior admin state" in undo
+
+
+def frontend_p95(traffic: Traffic) -> float:
+    """p95 (ms) of one second of sequential real GET / through haproxy."""
+    stats = LoadGenerator([f"{traffic.url}/"], concurrency=1).run(1.0)
+    assert stats.p95_ms is not None
+    assert stats.errors == stats.failures == 0, stats
+    return stats.p95_ms
+
+
+async def test_overload_is_healed_by_shifting_traffic_and_the_undo_restores_the_weight(
+    client: Client, healing_worker: None, live_fleet: Fleet, traffic: Traffic, undo: Any
+) -> None:
+    """The seeded playbook (016) end to end: a real overload on one replica, its weight goes
+    to 0, real requests through haproxy come back good; the undo puts the weight back."""
+    hot, cool = traffic.replicas
+    live_fleet.inject("overload", hot, concurrency=32)
+    try:
+        # Through haproxy, every other request queues behind the load on `hot`: the p95 the
+        # playbook's validation bounds (75 ms) is exceeded before healing.
+        deadline = time.monotonic() + 15
+        while (slow := await asyncio.to_thread(frontend_p95, traffic)) <= 75:
+            assert time.monotonic() < deadline, f"overload not visible through haproxy: {slow}"
+
+        result, workflow_id = await heal(client, hot, "overload")
+        assert result.state is IncidentState.RESOLVED
+        assert actions_of(result) == ["shift_weight"]
+        assert result.actions[0].detail["after"]["weight"] == 0
+        assert traffic.setting(hot) == (0, "ready")
+        assert await asyncio.to_thread(traffic.hits) == Counter({cool: 20})
+        assert await asyncio.to_thread(frontend_p95, traffic) <= 75
+
+        undone = await undo(
+            step_request(workflow_id, result.incident_id, 0, "shift_weight", hot, {"weight": 0})
+        )
+        assert undone.performed
+        assert traffic.setting(hot) == (1, "ready")
+    finally:
+        live_fleet.clear(hot)

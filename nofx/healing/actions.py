@@ -21,7 +21,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,13 +34,27 @@ from sqlalchemy.engine import Engine
 from models.actions import (
     Capability,
     CleanupDiskParams,
+    DrainTrafficParams,
     InvalidateCacheParams,
     ResizePoolParams,
     RollbackConfigParams,
+    ShiftWeightParams,
     TerminateIdleParams,
 )
 from models.healing import FleetTarget
+from nofx.logging import get_logger
+from nofx.providers.haproxy import (
+    HAProxyError,
+    HAProxyRuntime,
+    HAProxyUnavailableError,
+    ServerState,
+    TrafficChange,
+    TrafficSetting,
+    UnknownServerError,
+)
 from pilot.fleet import Fleet, FleetError, FleetSpec, ServiceSpec
+
+log = get_logger(__name__)
 
 HEALING_ACTOR = "nofx-healing"
 
@@ -65,7 +79,12 @@ def capabilities(target: FleetTarget) -> dict[Capability, str]:
     if meta.get("redis_url") and meta.get("cache_prefix"):
         found["cache.invalidate"] = "redis"
     socket = meta.get("haproxy_socket")
-    if socket and meta.get("haproxy_backend") and Path(socket).exists():
+    if (
+        socket
+        and meta.get("haproxy_backend")
+        and meta.get("haproxy_server")
+        and Path(socket).exists()
+    ):
         found["traffic.drain"] = "haproxy"
         found["traffic.weight"] = "haproxy"
     return found
@@ -92,12 +111,21 @@ class ActionContext:
 
     def fleet(self) -> Fleet:
         """The pilot fleet that runs the target, for its versioned configuration."""
-        port = int(httpx.URL(self.target.endpoint).port or 80)
-        return Fleet(
-            Path(self.meta("fleet_home")),
-            FleetSpec(services=[ServiceSpec(name=self.service, port=port)]),
-            database_url=self.database_url,
-        )
+        self.meta("fleet_home")
+        return fleet_of(self.target, self.database_url)
+
+
+def fleet_of(target: FleetTarget, database_url: str | None) -> Fleet:
+    """The staging fleet that runs `target` (as far as this one service goes)."""
+    home = target.metadata.get("fleet_home")
+    if not home:
+        raise ActionError(f"service {target.service!r} has no metadata.fleet_home in the inventory")
+    port = int(httpx.URL(target.endpoint).port or 80)
+    return Fleet(
+        Path(home),
+        FleetSpec(services=[ServiceSpec(name=target.service, port=port)]),
+        database_url=database_url,
+    )
 
 
 @dataclass
@@ -117,6 +145,8 @@ class Action(Protocol):
     def perform(self, ctx: ActionContext, params: Any, prior: Mapping[str, Any]) -> Performed: ...
 
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed: ...
+
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]: ...
 
     def plan(self, params: Any) -> tuple[str, str]: ...
 
@@ -185,6 +215,13 @@ class CleanupDisk:
         if not kept:
             shutil.rmtree(quarantine, ignore_errors=True)
         return Performed(bool(restored), {"restored": restored, "left_in_quarantine": kept})
+
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        quarantine = Path(prior["quarantine"])
+        left = sorted(p.name for p in quarantine.iterdir()) if quarantine.is_dir() else []
+        if left:
+            return False, f"{len(left)} file(s) still in quarantine: {', '.join(left[:5])}"
+        return True, "every quarantined file is back in the data directory"
 
     def plan(self, params: CleanupDiskParams) -> tuple[str, str]:
         return (
@@ -261,6 +298,17 @@ class RollbackConfig:
         )
         return Performed(True, {"restored_version": before.version, "active": restored.version})
 
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        fleet = ctx.fleet()
+        history = {v.version: v for v in fleet.config_history(ctx.service)}
+        before = history.get(int(prior["from_version"]))
+        active = fleet.active_config(ctx.service)
+        if before is None or active is None:
+            return False, f"v{prior['from_version']} or the active version is missing"
+        if active.config != before.config:
+            return False, f"active v{active.version} differs from v{before.version}"
+        return True, f"active v{active.version} has v{before.version}'s configuration"
+
     def plan(self, params: RollbackConfigParams) -> tuple[str, str]:
         target = f"v{params.to_version}" if params.to_version else "the previous version"
         return f"roll the configuration back to {target}", "re-apply the configuration it replaced"
@@ -312,6 +360,12 @@ class ResizePool:
             reason=_reason(ctx, f"compensation: pool back to {size}"),
         )
         return Performed(True, {"size": size})
+
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        active = ctx.fleet().active_config(ctx.service)
+        size = int(prior["size"])
+        now = int((active.config if active else {}).get("db_pool_size", 5))
+        return now == size, f"pool size {now} (before the step: {size})"
 
     def plan(self, params: ResizePoolParams) -> tuple[str, str]:
         return (
@@ -377,6 +431,9 @@ class TerminateIdleConnections:
         return Performed(
             False, {"reason": "ended sessions had written nothing; nothing to restore"}
         )
+
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        return True, "the ended sessions held no writes: no state was lost"
 
     def plan(self, params: TerminateIdleParams) -> tuple[str, str]:
         return (
@@ -468,12 +525,257 @@ class InvalidateCache:
             client.close()
         return Performed(bool(prior["entries"]), {"restored": len(prior["entries"])})
 
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        client = _redis(ctx)
+        try:
+            differ = [
+                entry
+                for entry in prior["entries"]
+                if client.dump(base64.b64decode(entry["key"])) != base64.b64decode(entry["dump"])
+            ]
+        finally:
+            client.close()
+        if differ:
+            return False, f"{len(differ)} of {len(prior['entries'])} entries differ from before"
+        return True, f"all {len(prior['entries'])} entries hold their values from before"
+
     def plan(self, params: InvalidateCacheParams) -> tuple[str, str]:
         return (
             f"delete the cache namespace '{params.namespace}' (SCAN) and warm it with"
             f" {params.warm_requests} request(s)",
             "restore the deleted entries from their dumps",
         )
+
+
+# ---- traffic: HAProxy runtime API, never the last serving server ----------------------------
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where the target sits behind HAProxy: the admin socket, its backend and its server."""
+
+    socket: str
+    backend: str
+    server: str
+
+    @classmethod
+    def of(cls, ctx: ActionContext) -> _Place:
+        return cls(
+            str(ctx.meta("haproxy_socket")),
+            str(ctx.meta("haproxy_backend")),
+            str(ctx.meta("haproxy_server")),
+        )
+
+    @classmethod
+    def recorded(cls, prior: Mapping[str, Any]) -> _Place:
+        return cls(str(prior["socket"]), str(prior["backend"]), str(prior["server"]))
+
+    @property
+    def runtime(self) -> HAProxyRuntime:
+        return HAProxyRuntime(Path(self.socket))
+
+    def __str__(self) -> str:
+        return f"{self.backend}/{self.server}"
+
+
+def _haproxy_failure(place: _Place, err: HAProxyError | UnknownServerError) -> ActionError:
+    """A refusal HAProxy will repeat on retry (unknown server, inherited state), as ActionError.
+
+    `HAProxyUnavailableError` is not converted: HAProxy may answer again, so the activity retries.
+    """
+    return ActionError(f"HAProxy server {place}: {err}")
+
+
+class _TrafficAction:
+    """What `DrainTraffic` and `ShiftWeight` share: capture, the last-server guard, the undo.
+
+    The prior state is the server's runtime weight and admin state, read from HAProxy before
+    anything changes, with where it was read (socket, backend, server): the undo puts back
+    exactly that setting on exactly that server, even if the inventory changed since.
+    """
+
+    def capture(self, ctx: ActionContext, params: Any) -> dict[str, Any]:
+        place = _Place.of(ctx)
+        state = self._read(place)
+        return {
+            "socket": place.socket,
+            "backend": place.backend,
+            "server": place.server,
+            "weight": state.weight,
+            "admin_state": state.admin_state,
+        }
+
+    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
+        place = _Place.recorded(prior)
+        before = TrafficSetting(weight=int(prior["weight"]), admin_state=prior["admin_state"])
+        try:
+            restored = place.runtime.restore(
+                TrafficChange(
+                    backend=place.backend,
+                    server=place.server,
+                    action="restore",
+                    before=before,
+                    after=before,
+                    changed=True,
+                )
+            )
+        except HAProxyUnavailableError:
+            raise
+        except (HAProxyError, UnknownServerError) as err:
+            raise _haproxy_failure(place, err) from err
+        if not restored.changed:
+            return Performed(
+                False,
+                {"server": str(place), "reason": "the prior weight and state are in force"},
+            )
+        log.info("haproxy server restored", server=str(place), **before.model_dump())
+        return Performed(True, {"server": str(place), **_change_detail(restored)})
+
+    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
+        place = _Place.recorded(prior)
+        try:
+            now = place.runtime.server(place.backend, place.server)
+        except (HAProxyError, UnknownServerError) as err:
+            return False, f"{place} could not be read: {err}"
+        was = f"weight {prior['weight']}, {prior['admin_state']}"
+        if (now.weight, now.admin_state) != (int(prior["weight"]), prior["admin_state"]):
+            return False, f"{place} is weight {now.weight}, {now.admin_state} (before: {was})"
+        return True, f"{place} is back at {was}"
+
+    @staticmethod
+    def _read(place: _Place) -> ServerState:
+        try:
+            return place.runtime.server(place.backend, place.server)
+        except HAProxyUnavailableError:
+            raise
+        except (HAProxyError, UnknownServerError) as err:
+            raise _haproxy_failure(place, err) from err
+
+    @staticmethod
+    def _refuse_if_last(place: _Place, what: str) -> list[str]:
+        """Refuse `what` when no other server of the backend takes new traffic right now.
+
+        Returns the servers that do, so the detail says where the traffic goes.
+        """
+        try:
+            servers = place.runtime.servers(place.backend)
+        except HAProxyUnavailableError:
+            raise
+        except (HAProxyError, UnknownServerError) as err:
+            raise _haproxy_failure(place, err) from err
+        others = [s.server for s in servers if s.server != place.server and s.takes_new_traffic]
+        if not others:
+            raise ActionError(
+                f"refusing to {what} HAProxy server {place}: no other server of backend"
+                f" {place.backend!r} takes traffic, so the whole service would go offline"
+            )
+        return others
+
+    @classmethod
+    def _take_out(
+        cls, place: _Place, what: str, change: Callable[[], TrafficChange]
+    ) -> tuple[TrafficChange, list[str]]:
+        """Make a change that takes `place` out of rotation, never the last one serving.
+
+        Checked before, and again after: two incidents on two replicas of one backend may each
+        see the other serving and act at once. Whichever finds nobody else serving afterwards
+        puts its server back and refuses.
+        """
+        cls._refuse_if_last(place, what)
+        done = cls._apply(place, change)
+        try:
+            serving = cls._refuse_if_last(place, what)
+        except ActionError:
+            if done.changed:
+                cls._apply(place, lambda: place.runtime.restore(done))
+            raise
+        return done, serving
+
+    @staticmethod
+    def _apply(place: _Place, change: Callable[[], TrafficChange]) -> TrafficChange:
+        try:
+            result = change()
+        except HAProxyUnavailableError:
+            raise
+        except (HAProxyError, UnknownServerError) as err:
+            raise _haproxy_failure(place, err) from err
+        return result
+
+
+def _change_detail(change: TrafficChange) -> dict[str, Any]:
+    return {"before": change.before.model_dump(), "after": change.after.model_dump()}
+
+
+class DrainTraffic(_TrafficAction):
+    """Put the target's server in drain: no new requests, the ones in flight finish.
+
+    Health checks go on, so HAProxy still sees when the replica is well again; the weight is
+    kept. Refused when no other server of the backend takes traffic.
+    """
+
+    name = "drain_traffic"
+
+    def perform(
+        self, ctx: ActionContext, params: DrainTrafficParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        place = _Place.recorded(prior)
+        current = self._read(place)
+        if current.admin_state != "ready":
+            return Performed(
+                False,
+                {"server": str(place), "reason": f"already {current.admin_state}: no new traffic"},
+            )
+        change, serving = self._take_out(
+            place, "drain", lambda: place.runtime.set_state(place.backend, place.server, "drain")
+        )
+        return Performed(
+            change.changed, {"server": str(place), "serving": serving, **_change_detail(change)}
+        )
+
+    def plan(self, params: DrainTrafficParams) -> tuple[str, str]:
+        return (
+            "drain the replica in its HAProxy backend (no new requests; those in flight finish),"
+            " unless it is the last server taking traffic",
+            "put the server's prior admin state and weight back",
+        )
+
+
+class ShiftWeight(_TrafficAction):
+    """Give the target's server a new runtime weight in its backend (0: no new requests).
+
+    Lowering the weight to 0 is refused when no other server of the backend takes traffic; the
+    admin state is left as it is.
+    """
+
+    name = "shift_weight"
+
+    def perform(
+        self, ctx: ActionContext, params: ShiftWeightParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        place = _Place.recorded(prior)
+        current = self._read(place)
+        if current.weight == params.weight:
+            return Performed(
+                False, {"server": str(place), "reason": f"weight already {params.weight}"}
+            )
+        detail: dict[str, Any] = {"server": str(place)}
+
+        def shift() -> TrafficChange:
+            return place.runtime.set_weight(place.backend, place.server, params.weight)
+
+        if params.weight == 0:
+            change, detail["serving"] = self._take_out(place, "set weight 0 on", shift)
+        else:
+            change = self._apply(place, shift)
+        return Performed(change.changed, {**detail, **_change_detail(change)})
+
+    def plan(self, params: ShiftWeightParams) -> tuple[str, str]:
+        if params.weight == 0:
+            what = "set the replica's HAProxy weight to 0 (no new requests), unless no other"
+            what += " server of its backend takes traffic"
+        else:
+            what = f"set the replica's HAProxy weight to {params.weight}"
+        return what, "put the server's prior weight and admin state back"
 
 
 ACTIONS: dict[str, Action] = {
@@ -484,5 +786,7 @@ ACTIONS: dict[str, Action] = {
         ResizePool(),
         TerminateIdleConnections(),
         InvalidateCache(),
+        DrainTraffic(),
+        ShiftWeight(),
     )
 }

@@ -180,6 +180,8 @@ def _first_block(conn: Connection, check: GuardrailCheck, controls: Controls) ->
         text(
             "SELECT count(*) FROM healing_incidents WHERE status = 'failed'"
             " AND coalesce(resolved_at, started_at) > now() - make_interval(secs => :w)"
+            # a person's abort is a decision, not automation failing
+            " AND coalesce(root_cause->>'failure', '') NOT LIKE 'aborted by %'"
         ),
         {"w": policy.breaker_window_seconds},
     ).scalar_one()
