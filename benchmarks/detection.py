@@ -191,9 +191,7 @@ def main() -> None:
     args = parser.parse_args()
 
     stack = Stack(get_settings())
-    database_url = stack.recorded().get("database_url")
-    if not database_url:
-        raise SystemExit("the stack is not up: run `nofx up` first")
+    database_url = stack.running_database_url()
     engine = make_engine(database_url)
     begun = datetime.now(UTC)
     say(f"fault-free run: {args.quiet_minutes:g} min of steady load on a fresh fleet")

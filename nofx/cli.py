@@ -24,8 +24,11 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
+from activities.store import list_fleet_targets
+from models.chaos import ChaosSuiteInput
 from models.detection import TrainDetectorInput
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
+from nofx import chaos
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
@@ -56,6 +59,7 @@ freeze_app = typer.Typer(help="Change-freeze windows: no automated change inside
 healing_app = typer.Typer(
     help="Healing operations: status, patterns, playbooks, simulate, metrics."
 )
+chaos_app = typer.Typer(help="Chaos experiments: inject real faults, judge how healing copes.")
 playbooks_app = typer.Typer(help="Recovery playbooks: list, show, create, update, disable.")
 app.add_typer(db_app, name="db")
 app.add_typer(fleet_app, name="fleet")
@@ -65,6 +69,7 @@ app.add_typer(guardrails_app, name="guardrails")
 guardrails_app.add_typer(freeze_app, name="freeze")
 app.add_typer(healing_app, name="healing")
 healing_app.add_typer(playbooks_app, name="playbooks")
+app.add_typer(chaos_app, name="chaos")
 
 
 def fail(message: str) -> typer.Exit:
@@ -774,6 +779,66 @@ def detect_models() -> None:
             f"  auc {holdout.get('roc_auc')}  fpr {holdout.get('false_positive_rate')}"
             f"  {model['created_at']:%Y-%m-%d %H:%M}"
         )
+
+
+# ---- chaos ---------------------------------------------------------------------------------
+
+
+@chaos_app.command("suites")
+def chaos_suites() -> None:
+    """The chaos suites and the faults each injects."""
+    for name, faults in chaos.SUITES.items():
+        labels = [chaos.fault_label(f) + (" (drill)" if f.rollback_drill else "") for f in faults]
+        typer.echo(f"{name:<9} {len(faults):>3} experiments: {', '.join(dict.fromkeys(labels))}")
+
+
+@chaos_app.command("run")
+def chaos_run(
+    suite: Annotated[str, typer.Option(help="smoke, full or rollback (`nofx chaos suites`)")],
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", help="spread the faults over these (default: the fleet)"),
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="experiments at once, on distinct services")] = 1,
+    rto: Annotated[float, typer.Option(help="recovery-time objective, seconds")] = 300,
+    out: Annotated[Path | None, typer.Option(help="write the results and figures as JSON")] = None,
+) -> None:
+    """Inject a suite's faults for real, one experiment each (ChaosSuiteWorkflow); print a table."""
+    try:
+        faults = chaos.suite_faults(suite)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    with _engine() as engine:
+        fleet = [t.service for t in list_fleet_targets(engine) if t.metadata.get("fleet_home")]
+    services = service or fleet
+    unknown = sorted(set(services) - set(fleet))
+    if unknown:
+        raise fail(f"--service: {', '.join(unknown)} not in the staging fleet ({', '.join(fleet)})")
+    try:
+        request = ChaosSuiteInput(
+            suite=suite, services=services, faults=faults, rto_seconds=rto, parallel=parallel
+        )
+    except ValidationError as err:
+        raise fail(_first_error(err)) from None
+    typer.echo(f"chaos suite {suite}: {len(faults)} experiments over {', '.join(services)}")
+    try:
+        progress = asyncio.run(_chaos(request))
+    except (RPCError, WorkflowFailureError) as err:
+        raise fail(f"chaos suite failed: {_root_cause(err)}") from None
+    summary = chaos.summarise(progress.results)
+    typer.echo(chaos.table(summary))
+    if out is not None:
+        results = [r.model_dump(mode="json") for r in progress.results]
+        out.write_text(json.dumps({"summary": summary, "results": results}, indent=2, default=str))
+        typer.echo(f"written: {out}")
+
+
+async def _chaos(request: ChaosSuiteInput) -> Any:
+    def show(result: Any) -> None:
+        say(chaos.result_line(result))
+
+    async with NofxClient.connect(settings()) as nofx:
+        return await nofx.run_chaos_suite(request, on_result=show)
 
 
 def run() -> None:

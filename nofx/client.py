@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from models.chaos import ChaosResult, ChaosSuiteInput, ChaosSuiteProgress
 from models.common import AbortRequest, ApprovalRequest
 from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
@@ -155,6 +156,37 @@ class NofxClient:
 
     async def approve_incident(self, workflow_id: str, request: ApprovalRequest) -> None:
         await self.temporal.get_workflow_handle(workflow_id).signal("approve", request)
+
+    async def run_chaos_suite(
+        self,
+        suite: ChaosSuiteInput,
+        on_result: Callable[[ChaosResult], None] | None = None,
+        poll_seconds: float = 2.0,
+    ) -> ChaosSuiteProgress:
+        """Run a chaos suite (ChaosSuiteWorkflow) and wait for it; `on_result` sees each
+        experiment as it finishes."""
+        handle = await self.temporal.start_workflow(
+            "ChaosSuiteWorkflow",
+            suite,
+            id=f"chaos-{suite.suite}-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+            task_queue=TASK_QUEUE_HEALING,
+            result_type=ChaosSuiteProgress,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(TRACK, "healing")]),
+        )
+        reported = 0
+        result_task = asyncio.ensure_future(handle.result())
+        while True:
+            done, _ = await asyncio.wait({result_task}, timeout=poll_seconds)
+            if done:
+                progress: ChaosSuiteProgress = result_task.result()
+            else:
+                progress = await handle.query("progress", result_type=ChaosSuiteProgress)
+            if on_result is not None and progress is not None:
+                for result in progress.results[reported:]:
+                    on_result(result)
+                reported = len(progress.results)
+            if done:
+                return progress
 
     async def train_detector(self, request: TrainDetectorInput) -> DetectorModelReport:
         """Train the learned anomaly detector now and wait for its report (minutes at most)."""

@@ -136,6 +136,13 @@ class Stack:
             return {}
         return data
 
+    def running_database_url(self) -> str:
+        """The database of the stack `nofx up` started, for scripts that need it running."""
+        url = self.recorded().get("database_url")
+        if not url:
+            raise SystemExit("the stack is not up: run `nofx up` first")
+        return str(url)
+
     def fleet(self, database_url: str | None = None) -> Fleet:
         """The staging fleet; its pilots pool connections to the platform's database."""
         return Fleet(

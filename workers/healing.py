@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from activities.actions import ActionActivities
+from activities.chaos import ChaosActivities
 from activities.guardrails import GuardrailActivities
 from activities.incidents import IncidentActivities
 from activities.infra import InfraActivities
@@ -13,11 +14,17 @@ from activities.store import StoreActivities
 from activities.telemetry import DetectionActivities, TelemetryActivities
 from nofx.settings import TASK_QUEUE_HEALING
 from workers.common import Dependencies, serve
+from workflows.chaos import ChaosExperimentWorkflow, ChaosSuiteWorkflow
 from workflows.healing import HealingIncidentWorkflow
 from workflows.monitor import FleetMonitorWorkflow
 
 TASK_QUEUE = TASK_QUEUE_HEALING
-WORKFLOWS: list[type] = [HealingIncidentWorkflow, FleetMonitorWorkflow]
+WORKFLOWS: list[type] = [
+    HealingIncidentWorkflow,
+    FleetMonitorWorkflow,
+    ChaosExperimentWorkflow,
+    ChaosSuiteWorkflow,
+]
 
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
@@ -26,6 +33,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     detection = DetectionActivities(deps.engine, deps.settings)
     actions = ActionActivities(deps.engine, deps.settings)
     guardrails = GuardrailActivities(deps.engine)
+    chaos = ChaosActivities(deps.engine, deps.settings)
     return [
         store.append_audit_event,
         store.record_incident,
@@ -43,6 +51,10 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         detection.scrape_fleet,
         detection.diagnose_fleet,
         IncidentActivities(deps.client).open_incident,
+        chaos.steady_state,
+        chaos.inject_fault,
+        chaos.watch_incident,
+        chaos.remove_fault,
     ]
 
 

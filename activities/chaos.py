@@ -1,0 +1,209 @@
+"""Chaos experiment activities: the steady state, the fault, and the platform's recorded response.
+
+They only look at what the platform itself recorded (`healing_incidents`, `fault_injections`,
+`action_log`) and at the service from outside (its health check and real requests); they never
+ask the healing workflow for help, so an experiment judges the platform rather than trusting it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.actions import request_round
+from activities.infra import check_health
+from activities.store import get_fleet_target
+from models.actions import ValidateRequestsParams
+from models.chaos import ChaosExperimentInput, IncidentSeen, Injected, SteadyState, WatchIncident
+from models.healing import TERMINAL_STATES, IncidentState
+from nofx.faults import clear_recorded, inject_recorded
+from nofx.healing.actions import ActionError, fleet_of
+from nofx.healing.guardrails import read_controls
+from nofx.settings import Settings
+from pilot.fleet import FleetError
+
+# The actions an incident takes that change something (checks only look).
+_CHECKS = {"validate_health", "validate_requests"}
+# Enough real requests to see errors and stale reads, few enough not to be load themselves.
+_STEADY_REQUESTS = ValidateRequestsParams(
+    requests=10, max_error_ratio=0.1, fresh_cache=True, request_timeout_seconds=2.0
+)
+_ENDED = {s.value for s in TERMINAL_STATES} | {IncidentState.AWAITING_APPROVAL.value}
+
+
+def _acted(actions: list[dict[str, Any]]) -> bool:
+    return any(a.get("performed") and a.get("action") not in _CHECKS for a in actions)
+
+
+class ChaosActivities:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    def _fleet(self, service: str) -> Any:
+        try:
+            return fleet_of(get_fleet_target(self._engine, service), self._settings.database_url)
+        except ActionError as err:
+            raise ApplicationError(str(err), type="NotAFleetService", non_retryable=True) from err
+
+    @activity.defn
+    def steady_state(self, service: str, before_injecting: bool) -> SteadyState:
+        """The steady-state hypothesis: health passes, real requests succeed with fresh data, no
+        incident is open on the service. Before injecting, also: no fault present and nothing
+        that would stop the platform from acting (paused, cooldown, hourly action limit) — a
+        fault injected then would measure the guardrails, not the healing."""
+        target = get_fleet_target(self._engine, service)
+        problems: list[str] = []
+        healthy, seen, _ = check_health(target.endpoint, 2.0)
+        if not healthy:
+            problems.append(f"health: {seen}")
+        else:
+            with httpx.Client(timeout=_STEADY_REQUESTS.request_timeout_seconds) as client:
+                check = request_round(client, target.endpoint, service, _STEADY_REQUESTS, 1)
+            if not check.passed:
+                problems.append(f"requests: {check.detail}")
+        with self._engine.connect() as conn:
+            open_incidents = conn.execute(
+                text(
+                    "SELECT count(*) FROM healing_incidents WHERE root_cause->>'service' = :s"
+                    " AND status <> ALL(:ended) AND started_at > now() - interval '1 day'"
+                ),
+                {"s": service, "ended": sorted(_ENDED - {IncidentState.AWAITING_APPROVAL.value})},
+            ).scalar_one()
+            if open_incidents:
+                problems.append(f"{open_incidents} incident(s) open")
+            if before_injecting:
+                problems += self._not_ready_to_act(conn, service)
+        if before_injecting:
+            try:
+                present = self._fleet(service).active_faults(service)
+            except FleetError as err:
+                problems.append(f"faults unknown: {err}")
+            else:
+                if present:
+                    problems.append(f"faults present: {', '.join(sorted(present))}")
+        return SteadyState(
+            service=service, steady=not problems, problems=problems, checked_at=datetime.now(UTC)
+        )
+
+    @staticmethod
+    def _not_ready_to_act(conn: Any, service: str) -> list[str]:
+        controls = read_controls(conn)
+        policy = controls.policy
+        problems = []
+        if controls.paused:
+            problems.append(f"automation paused by {controls.changed_by}")
+        last, per_hour = conn.execute(
+            text(
+                "SELECT max(started_at), count(*) FILTER (WHERE started_at > now() - interval"
+                " '1 hour') FROM action_log WHERE target = :s AND status IN ('started',"
+                " 'succeeded') AND action NOT LIKE 'undo\\_%' AND action NOT LIKE 'restore\\_%'"
+            ),
+            {"s": service},
+        ).one()
+        if last is not None:
+            since = (datetime.now(UTC) - last).total_seconds()
+            if since < policy.cooldown_seconds:
+                problems.append(f"cooldown: acted on {since:.0f}s ago")
+        if per_hour >= policy.max_actions_per_hour:
+            problems.append(f"{per_hour} actions in the last hour (limit)")
+        return problems
+
+    @activity.defn
+    def inject_fault(self, inp: ChaosExperimentInput) -> Injected:
+        """Inject the experiment's fault for real, on the record; once per experiment."""
+        actor = f"chaos:{inp.experiment_id}"
+        with self._engine.connect() as conn:
+            done = conn.execute(
+                text(
+                    "SELECT id, injected_at FROM fault_injections WHERE injected_by = :a"
+                    " ORDER BY injected_at LIMIT 1"
+                ),
+                {"a": actor},
+            ).one_or_none()
+        if done is not None:  # a retried attempt: the fault went in the first time
+            return Injected(injection_id=str(done[0]), injected_at=done[1])
+        try:
+            outcome = inject_recorded(
+                self._fleet(inp.service),
+                self._engine,
+                inp.fault.kind,
+                inp.service,
+                source="chaos",
+                actor=actor,
+                **inp.fault.params,
+            )
+        except FleetError as err:
+            raise ApplicationError(str(err), type="FaultRefused", non_retryable=True) from err
+        return Injected(
+            injection_id=outcome["injection_id"],
+            injected_at=datetime.fromtimestamp(float(outcome["injected_at"]), UTC),
+            detail={k: v for k, v in outcome.items() if k not in ("injected_at", "injection_id")},
+        )
+
+    @activity.defn
+    def watch_incident(self, inp: WatchIncident) -> IncidentSeen | None:
+        """Wait for the service's incident to be opened / to act / to end; None on timeout."""
+        deadline = time.monotonic() + inp.timeout_seconds
+        while True:
+            seen = self._incident(inp)
+            if seen is not None and (
+                inp.until == "opened"
+                or (inp.until == "acted" and (_acted(seen.actions) or seen.status in _ENDED))
+                or (inp.until == "ended" and seen.status in _ENDED)
+            ):
+                return seen
+            if time.monotonic() > deadline:
+                return seen if inp.until != "opened" else None
+            activity.heartbeat(seen.status if seen else "waiting")
+            time.sleep(1.0)
+
+    def _incident(self, inp: WatchIncident) -> IncidentSeen | None:
+        with self._engine.connect() as conn:
+            row = (
+                conn.execute(
+                    text(
+                        "SELECT id, incident_type, status, started_at, resolved_at,"
+                        " root_cause, healing_actions FROM healing_incidents"
+                        " WHERE root_cause->>'service' = :s AND started_at >= :since"
+                        " AND (CAST(:id AS uuid) IS NULL OR id = CAST(:id AS uuid))"
+                        " ORDER BY started_at LIMIT 1"
+                    ),
+                    # detection may date the onset a little before the injection took hold
+                    {
+                        "s": inp.service,
+                        "since": inp.since - timedelta(seconds=5),
+                        "id": inp.incident_id,
+                    },
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            return None
+        cause = row["root_cause"] or {}
+        return IncidentSeen(
+            incident_id=str(row["id"]),
+            workflow_id=cause.get("workflow_id", ""),
+            incident_type=row["incident_type"],
+            status=row["status"],
+            detected_at=row["started_at"],
+            resolved_at=row["resolved_at"],
+            actions=list(row["healing_actions"] or []),
+            failure=cause.get("failure"),
+        )
+
+    @activity.defn
+    def remove_fault(self, service: str) -> list[str]:
+        """Remove whatever of the fault is still there (healing may have removed it all)."""
+        try:
+            return clear_recorded(self._fleet(service), self._engine, service)
+        except FleetError as err:
+            raise ApplicationError(f"could not remove the fault: {err}", type="FaultStuck") from err
