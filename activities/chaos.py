@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +18,6 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.actions import request_round
-from activities.infra import check_health
 from activities.store import get_fleet_target
 from models.actions import ValidateRequestsParams
 from models.chaos import ChaosExperimentInput, IncidentSeen, Injected, SteadyState, WatchIncident
@@ -26,6 +25,8 @@ from models.healing import TERMINAL_STATES, IncidentState
 from nofx.faults import clear_recorded, inject_recorded
 from nofx.healing.actions import ActionError, fleet_of
 from nofx.healing.guardrails import read_controls
+from nofx.healing.probes import check_health, request_round
+from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.settings import Settings
 from pilot.fleet import FleetError
 
@@ -40,6 +41,19 @@ _ENDED = {s.value for s in TERMINAL_STATES} | {IncidentState.AWAITING_APPROVAL.v
 
 def _acted(actions: list[dict[str, Any]]) -> bool:
     return any(a.get("performed") and a.get("action") not in _CHECKS for a in actions)
+
+
+def _held_out_of_rotation(meta: dict[str, Any]) -> list[str]:
+    """Replicas of the target's group that take no new traffic (a mitigation not yet undone):
+    a fault injected now would find one replica fewer to shift its load to."""
+    socket, backend = meta.get("haproxy_socket"), meta.get("haproxy_backend")
+    if not socket or not backend:
+        return []
+    try:
+        servers = HAProxyRuntime(Path(socket), timeout=2.0).servers(str(backend))
+    except (HAProxyError, UnknownServerError) as err:
+        return [f"load balancer: {err}"]
+    return [f"{s.server} takes no new traffic" for s in servers if not s.takes_new_traffic]
 
 
 class ChaosActivities:
@@ -65,10 +79,15 @@ class ChaosActivities:
         if not healthy:
             problems.append(f"health: {seen}")
         else:
+            # Users of a replica group reach it through its load balancer: that is the service
+            # whose steady state counts (a replica taken out of rotation may still be busy).
+            endpoint = target.metadata.get("haproxy_frontend") or target.endpoint
             with httpx.Client(timeout=_STEADY_REQUESTS.request_timeout_seconds) as client:
-                check = request_round(client, target.endpoint, service, _STEADY_REQUESTS, 1)
+                check = request_round(client, endpoint, service, _STEADY_REQUESTS, 1)
             if not check.passed:
                 problems.append(f"requests: {check.detail}")
+        if before_injecting:
+            problems += _held_out_of_rotation(target.metadata)
         with self._engine.connect() as conn:
             open_incidents = conn.execute(
                 text(

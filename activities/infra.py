@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from temporalio import activity
@@ -28,6 +27,7 @@ from models.healing import (
     ValidateHealthInput,
     ValidationResult,
 )
+from nofx.healing.probes import check_health
 from nofx.providers.supervisor import (
     SupervisorProvider,
     SupervisorUnavailableError,
@@ -45,21 +45,6 @@ def supervisor_for(target: FleetTarget) -> tuple[SupervisorProvider, str]:
     if not socket:
         raise invalid_input(f"service {target.service!r} has no metadata.supervisor_socket")
     return SupervisorProvider(Path(socket)), str(target.metadata.get("process", target.service))
-
-
-def check_health(endpoint: str, timeout_seconds: float) -> tuple[bool, str, float]:
-    """GET {endpoint}/health once: (healthy, what was seen, latency ms)."""
-    started = time.perf_counter()
-    try:
-        response = httpx.get(f"{endpoint}/health", timeout=timeout_seconds)
-    except httpx.TimeoutException:
-        return False, f"no answer within {timeout_seconds:g}s", timeout_seconds * 1000
-    except httpx.TransportError as err:
-        return False, f"unreachable: {type(err).__name__}", (time.perf_counter() - started) * 1000
-    latency = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        return False, f"HTTP {response.status_code}", latency
-    return True, "HTTP 200", latency
 
 
 def log_action(

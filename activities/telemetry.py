@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from activities.infra import check_health, supervisor_for
+from activities.infra import supervisor_for
 from activities.store import list_fleet_targets
 from models.detection import FleetDiagnosis, ScrapeFleetInput, ScrapeFleetResult
 from models.healing import (
@@ -24,6 +24,7 @@ from nofx.detection.learned import TrainingError
 from nofx.diagnosis.diagnose import diagnose_fleet
 from nofx.diagnosis.evidence import DetectorCache
 from nofx.diagnosis.training import active_model_id, load_detector
+from nofx.healing.probes import check_health
 from nofx.logging import get_logger
 from nofx.providers.supervisor import SupervisorError
 from nofx.settings import Settings

@@ -1,16 +1,17 @@
 """The chaos suite measured on the live staging fleet: real faults, healed (or not) by the platform.
 
     nofx up            # the platform under test: its monitor, workers and guardrails as shipped
-    python benchmarks/chaos.py --suite full --services 8 --parallel 2 [--out FILE.json]
+    python benchmarks/chaos.py --suite full --services 10 --parallel 2 [--out FILE.json]
 
-A fresh fleet of `--services` pilot services joins the running stack's inventory, gets steady
-load (as production traffic would be) and `--warm-up` seconds for the detectors to learn it; then
-the suite runs as one `ChaosSuiteWorkflow` (`nofx chaos run` is the same thing on the stack's own
-fleet). Every experiment checks the steady state, injects a fault for real, lets the platform
-detect and heal it on its own, verifies the steady state within the RTO and removes what is left
-of the fault. The `full` suite is every fault type three times (30 faults) plus one rollback drill
-per strategy, where the incident is aborted after its first action so its compensations run and
-each is checked against the state from before.
+A fresh fleet of `--services` pilot services (replica groups of two behind the fleet's
+HAProxy, so an overloaded replica can be relieved by rerouting) joins the running stack's
+inventory, gets steady load (as production traffic would be) and `--warm-up` seconds for the
+detectors to learn it; then the suite runs as one `ChaosSuiteWorkflow` (`nofx chaos run` is
+the same thing on the stack's own fleet). Every experiment checks the steady state, injects a
+fault for real, lets the platform detect and heal it on its own, verifies the steady state
+within the RTO and removes what is left of the fault. The `full` suite is every fault type three
+times (30 faults) plus one rollback drill per strategy, where the incident is aborted after its
+first action so its compensations run and each is checked against the state from before.
 
 Prints each experiment as it ends and the table of nofx.chaos (per fault type and overall:
 detection rate, auto-resolution rate, MTTD and MTTR p50/p95, rollbacks restored / run); writes
@@ -39,7 +40,7 @@ from nofx.inventory import register_fleet, unregister
 from nofx.settings import get_settings
 from nofx.stack import Stack
 from nofx.temporal import exit_process
-from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
+from pilot.fleet import Fleet, FleetSpec, GroupSpec, ServiceSpec, free_port
 from pilot.load import LoadGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +52,19 @@ def say(message: str) -> None:
 
 
 def new_fleet(home: Path, database_url: str, engine: Engine, size: int) -> Fleet:
+    """`size` services in replica groups of two, each group behind the fleet's HAProxy."""
     tag = f"c{int(time.time()) % 100000:05d}"
+    groups = [GroupSpec(name=f"{tag}-g{i}", port=free_port()) for i in range((size + 1) // 2)]
     fleet = Fleet(
         home / f"chaos-{tag}",
         FleetSpec(
-            services=[ServiceSpec(name=f"{tag}-s{i}", port=free_port()) for i in range(size)]
+            services=[
+                ServiceSpec(
+                    name=f"{tag}-g{i // 2}-r{i % 2}", port=free_port(), group=groups[i // 2].name
+                )
+                for i in range(size)
+            ],
+            groups=groups,
         ),
         database_url=database_url,
     )
@@ -76,7 +85,7 @@ async def run_suite(request: ChaosSuiteInput) -> list[ChaosResult]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="full", choices=sorted(chaos.SUITES))
-    parser.add_argument("--services", type=int, default=8, help="size of the fresh fleet")
+    parser.add_argument("--services", type=int, default=10, help="size of the fresh fleet")
     parser.add_argument("--parallel", type=int, default=2, help="experiments at once")
     parser.add_argument("--rto", type=float, default=300.0, help="recovery-time objective, s")
     parser.add_argument("--warm-up", type=float, default=90.0, help="seconds of load first")

@@ -23,6 +23,7 @@ def service_metadata(fleet: Fleet, name: str) -> dict[str, Any]:
         "application_name": application_name(name),
         "redis_url": fleet.redis_url,
         "cache_prefix": cache_prefix(fleet.root, name),
+        **fleet.traffic_metadata(name),
     }
 
 

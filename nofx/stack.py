@@ -41,6 +41,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from models.detection import TrainDetectorInput
 from models.healing import MonitorInput
+from models.readmission import TrafficReadmissionInput
 from nofx.db import make_engine, migrate, to_libpq_url
 from nofx.inventory import register_fleet
 from nofx.logging import get_logger, redact_url
@@ -70,6 +71,7 @@ MONITOR_WORKFLOW_ID = "monitor-fleet"
 TRAFFIC_RPS = 10.0  # requests/s over the whole fleet
 AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
 TRAINING_SCHEDULE_ID = "maintenance-detector-training"
+READMISSION_SCHEDULE_ID = "maintenance-traffic-readmission"
 # Scheduled maintenance workflows: (schedule id, workflow, arguments, interval).
 STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta], ...] = (
     (AUDIT_SCHEDULE_ID, "AuditChainVerificationWorkflow", [], timedelta(minutes=15)),
@@ -78,6 +80,12 @@ STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta], ...] = (
         "DetectorTrainingWorkflow",
         [TrainDetectorInput(hours=6, skip_without_history=True)],
         timedelta(hours=6),
+    ),
+    (
+        READMISSION_SCHEDULE_ID,
+        "TrafficReadmissionWorkflow",
+        [TrafficReadmissionInput()],
+        timedelta(seconds=30),
     ),
 )
 
@@ -218,10 +226,13 @@ class Stack:
                     f" change {_PORT_SETTINGS[what.split()[0]]}"
                 )
         if not self.fleet().is_running():
-            for service in self.fleet().spec.services:
-                if port_in_use(service.port):
+            spec = self.fleet().spec
+            for name, port in [(s.name, s.port) for s in spec.services] + [
+                (f"group {g.name}", g.port) for g in spec.groups
+            ]:
+                if port_in_use(port):
                     raise StackError(
-                        f"port {service.port} (fleet service {service.name}) is already in use;"
+                        f"port {port} (fleet service {name}) is already in use;"
                         " set NOFX_FLEET_BASE_PORT to another port"
                     )
 

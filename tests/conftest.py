@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_temporal",
     "tests.fixtures_fleet",
     "tests.fixtures_prometheus",
+    "tests.fixtures_traffic",
 ]

@@ -18,8 +18,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nofx.providers.haproxy import HAProxyRuntime
 from nofx.providers.supervisor import SupervisorProvider, UnknownTargetError
 from pilot.fleet import Fleet, FleetError, FleetSpec, free_port
+from pilot.haproxy import haproxy_binary
 
 API = "pilot-api"
 ORDERS = "pilot-orders"
@@ -57,7 +59,7 @@ def health(fleet: Fleet, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, FleetSpec.default(free_port(span=2)))
+    fleet = Fleet(tmp_path, FleetSpec.default(free_port(span=4)))
     try:
         fleet.start()
         yield fleet
@@ -187,7 +189,7 @@ def test_unknown_targets_are_refused_by_name(fleet: Fleet, provider: SupervisorP
 
 
 def test_port_in_use_fails_start_and_leaves_nothing_running(tmp_path: Path) -> None:
-    base = free_port(span=2)
+    base = free_port(span=4)
     fleet = Fleet(tmp_path, FleetSpec.default(base))
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", base + 1))
@@ -207,7 +209,7 @@ def test_port_in_use_fails_start_and_leaves_nothing_running(tmp_path: Path) -> N
 
 
 def test_stop_leaves_no_pilot_processes(fleet: Fleet) -> None:
-    assert len(pilot_processes(fleet)) == 2
+    assert len(pilot_processes(fleet)) == len(fleet.spec.services)
     fleet.inject("hang", ORDERS)  # a frozen process must not outlive the fleet either
 
     fleet.stop()
@@ -217,3 +219,66 @@ def test_stop_leaves_no_pilot_processes(fleet: Fleet) -> None:
     fleet.stop()  # stopping a stopped fleet is fine
     with pytest.raises(FleetError, match="not running"):
         fleet.inject("kill", API)
+
+
+def test_replica_groups_are_checked() -> None:
+    def spec(**extra: Any) -> FleetSpec:
+        return FleetSpec.model_validate(
+            {
+                "services": [
+                    {"name": "a1", "port": 21001, "group": "a"},
+                    {"name": "a2", "port": 21002, "group": extra.pop("second", "a")},
+                ],
+                "groups": extra.pop("groups", [{"name": "a", "port": 21003}]),
+            }
+        )
+
+    assert [s.group for s in spec().services] == ["a", "a"]
+    with pytest.raises(ValueError, match="a2 is in unknown group 'b'"):
+        spec(second="b")
+    with pytest.raises(ValueError, match="groups without a replica: \\['z'\\]"):
+        spec(groups=[{"name": "a", "port": 21003}, {"name": "z", "port": 21004}])
+    with pytest.raises(ValueError, match="service and group ports repeat"):
+        spec(groups=[{"name": "a", "port": 21001}])
+
+
+@pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed (Debian: haproxy)")
+def test_a_replica_group_is_balanced_by_the_fleets_haproxy(tmp_path: Path) -> None:
+    base = free_port(span=3)
+    spec = FleetSpec.model_validate(
+        {
+            "services": [
+                {"name": "web-1", "port": base, "group": "web"},
+                {"name": "web-2", "port": base + 1, "group": "web"},
+            ],
+            "groups": [{"name": "web", "port": base + 2}],
+        }
+    )
+    fleet = Fleet(tmp_path, spec)
+    try:
+        fleet.start()
+        served = {
+            httpx.get(fleet.group_url("web", "/health"), timeout=2.0).json()["service"]
+            for _ in range(6)
+        }
+        assert served == {"web-1", "web-2"}  # round robin over both replicas
+        meta = fleet.traffic_metadata("web-2")
+        assert meta == {
+            "group": "web",
+            "haproxy_socket": str(fleet.lb_socket),
+            "haproxy_backend": "web",
+            "haproxy_server": "web-2",
+            "haproxy_frontend": f"http://127.0.0.1:{base + 2}",
+        }
+        runtime = HAProxyRuntime(fleet.lb_socket)
+        assert {s.server for s in runtime.servers("web")} == {"web-1", "web-2"}
+    finally:
+        fleet.stop()
+    assert not fleet.lb_socket.exists() or not _serving(fleet.group_url("web", "/health"))
+
+
+def _serving(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

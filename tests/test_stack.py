@@ -47,7 +47,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         "NOFX_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "NOFX_TEMPORAL_UI_PORT": str(free_port()),
         "NOFX_METRICS_BASE_PORT": str(free_port(span=3)),
-        "NOFX_FLEET_BASE_PORT": str(free_port(span=2)),
+        "NOFX_FLEET_BASE_PORT": str(free_port(span=4)),
         "NOFX_PROBE_INTERVAL_SECONDS": "1",
     }
     env.pop("NOFX_DATABASE_URL", None)

@@ -1,9 +1,11 @@
-"""Standing maintenance jobs on `nofx-maintenance`: verify the audit chain, retrain the detector.
+"""Standing maintenance jobs on `nofx-maintenance`: verify the audit chain, retrain the detector,
+put mitigated replicas back into their load balancer.
 
 The audit trail is only worth something if tampering is noticed; the dev stack schedules its
 verification, and a broken chain fails the run so it shows red in the Web UI. The learned anomaly
 detector is retrained on a schedule too (and on demand, `nofx detect train`), from the faults and
-incidents the platform recorded since.
+incidents the platform recorded since. A traffic mitigation (weight 0, drain) ends when its
+replica is well again: `TrafficReadmissionWorkflow` looks every 30 seconds.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities._support import STORE_RETRY
+    from activities._support import ACTION_RETRY, STORE_RETRY
+    from activities.readmission import ReadmissionActivities
     from activities.store import AuditActivities
     from activities.training import TrainingActivities
     from models.common import AuditVerdict
     from models.detection import DetectorModelReport, TrainDetectorInput
+    from models.readmission import TrafficReadmissionInput, TrafficReadmissionReport
 
 
 @workflow.defn
@@ -80,3 +84,18 @@ class DetectorTrainingWorkflow:
     @workflow.query
     def step(self) -> str:
         return self._step
+
+
+@workflow.defn
+class TrafficReadmissionWorkflow:
+    """One pass over the traffic mitigations still in force; the report says who went back."""
+
+    @workflow.run
+    async def run(self, inp: TrafficReadmissionInput) -> TrafficReadmissionReport:
+        return await workflow.execute_activity_method(
+            ReadmissionActivities.readmit_traffic,
+            inp,
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=ACTION_RETRY,
+        )

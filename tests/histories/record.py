@@ -1,9 +1,12 @@
 """Record workflow histories from a running stack for the replay test.
 
     python -m tests.histories.record incident-pilot-api-service_down [more workflow ids]
+    python -m tests.histories.record chaos-full-20261128T030000-001-kill=chaos-experiment
 
-Writes `tests/histories/<workflow id>.json` (the latest run of each id). Re-record after a change
-only when the old histories are meant to stop replaying — normally a change must keep them valid.
+Writes `tests/histories/<workflow id>.json` (the latest run of each id), or `<name>.json` for
+an `ID=NAME` argument (ids that name a throwaway fleet or a date get a lasting name). Re-record
+after a change only when the old histories are meant to stop replaying — normally a change must
+keep them valid.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ HERE = Path(__file__).resolve().parent
 
 async def record(workflow_ids: list[str]) -> None:
     async with temporal_client(get_settings()) as client:
-        for workflow_id in workflow_ids:
+        for argument in workflow_ids:
+            workflow_id, _, name = argument.partition("=")
             history = await client.get_workflow_handle(workflow_id).fetch_history()
-            path = HERE / f"{workflow_id}.json"
+            path = HERE / f"{name or workflow_id}.json"
             path.write_text(history.to_json())
             print(f"wrote {path.name}: {len(history.events)} events")
 
