@@ -129,9 +129,9 @@ class ActionActivities:
         recorded = logged_action(self._engine, req.idempotency_key)
         if recorded is None or "prior" not in recorded[1]:
             # The step never got as far as capturing its prior state: it changed nothing.
-            return self._outcome(
-                req, f"undo_{req.action}", False, {"reason": "the step never ran"}, started
-            )
+            never = {"reason": "the step never ran", "prior_state_restored": True}
+            never["prior_state_check"] = "nothing was changed"
+            return self._outcome(req, f"undo_{req.action}", False, never, started)
         ctx = self._context(req, req.idempotency_key)
         with heartbeating(step=f"{req.step}/undo"):
             done = action.undo(ctx, recorded[1]["prior"])

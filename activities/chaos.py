@@ -18,12 +18,14 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.actions import ActionActivities
+from activities.infra import InfraActivities
 from activities.store import get_fleet_target
-from models.actions import ValidateRequestsParams
+from models.actions import ActionRequest, ValidateRequestsParams
 from models.chaos import ChaosExperimentInput, IncidentSeen, Injected, SteadyState, WatchIncident
-from models.healing import TERMINAL_STATES, IncidentState
+from models.healing import TERMINAL_STATES, ActionOutcome, IncidentState, ServiceActionInput
 from nofx.faults import clear_recorded, inject_recorded
-from nofx.healing.actions import ActionError, fleet_of
+from nofx.healing.actions import ACTIONS, ActionError, fleet_of
 from nofx.healing.guardrails import read_controls
 from nofx.healing.probes import check_health, request_round
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
@@ -226,3 +228,47 @@ class ChaosActivities:
             return clear_recorded(self._fleet(service), self._engine, service)
         except FleetError as err:
             raise ApplicationError(f"could not remove the fault: {err}", type="FaultStuck") from err
+
+    @activity.defn
+    def undo_incident(self, seen: IncidentSeen) -> list[ActionOutcome]:
+        """Run a resolved incident's compensations, newest action first — the same undo
+        activities its saga would have run had it been aborted — for a rollback drill the
+        incident outran. Each outcome says whether the prior state is back."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT idempotency_key, step, action, target FROM action_log"
+                    " WHERE workflow_id = :w AND idempotency_key LIKE :own AND status = 'succeeded'"
+                    " ORDER BY started_at DESC"
+                ),
+                {"w": seen.workflow_id, "own": f"{seen.workflow_id}/{seen.incident_id}/%"},
+            ).all()
+        outcomes = []
+        actions = ActionActivities(self._engine, self._settings)
+        for key, step, action, service in rows:
+            if action == "restart_service":
+                outcomes.append(
+                    InfraActivities(self._engine).restore_service_running(
+                        ServiceActionInput(
+                            idempotency_key=f"{key}/undo",
+                            workflow_id=seen.workflow_id,
+                            step=f"{step}/undo",
+                            service=service,
+                            not_before=seen.detected_at,
+                        )
+                    )
+                )
+            elif action in ACTIONS:
+                outcomes.append(
+                    actions.undo_action(
+                        ActionRequest(
+                            idempotency_key=key,
+                            workflow_id=seen.workflow_id,
+                            step=step,
+                            service=service,
+                            action=action,
+                            not_before=seen.detected_at,
+                        )
+                    )
+                )
+        return outcomes

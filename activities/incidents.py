@@ -13,6 +13,8 @@ from nofx.client import incident_workflow_id, start_incident
 from nofx.temporal import STATUS
 
 UNHEALED = {IncidentState.FAILED.value, IncidentState.ESCALATED.value}
+# Seen by the probes as they are now (no window lags behind a fix): never held back to settle.
+PROBED_PATTERNS = frozenset({"service_down", "service_hung"})
 
 
 class IncidentActivities:
@@ -20,7 +22,7 @@ class IncidentActivities:
         self._client = client
 
     async def _recently_unhealed(
-        self, workflow_id: str, cooldown: timedelta, onset: datetime | None
+        self, workflow_id: str, inp: OpenIncidentInput, onset: datetime | None
     ) -> str | None:
         """Why not to reopen now: the last run for this failure ended unhealed too recently, or
         it was healed after the deviation now seen had already begun."""
@@ -33,7 +35,7 @@ class IncidentActivities:
         if described.status == WorkflowExecutionStatus.RUNNING or described.close_time is None:
             return None
         state = described.typed_search_attributes.get(STATUS)
-        until = described.close_time + cooldown
+        until = described.close_time + timedelta(seconds=inp.reopen_cooldown_seconds)
         if state in UNHEALED and until > datetime.now(UTC):
             return (
                 f"previous incident ended {state} at {described.close_time:%H:%M:%S};"
@@ -46,6 +48,15 @@ class IncidentActivities:
             return (
                 f"the anomaly began at {onset:%H:%M:%S}, before the previous incident was"
                 f" resolved at {described.close_time:%H:%M:%S}: the tail of the healed episode"
+            )
+        settled = described.close_time + timedelta(seconds=inp.settle_seconds)
+        probed = inp.incident.incident_type in PROBED_PATTERNS
+        if healed and onset is None and not probed and settled > datetime.now(UTC):
+            # A state signal (stale reads, pool gauges) has no onset to compare; its windows
+            # still hold the healed episode for a while.
+            return (
+                f"resolved at {described.close_time:%H:%M:%S}; its signals settle until"
+                f" {settled:%H:%M:%S}"
             )
         return None
 
@@ -73,11 +84,7 @@ class IncidentActivities:
             if isinstance(a, dict) and a.get("onset")
         ]
         reason = await self._busy_with_another(incident.service, workflow_id) or (
-            await self._recently_unhealed(
-                workflow_id,
-                timedelta(seconds=inp.reopen_cooldown_seconds),
-                min(onsets, default=None),
-            )
+            await self._recently_unhealed(workflow_id, inp, min(onsets, default=None))
         )
         if reason is not None:
             activity.logger.info("incident %s held back: %s", workflow_id, reason)

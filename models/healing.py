@@ -112,6 +112,12 @@ class OpenIncidentInput(Contract):
 
     incident: IncidentInput
     reopen_cooldown_seconds: float = Field(default=300, ge=0)
+    settle_seconds: float = Field(
+        default=20,
+        ge=0,
+        description="after a resolution, how long a signal with no onset (a lagging rate or"
+        " gauge) is taken for the healed episode's tail",
+    )
 
 
 class OpenIncidentResult(Contract):

@@ -17,6 +17,7 @@ from nofx import chaos
 from nofx.client import NofxClient
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import FAULT_KINDS, Fleet
+from pilot.load import LoadGenerator
 from workflows.monitor import FleetMonitorWorkflow
 
 
@@ -103,21 +104,30 @@ async def test_a_suite_heals_a_real_fault_and_drills_a_rollback(
     )
     started = datetime.now(UTC)
     seen: list[ChaosResult] = []
+    # Users' reads: a stale cache shows only in what they are served.
+    load = LoadGenerator([live_fleet.url(n, "/") for n in (api, orders)], concurrency=2, rate=10)
+    load.start()
     try:
         progress = await NofxClient(client).run_chaos_suite(
             ChaosSuiteInput(
                 suite="pytest",
                 services=[api, orders],
-                faults=[ChaosFault(kind="kill"), ChaosFault(kind="kill", rollback_drill=True)],
+                faults=[
+                    ChaosFault(kind="kill"),
+                    ChaosFault(kind="kill", rollback_drill=True),
+                    # heals in about a second: the drill outruns it and runs the compensations
+                    ChaosFault(kind="stale_cache", rollback_drill=True),
+                ],
                 rto_seconds=120,
                 detect_timeout_seconds=60,
             ),
             on_result=seen.append,
         )
     finally:
+        load.stop()
         await monitor.cancel()
-    healed, drill = progress.results
-    assert [r.experiment_id for r in seen] == [healed.experiment_id, drill.experiment_id]
+    healed, drill, cache = progress.results
+    assert [r.experiment_id for r in seen] == [r.experiment_id for r in progress.results]
     assert healed.service == api
     assert drill.service == orders
 
@@ -139,6 +149,11 @@ async def test_a_suite_heals_a_real_fault_and_drills_a_rollback(
     assert all(c.restored for c in drill.rollbacks), drill.rollbacks
     assert live_fleet.answers_health(orders)  # left as found
 
+    assert cache.outcome == "rolled_back", cache
+    assert cache.incident_type == "stale_cache"
+    assert [c.action for c in cache.rollbacks] == ["undo_invalidate_cache"]
+    assert cache.rollbacks[0].restored, cache.rollbacks  # the entries' DUMPs are back
+
     with db_engine.connect() as conn:
         recorded = conn.execute(
             text(
@@ -147,8 +162,8 @@ async def test_a_suite_heals_a_real_fault_and_drills_a_rollback(
             ),
             {"t": started},
         ).all()
-    assert [(r[0], r[1]) for r in recorded] == [(api, "chaos"), (orders, "chaos")]
+    assert [(r[0], r[1]) for r in recorded] == [(api, "chaos"), (orders, "chaos"), (api, "chaos")]
     assert all(r[2] for r in recorded)  # every fault closed on the record
     summary = chaos.summarise(progress.results)
     assert summary["overall"]["detection_rate"] == 1.0
-    assert summary["rollback_drills"]["rollbacks_restored"] == 1
+    assert summary["rollback_drills"]["rollbacks_restored"] == 2

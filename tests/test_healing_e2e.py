@@ -304,3 +304,36 @@ async def test_incident_without_playbook_is_escalated_with_its_diagnosis(
     assert row["detection_method"] == "anomaly_ensemble"
     assert row["root_cause"]["ranked"][0]["detail"] == "checkout itself"
     assert row["root_cause"]["pattern"]["pattern"] == "stale_cache"
+
+
+async def test_a_lagging_signal_right_after_a_fix_does_not_reopen_the_incident(
+    client: Client, healing_worker: None, live_fleet: Fleet
+) -> None:
+    service = live_fleet.spec.services[1].name
+    incident = IncidentInput(
+        service=service, incident_type="stale_cache", detected_at=datetime.now(UTC)
+    )
+    handle, _ = await start_incident(client, incident)
+    result = await asyncio.wait_for(handle.result(), timeout=90)
+    assert result.state is IncidentState.RESOLVED  # invalidate + fresh reads on a real cache
+
+    opener = ActivityEnvironment()
+    again = OpenIncidentInput(
+        incident=incident.model_copy(update={"detected_at": datetime.now(UTC)})
+    )
+    held = await opener.run(IncidentActivities(client).open_incident, again)
+    # A state signal has no onset: for a while after the fix it is the healed episode's tail.
+    assert held.suppressed_reason is not None
+    assert "signals settle until" in held.suppressed_reason
+    # A deviation that began after the fix is new, and so is anything once the signals settled.
+    fresh = again.model_copy(
+        update={
+            "incident": again.incident.model_copy(
+                update={"evidence": {"anomalies": [{"onset": datetime.now(UTC).isoformat()}]}}
+            )
+        }
+    )
+    for reopen in (fresh, again.model_copy(update={"settle_seconds": 0})):
+        opened = await opener.run(IncidentActivities(client).open_incident, reopen)
+        assert opened.suppressed_reason is None
+        await client.get_workflow_handle(opened.workflow_id).result()

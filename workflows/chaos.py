@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         WatchIncident,
     )
     from models.common import AbortRequest
+    from models.healing import ActionOutcome
     from nofx.faults import expected_pattern
     from workflows.healing import HealingIncidentWorkflow
 
@@ -145,7 +146,21 @@ class ChaosExperimentWorkflow:
             result.outcome = "error"
             result.note = f"incident still {ended.status} after {inp.rto_seconds * 2:g}s"
             return
-        result.auto_resolved = not inp.fault.rollback_drill
+        if inp.fault.rollback_drill:
+            # The incident healed before the abort landed: run its compensations now, as the
+            # saga would have, and check each put the prior state back.
+            undone: list[ActionOutcome] = await workflow.execute_activity_method(
+                ChaosActivities.undo_incident,
+                ended,
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=STORE_RETRY,
+            )
+            result.rollbacks = rollback_checks([a.model_dump(mode="json") for a in undone])
+            result.outcome = "rolled_back"
+            result.note = "healed before the abort landed; its compensations were run after"
+            return
+        result.auto_resolved = True
         deadline = injected.injected_at + timedelta(seconds=inp.rto_seconds)
         remaining = max(5.0, (deadline - workflow.now()).total_seconds())
         steady = await self._wait_for_steady(inp, remaining, before=False)
@@ -154,8 +169,6 @@ class ChaosExperimentWorkflow:
         result.outcome = "healed" if result.within_rto else "healed_late"
         if not steady.steady:
             result.note = "; ".join(steady.problems)
-        if inp.fault.rollback_drill:
-            result.note = "ended before the drill could abort it"
 
     async def _drill(
         self, inp: ChaosExperimentInput, injected: Injected, seen: IncidentSeen
