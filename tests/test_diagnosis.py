@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 from sqlalchemy import Engine, text
 
 from models.detection import PATTERNS, Anomaly, ConfigChange, ServiceEvidence, Signal
+from nofx.diagnosis.evidence import WATCHED, change_regression
 from nofx.diagnosis.patterns import SIGNATURES, best_pattern, match_patterns
 from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
 
@@ -170,3 +172,46 @@ def test_a_rollback_to_a_known_configuration_does_not_lead() -> None:
     assert ranked[0].cause == "self"
     config = next(c for c in ranked if c.cause == "configuration")
     assert "restores version 1" in config.reasons[-1]
+
+
+def latency_around(change_at: datetime, before_s: int, after_s: int, after: float) -> pd.Series:
+    """p95 latency every 2 s: 20 ms before `change_at`, `after` from it on."""
+    start = change_at - timedelta(seconds=before_s)
+    index = pd.date_range(start, periods=(before_s + after_s) // 2, freq="2s", tz="UTC")
+    return pd.Series([0.02 if t < change_at else after for t in index], index=index)
+
+
+LATENCY = next(w for w in WATCHED if w.name == "latency_p95_s")
+
+
+def test_a_repeated_bad_push_is_caught_by_comparing_before_and_after_it() -> None:
+    push = ConfigChange(service="api", version=9, applied_at=T0, applied_by="deploy-bot")
+    series = latency_around(T0, 120, 30, after=0.32)
+    found = change_regression("api", LATENCY, series, push, T0 + timedelta(seconds=30))
+    assert found is not None
+    assert found.detectors == ["change_verification"]
+    assert found.onset >= T0 + timedelta(seconds=10)  # after one rate window
+    assert found.baseline == pytest.approx(0.02)
+    assert "since config v9" in found.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "series", "why"),
+    [
+        (ConfigChange(service="api", version=10, applied_at=T0, applied_by="nofx-healing",
+                      restores_version=8),
+         latency_around(T0, 120, 30, after=0.32), "a rollback never starts a regression"),
+        (ConfigChange(service="api", version=9, applied_at=T0, applied_by="x"),
+         latency_around(T0, 120, 16, after=0.32), "too few values after the rate window"),
+        (ConfigChange(service="api", version=9, applied_at=T0, applied_by="x"),
+         latency_around(T0, 20, 30, after=0.32), "too little before the change"),
+        (ConfigChange(service="api", version=9, applied_at=T0, applied_by="x"),
+         latency_around(T0, 120, 30, after=0.03), "below the floor (+50 ms and x1.5)"),
+    ],
+)  # fmt: skip
+def test_change_verification_needs_a_real_regression_after_a_new_change(
+    change: ConfigChange, series: pd.Series, why: str
+) -> None:
+    assert change_regression("api", LATENCY, series, change, T0 + timedelta(seconds=30)) is None, (
+        why
+    )

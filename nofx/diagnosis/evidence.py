@@ -41,6 +41,9 @@ HOLD = timedelta(minutes=8)
 RATE_WINDOW = timedelta(seconds=10)
 CHANGE_LOOKBACK = timedelta(minutes=30)
 MIN_BASELINE_POINTS = 15
+# Deployment verification: the values a change is judged against, and how many after it.
+CHANGE_BASELINE = timedelta(minutes=2)
+CHANGE_POINTS = 5
 EPISODE_SHARE = 0.8
 # Rebuild a series' detector from the window once its oldest memory is this far out of it.
 REBUILD_AFTER_SECONDS = 120.0
@@ -261,6 +264,47 @@ def series_anomaly(
     )
 
 
+def change_regression(
+    service: str, watched: WatchedSeries, series: pd.Series, change: ConfigChange, now: datetime
+) -> Anomaly | None:
+    """A regression the last configuration change brought, judged against the values just
+    before it — deployment verification, which does not habituate the way the online detectors
+    do once they have seen the same excursion before (a repeated bad push).
+
+    Holds when, from one rate window after the change, at least `CHANGE_POINTS` values exist and
+    `EPISODE_SHARE` of them (the latest included) sit beyond the series' floor over the median of
+    the `CHANGE_BASELINE` before the change. A rollback (a change that restores an earlier
+    version) is never judged: it ends a regression, it does not start one.
+    """
+    if change.restores_version is not None or series.empty:
+        return None
+    applied = pd.Timestamp(change.applied_at).tz_convert("UTC")
+    before = series[(series.index < applied) & (series.index >= applied - CHANGE_BASELINE)]
+    since = series[series.index >= applied + RATE_WINDOW]
+    if len(before) < MIN_BASELINE_POINTS or len(since) < CHANGE_POINTS:
+        return None
+    reference = float(np.median(before.to_numpy()))
+    holding = [watched.floor.holds(float(v), reference) for v in since.to_numpy()]
+    if not holding[-1] or sum(holding) < EPISODE_SHARE * len(holding):
+        return None
+    value = float(series.iloc[-1])
+    return Anomaly(
+        service=service,
+        metric=watched.name,
+        onset=since.index[holding.index(True)].to_pydatetime(),
+        last_seen=series.index[-1].to_pydatetime(),
+        score=min(1.0, sum(holding) / len(holding)),
+        direction="up",
+        value=round(value, 6),
+        baseline=round(reference, 6),
+        detectors=["change_verification"],
+        reasons=[
+            f"{watched.name} {_fmt(value, watched.unit)} since config v{change.version}"
+            f" vs {_fmt(reference, watched.unit)} before it"
+        ],
+    )
+
+
 def _fmt(value: float, unit: str) -> str:
     if unit == "B":
         return f"{value / 2**20:.1f} MiB"
@@ -364,6 +408,8 @@ def service_evidence(
         anomaly = series_anomaly(
             service, watched, values, cache.feed(service, watched.name, values), now
         )
+        if anomaly is None and changes:
+            anomaly = change_regression(service, watched, values, changes[-1], now)
         if anomaly is not None:
             anomalies.append(anomaly)
             signals.append(watched.signal)
