@@ -329,6 +329,7 @@ class ConfigVersion(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("service", "version", name="config_versions_service_version_key"),
         CheckConstraint("version > 0", name="config_versions_version_check"),
+        CheckConstraint("rolled_back_to > 0", name="config_versions_rolled_back_to_check"),
     )
 
     id: uuid.UUID | None = _uuid_pk()
@@ -339,6 +340,7 @@ class ConfigVersion(SQLModel, table=True):
     reason: str | None = _column(Text, nullable=True)
     active: bool | None = _column(Boolean, nullable=False, server_default=text("false"))
     created_at: datetime | None = _timestamptz(server_default=True)
+    rolled_back_to: int | None = _column(Integer, nullable=True)
 
 
 class ActionLog(SQLModel, table=True):

@@ -261,6 +261,7 @@ class ConfigVersion(BaseModel):
     reason: str | None = None
     active: bool
     created_at: datetime | None = None
+    rolled_back_to: int | None = None
 
 
 class Fleet:
@@ -1356,6 +1357,7 @@ class Fleet:
                 PilotConfig.model_validate(target.config),
                 applied_by=applied_by,
                 reason=reason or f"roll back v{active.version} to v{target.version}",
+                rolled_back_to=target.version,
             )
         self._deliver_config(name, rolled)
         return rolled
@@ -1428,6 +1430,7 @@ class Fleet:
         *,
         applied_by: str,
         reason: str | None,
+        rolled_back_to: int | None = None,
     ) -> ConfigVersion:
         newest = conn.execute(
             "SELECT max(version) AS v FROM config_versions WHERE service = %s", (name,)
@@ -1436,7 +1439,7 @@ class Fleet:
         conn.execute(
             "UPDATE config_versions SET active = false WHERE service = %s AND active", (name,)
         )
-        return self._insert_version(conn, name, version, config, applied_by, reason)
+        return self._insert_version(conn, name, version, config, applied_by, reason, rolled_back_to)
 
     @staticmethod
     def _insert_version(
@@ -1446,12 +1449,14 @@ class Fleet:
         config: PilotConfig,
         applied_by: str,
         reason: str | None,
+        rolled_back_to: int | None = None,
     ) -> ConfigVersion:
         row = conn.execute(
-            "INSERT INTO config_versions (service, version, config, applied_by, reason, active)"
-            " VALUES (%s, %s, %s::jsonb, %s, %s, true)"
-            " RETURNING service, version, config, applied_by, reason, active, created_at",
-            (name, version, config.model_dump_json(), applied_by, reason),
+            "INSERT INTO config_versions (service, version, config, applied_by, reason, active,"
+            " rolled_back_to) VALUES (%s, %s, %s::jsonb, %s, %s, true, %s)"
+            " RETURNING service, version, config, applied_by, reason, active, created_at,"
+            " rolled_back_to",
+            (name, version, config.model_dump_json(), applied_by, reason, rolled_back_to),
         ).fetchone()
         assert row is not None  # INSERT ... RETURNING returns the row
         return ConfigVersion.model_validate(row)
@@ -1494,7 +1499,8 @@ class Fleet:
 
 
 _SELECT_VERSION = (
-    "SELECT service, version, config, applied_by, reason, active, created_at FROM config_versions"
+    "SELECT service, version, config, applied_by, reason, active, created_at, rolled_back_to"
+    " FROM config_versions"
 )
 
 

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from models.detection import PATTERNS, Anomaly, ConfigChange, ServiceEvidence, Signal
-from nofx.diagnosis.evidence import WATCHED, change_regression
+from nofx.diagnosis.evidence import WATCHED, change_regression, recent_config_changes
 from nofx.diagnosis.patterns import SIGNATURES, best_pattern, match_patterns
 from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
+from pilot.fleet import Fleet
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -215,3 +216,20 @@ def test_change_verification_needs_a_real_regression_after_a_new_change(
     assert change_regression("api", LATENCY, series, change, T0 + timedelta(seconds=30)) is None, (
         why
     )
+
+
+def test_only_a_rollback_is_taken_for_one_a_repeated_bad_push_is_not(
+    live_fleet: Fleet, db_engine: Engine
+) -> None:
+    service = live_fleet.spec.services[1].name
+    bad = {"extra_latency_ms": 300}
+    first = live_fleet.push_config(service, bad, applied_by="deploy-bot")
+    rolled = live_fleet.rollback_config(service, applied_by="alice")
+    again = live_fleet.push_config(service, bad, applied_by="deploy-bot")
+    assert again.config == first.config  # the same bad configuration, pushed once more
+
+    changes = recent_config_changes(db_engine, datetime.now(UTC))[service]
+    by_version = {c.version: c.restores_version for c in changes}
+    assert by_version[rolled.version] == first.version - 1  # a rollback, recorded as one
+    assert by_version[first.version] is None
+    assert by_version[again.version] is None  # a push, so it can be blamed again

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.common import AbortRequest
     from models.healing import ActionOutcome
+    from nofx.chaos import fault_label
     from nofx.faults import expected_pattern
     from workflows.healing import HealingIncidentWorkflow
 
@@ -242,6 +243,7 @@ class ChaosSuiteWorkflow:
     async def run(self, inp: ChaosSuiteInput) -> ChaosSuiteProgress:
         progress = self._progress = ChaosSuiteProgress(suite=inp.suite, total=len(inp.faults))
         last_used = {service: -1 for service in inp.services}
+        seen_kinds: dict[str, set[str]] = {service: set() for service in inp.services}
         busy: set[str] = set()
 
         async def experiment(index: int, service: str) -> None:
@@ -270,9 +272,16 @@ class ChaosSuiteWorkflow:
         tasks = []
         for index in range(len(inp.faults)):
             await workflow.wait_condition(lambda: len(busy) < inp.parallel)
-            # The free service left alone longest: its cooldown is most likely over.
-            service = min((s for s in inp.services if s not in busy), key=lambda s: last_used[s])
+            # A free service that has not had this kind of fault yet, else the one left alone
+            # longest (its cooldown is most likely over): each run is then a first occurrence
+            # for the detectors, as a fault in production mostly is.
+            kind = fault_label(inp.faults[index])
+            service = min(
+                (s for s in inp.services if s not in busy),
+                key=lambda s: (kind in seen_kinds[s], last_used[s]),
+            )
             last_used[service] = index
+            seen_kinds[service].add(kind)
             busy.add(service)
             tasks.append(asyncio.ensure_future(experiment(index, service)))
         await asyncio.gather(*tasks)

@@ -367,9 +367,7 @@ def recent_config_changes(engine: Engine, now: datetime) -> dict[str, list[Confi
         rows = conn.execute(
             text(
                 "SELECT service, version, created_at, applied_by, reason,"
-                " (SELECT max(e.version) FROM config_versions e WHERE e.service = c.service"
-                "  AND e.version < c.version AND e.config = c.config) AS restores"
-                " FROM config_versions c"
+                " rolled_back_to AS restores FROM config_versions c"
                 " WHERE created_at >= :since AND created_at <= :now ORDER BY created_at"
             ),
             {"since": now - CHANGE_LOOKBACK, "now": now},
