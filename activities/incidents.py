@@ -60,6 +60,23 @@ class IncidentActivities:
             )
         return None
 
+    async def _tail_of_last_heal(self, service: str, onset: datetime | None) -> str | None:
+        """An anomaly that began before the service's last incident — of any pattern — was
+        resolved belongs to that episode: its lagging rates can take another pattern's shape
+        (a pool exhaustion's errors look like an error spike once the pool is resized)."""
+        if onset is None:
+            return None
+        query = (
+            f"WorkflowType = 'HealingIncidentWorkflow' AND {STATUS.name} = 'resolved'"
+            f" AND NofxService = '{service}' AND CloseTime > '{onset.isoformat()}'"
+        )
+        async for healed in self._client.list_workflows(query, limit=1):
+            return (
+                f"the anomaly began at {onset:%H:%M:%S}, before {healed.id} was resolved"
+                f" at {healed.close_time:%H:%M:%S}: the tail of the healed episode"
+            )
+        return None
+
     async def _busy_with_another(self, service: str, workflow_id: str) -> str | None:
         """One incident per service at a time: while one heals it (a restart takes it down for a
         moment, a hang is ended by a kill), what the probes see is that incident's doing."""
@@ -83,8 +100,11 @@ class IncidentActivities:
             for a in incident.evidence.get("anomalies", [])
             if isinstance(a, dict) and a.get("onset")
         ]
-        reason = await self._busy_with_another(incident.service, workflow_id) or (
-            await self._recently_unhealed(workflow_id, inp, min(onsets, default=None))
+        onset = min(onsets, default=None)
+        reason = (
+            await self._busy_with_another(incident.service, workflow_id)
+            or await self._recently_unhealed(workflow_id, inp, onset)
+            or await self._tail_of_last_heal(incident.service, onset)
         )
         if reason is not None:
             activity.logger.info("incident %s held back: %s", workflow_id, reason)

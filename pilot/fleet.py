@@ -1126,6 +1126,7 @@ class Fleet:
                 PilotConfig.model_validate(restored.config),
                 applied_by=CLEAR_ACTOR,
                 reason=f"clear bad_config: roll back v{active.version} to v{restored.version}",
+                rolled_back_to=restored.version,
             )
         self._deliver_config(name, rolled)
         versions = f"v{active.version} to v{restored.version} as v{rolled.version}"

@@ -9,7 +9,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from models.detection import PATTERNS, Anomaly, ConfigChange, ServiceEvidence, Signal
-from nofx.diagnosis.evidence import WATCHED, change_regression, recent_config_changes
+from nofx.diagnosis.evidence import (
+    WATCHED,
+    change_regression,
+    config_suspected,
+    recent_config_changes,
+)
 from nofx.diagnosis.patterns import SIGNATURES, best_pattern, match_patterns
 from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
 from pilot.fleet import Fleet
@@ -233,3 +238,12 @@ def test_only_a_rollback_is_taken_for_one_a_repeated_bad_push_is_not(
     assert by_version[rolled.version] == first.version - 1  # a rollback, recorded as one
     assert by_version[first.version] is None
     assert by_version[again.version] is None  # a push, so it can be blamed again
+
+
+def test_a_push_rolled_back_since_is_no_suspect() -> None:
+    push = ConfigChange(service="api", version=2, applied_at=T0, applied_by="deploy-bot")
+    rollback = ConfigChange(service="api", version=3, applied_at=T0 + timedelta(seconds=20),
+                            applied_by="nofx-healing", restores_version=1)  # fmt: skip
+    assert config_suspected([push], [push])
+    assert not config_suspected([push, rollback], [push, rollback])
+    assert not config_suspected([push], [])  # nothing applied around the onset

@@ -337,3 +337,20 @@ async def test_a_lagging_signal_right_after_a_fix_does_not_reopen_the_incident(
         opened = await opener.run(IncidentActivities(client).open_incident, reopen)
         assert opened.suppressed_reason is None
         await client.get_workflow_handle(opened.workflow_id).result()
+
+    # The healed episode's lagging rates may take another pattern's shape: an anomaly that began
+    # before the fix is its tail, whatever pattern it matches now.
+    before_fix = (await handle.describe()).start_time
+    assert before_fix is not None
+    other = OpenIncidentInput(
+        incident=IncidentInput(
+            service=service,
+            incident_type="error_spike_after_config_change",
+            detected_at=datetime.now(UTC),
+            evidence={"anomalies": [{"onset": before_fix.isoformat()}]},
+        )
+    )
+    tail = await opener.run(IncidentActivities(client).open_incident, other)
+    assert tail.suppressed_reason is not None
+    assert "the tail of the healed episode" in tail.suppressed_reason
+    assert await IncidentActivities(client)._tail_of_last_heal(service, datetime.now(UTC)) is None

@@ -387,6 +387,13 @@ def recent_config_changes(engine: Engine, now: datetime) -> dict[str, list[Confi
     return changes
 
 
+def config_suspected(changes: Sequence[ConfigChange], relevant: Sequence[ConfigChange]) -> bool:
+    """Whether a configuration change may be behind an episode: one was applied around its
+    onset (`relevant`), and the configuration in force is not a rollback — a push rolled back
+    since is no suspect any more."""
+    return bool(relevant) and changes[-1].restores_version is None
+
+
 def service_evidence(
     service: str,
     source: MetricSource,
@@ -415,7 +422,7 @@ def service_evidence(
     signals.extend(direct)
     onset = min((a.onset for a in anomalies), default=now)
     relevant = [c for c in changes if -ONSET_SLACK <= onset - c.applied_at <= CHANGE_LOOKBACK]
-    if relevant and (anomalies or direct):
+    if config_suspected(changes, relevant) and (anomalies or direct):
         signals.append("config_changed")
     if probe is not None and not probe.healthy:
         notes.insert(0, f"health probe: {probe.detail} (process {probe.process_state})")
