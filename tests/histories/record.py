@@ -12,6 +12,7 @@ keep them valid.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from nofx.settings import get_settings
 from nofx.temporal import exit_process, temporal_client
 
 HERE = Path(__file__).resolve().parent
+IDS = HERE / "ids.json"  # the workflow id of each history saved under another name
 
 
 async def record(workflow_ids: list[str]) -> None:
@@ -27,6 +29,9 @@ async def record(workflow_ids: list[str]) -> None:
             workflow_id, _, name = argument.partition("=")
             history = await client.get_workflow_handle(workflow_id).fetch_history()
             path = HERE / f"{name or workflow_id}.json"
+            if name:  # what the workflow derives from its own id (child ids) must replay
+                ids = json.loads(IDS.read_text()) if IDS.exists() else {}
+                IDS.write_text(json.dumps({**ids, name: workflow_id}, indent=2) + "\n")
             path.write_text(history.to_json())
             print(f"wrote {path.name}: {len(history.events)} events")
 
