@@ -633,7 +633,9 @@ class Fleet:
     def _wait_balanced(self, deadline: float) -> None:
         """Wait until HAProxy's health checks see every replica up and every frontend answers."""
         for group in self.spec.groups:
-            while not (self._replicas_up(group.name) and _answers(self.group_url(group.name))):
+            # /health, never the work path: a request there would count as the service's work.
+            health = self.group_url(group.name, "/health")
+            while not (self._replicas_up(group.name) and _answers(health)):
                 self._fail_if_down(LB_PROGRAM, "HAProxy", "err")
                 if time.monotonic() > deadline:
                     raise FleetError(f"group {group.name} did not answer on its frontend in time")
