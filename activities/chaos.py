@@ -18,22 +18,19 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.actions import ActionActivities
-from activities.infra import InfraActivities
 from activities.store import get_fleet_target
-from models.actions import ActionRequest, ValidateRequestsParams
+from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
 from models.chaos import ChaosExperimentInput, IncidentSeen, Injected, SteadyState, WatchIncident
-from models.healing import TERMINAL_STATES, ActionOutcome, IncidentState, ServiceActionInput
+from models.guardrails import GuardrailCheck
+from models.healing import TERMINAL_STATES, IncidentState
 from nofx.faults import clear_recorded, inject_recorded
 from nofx.healing.actions import ACTIONS, ActionError, fleet_of
-from nofx.healing.guardrails import read_controls
+from nofx.healing.guardrails import check_guardrails
 from nofx.healing.probes import check_health, request_round
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.settings import Settings
 from pilot.fleet import FleetError
 
-# The actions an incident takes that change something (checks only look).
-_CHECKS = {"validate_health", "validate_requests"}
 # Enough real requests to see errors and stale reads, few enough not to be load themselves.
 _STEADY_REQUESTS = ValidateRequestsParams(
     requests=10, max_error_ratio=0.1, fresh_cache=True, request_timeout_seconds=2.0
@@ -42,7 +39,7 @@ _ENDED = {s.value for s in TERMINAL_STATES} | {IncidentState.AWAITING_APPROVAL.v
 
 
 def _acted(actions: list[dict[str, Any]]) -> bool:
-    return any(a.get("performed") and a.get("action") not in _CHECKS for a in actions)
+    return any(a.get("performed") and a.get("action") not in CHECKS for a in actions)
 
 
 def _held_out_of_rotation(meta: dict[str, Any]) -> list[str]:
@@ -100,9 +97,8 @@ class ChaosActivities:
             ).scalar_one()
             if open_incidents:
                 problems.append(f"{open_incidents} incident(s) open")
-            if before_injecting:
-                problems += self._not_ready_to_act(conn, service)
         if before_injecting:
+            problems += self._not_ready_to_act(service)
             try:
                 present = self._fleet(service).active_faults(service)
             except FleetError as err:
@@ -114,28 +110,22 @@ class ChaosActivities:
             service=service, steady=not problems, problems=problems, checked_at=datetime.now(UTC)
         )
 
-    @staticmethod
-    def _not_ready_to_act(conn: Any, service: str) -> list[str]:
-        controls = read_controls(conn)
-        policy = controls.policy
-        problems = []
-        if controls.paused:
-            problems.append(f"automation paused by {controls.changed_by}")
-        last, per_hour = conn.execute(
-            text(
-                "SELECT max(started_at), count(*) FILTER (WHERE started_at > now() - interval"
-                " '1 hour') FROM action_log WHERE target = :s AND status IN ('started',"
-                " 'succeeded') AND action NOT LIKE 'undo\\_%' AND action NOT LIKE 'restore\\_%'"
+    def _not_ready_to_act(self, service: str) -> list[str]:
+        """What would keep the platform from acting on `service` now: the guardrails' own
+        verdict for an action there, decided as `healing simulate` does (nothing recorded)."""
+        verdict = check_guardrails(
+            self._engine,
+            GuardrailCheck(
+                idempotency_key=f"chaos-steady-state/{service}/0-restart_service",
+                workflow_id="chaos-steady-state",
+                service=service,
+                action="restart_service",
             ),
-            {"s": service},
-        ).one()
-        if last is not None:
-            since = (datetime.now(UTC) - last).total_seconds()
-            if since < policy.cooldown_seconds:
-                problems.append(f"cooldown: acted on {since:.0f}s ago")
-        if per_hour >= policy.max_actions_per_hour:
-            problems.append(f"{per_hour} actions in the last hour (limit)")
-        return problems
+            dry_run=True,
+        )
+        if verdict.verdict == "allow":
+            return []
+        return [f"guardrail {verdict.guardrail} would {verdict.verdict}: {verdict.reason}"]
 
     @activity.defn
     def inject_fault(self, inp: ChaosExperimentInput) -> Injected:
@@ -230,45 +220,31 @@ class ChaosActivities:
             raise ApplicationError(f"could not remove the fault: {err}", type="FaultStuck") from err
 
     @activity.defn
-    def undo_incident(self, seen: IncidentSeen) -> list[ActionOutcome]:
-        """Run a resolved incident's compensations, newest action first — the same undo
-        activities its saga would have run had it been aborted — for a rollback drill the
-        incident outran. Each outcome says whether the prior state is back."""
+    def incident_compensations(self, seen: IncidentSeen) -> list[ActionRequest]:
+        """The steps a resolved incident took, newest first: what its saga would have undone
+        had it been aborted (the chaos workflow runs the same undo activities on them)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 text(
                     "SELECT idempotency_key, step, action, target FROM action_log"
                     " WHERE workflow_id = :w AND idempotency_key LIKE :own AND status = 'succeeded'"
+                    " AND (action = 'restart_service' OR action = ANY(:undoable))"
                     " ORDER BY started_at DESC"
                 ),
-                {"w": seen.workflow_id, "own": f"{seen.workflow_id}/{seen.incident_id}/%"},
+                {
+                    "w": seen.workflow_id,
+                    "own": f"{seen.workflow_id}/{seen.incident_id}/%",
+                    "undoable": sorted(ACTIONS),
+                },
             ).all()
-        outcomes = []
-        actions = ActionActivities(self._engine, self._settings)
-        for key, step, action, service in rows:
-            if action == "restart_service":
-                outcomes.append(
-                    InfraActivities(self._engine).restore_service_running(
-                        ServiceActionInput(
-                            idempotency_key=f"{key}/undo",
-                            workflow_id=seen.workflow_id,
-                            step=f"{step}/undo",
-                            service=service,
-                            not_before=seen.detected_at,
-                        )
-                    )
-                )
-            elif action in ACTIONS:
-                outcomes.append(
-                    actions.undo_action(
-                        ActionRequest(
-                            idempotency_key=key,
-                            workflow_id=seen.workflow_id,
-                            step=step,
-                            service=service,
-                            action=action,
-                            not_before=seen.detected_at,
-                        )
-                    )
-                )
-        return outcomes
+        return [
+            ActionRequest(
+                idempotency_key=key,
+                workflow_id=seen.workflow_id,
+                step=step,
+                service=service,
+                action=action,
+                not_before=seen.detected_at,
+            )
+            for key, step, action, service in rows
+        ]

@@ -7,13 +7,14 @@ an attempt retried after a worker crash neither repeats the action nor loses its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -48,7 +49,7 @@ def supervisor_for(target: FleetTarget) -> tuple[SupervisorProvider, str]:
 
 
 def log_action(
-    engine: Engine,
+    db: Engine | Connection,
     key: str,
     workflow_id: str,
     step: str,
@@ -57,8 +58,10 @@ def log_action(
     status: str,
     detail: Any,
 ) -> None:
-    """Record (or move on) an action's row in `action_log`, keyed by its idempotency key."""
-    with engine.begin() as conn:
+    """Record (or move on) an action's row in `action_log`, keyed by its idempotency key; given
+    a connection, inside its transaction."""
+    scope = db.begin() if isinstance(db, Engine) else contextlib.nullcontext(db)
+    with scope as conn:
         conn.execute(
             text(
                 "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"

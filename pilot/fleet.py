@@ -238,7 +238,7 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     """Whether GET `url` answers 200 within a second."""
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
@@ -635,7 +635,7 @@ class Fleet:
         for group in self.spec.groups:
             # /health, never the work path: a request there would count as the service's work.
             health = self.group_url(group.name, "/health")
-            while not (self._replicas_up(group.name) and _answers(health)):
+            while not (self._replicas_up(group.name) and answers(health)):
                 self._fail_if_down(LB_PROGRAM, "HAProxy", "err")
                 if time.monotonic() > deadline:
                     raise FleetError(f"group {group.name} did not answer on its frontend in time")
@@ -714,7 +714,7 @@ class Fleet:
 
     def answers_health(self, name: str) -> bool:
         """Whether service `name` answers GET /health with 200 within a second."""
-        return _answers(self.health_url(name))
+        return answers(self.health_url(name))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the load generators, then supervisord (it stops every service first).

@@ -77,6 +77,17 @@ def worker_process(
         worker.stop()
 
 
+def logged_statuses(engine: Engine, workflow_id: str, action: str) -> list[str]:
+    """The `action_log` rows of one action of a workflow: one per step, however many attempts."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT status FROM action_log WHERE workflow_id = :wf AND action = :a"),
+                {"wf": workflow_id, "a": action},
+            ).scalars()
+        )
+
+
 async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -125,16 +136,9 @@ async def test_worker_killed_mid_saga_heals_once(
             text("SELECT status, resolution_time_ms FROM healing_incidents WHERE id = :id"),
             {"id": result.incident_id},
         ).one()
-        logged = (
-            conn.execute(
-                text("SELECT status FROM action_log WHERE workflow_id = :wf AND action = :a"),
-                {"wf": handle.id, "a": "restart_service"},
-            )
-            .scalars()
-            .all()
-        )
     assert row.status == "resolved"
     assert row.resolution_time_ms > 0
+    logged = logged_statuses(db_engine, handle.id, "restart_service")
     assert len(logged) == 1  # one idempotency key for the step, however many attempts ran it
     # The kill landed while the restart was in flight: its activity needed a second attempt,
     # which found the goal already met and did nothing.
@@ -195,14 +199,6 @@ async def test_worker_killed_mid_rollback_rolls_back_once(
     active = live_fleet.active_config(service)
     assert active is not None
     assert active.config["error_rate"] == 0.0
-    with db_engine.connect() as conn:
-        logged = (
-            conn.execute(
-                text("SELECT status FROM action_log WHERE workflow_id = :wf AND action = :a"),
-                {"wf": handle.id, "a": "rollback_config"},
-            )
-            .scalars()
-            .all()
-        )
+    logged = logged_statuses(db_engine, handle.id, "rollback_config")
     assert logged == ["succeeded"]  # one row for the step, however many attempts ran it
     live_fleet.clear(service)

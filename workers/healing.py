@@ -55,7 +55,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         chaos.inject_fault,
         chaos.watch_incident,
         chaos.remove_fault,
-        chaos.undo_incident,
+        chaos.incident_compensations,
     ]
 
 

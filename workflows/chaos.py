@@ -10,16 +10,22 @@ on the service that has been left alone longest, and answers `progress` with the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
+from workflows.saga import COMPENSATION_RETRY
+
 with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
+    from activities.actions import ActionActivities
     from activities.chaos import ChaosActivities
+    from activities.infra import InfraActivities
+    from models.actions import ActionRequest
     from models.chaos import (
         ChaosExperimentInput,
         ChaosResult,
@@ -31,8 +37,8 @@ with workflow.unsafe.imports_passed_through():
         SteadyState,
         WatchIncident,
     )
-    from models.common import AbortRequest
-    from models.healing import ActionOutcome
+    from models.common import AbortRequest, Contract
+    from models.healing import ActionOutcome, ServiceActionInput
     from nofx.chaos import fault_label
     from nofx.faults import expected_pattern
     from workflows.healing import HealingIncidentWorkflow
@@ -150,13 +156,7 @@ class ChaosExperimentWorkflow:
         if inp.fault.rollback_drill:
             # The incident healed before the abort landed: run its compensations now, as the
             # saga would have, and check each put the prior state back.
-            undone: list[ActionOutcome] = await workflow.execute_activity_method(
-                ChaosActivities.undo_incident,
-                ended,
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=STORE_RETRY,
-            )
+            undone = await self._compensate(ended)
             result.rollbacks = rollback_checks([a.model_dump(mode="json") for a in undone])
             result.outcome = "rolled_back"
             result.note = "healed before the abort landed; its compensations were run after"
@@ -181,6 +181,39 @@ class ChaosExperimentWorkflow:
             return acted
         await self._close(acted, "chaos rollback drill: undo what healing did")
         return acted
+
+    async def _compensate(self, seen: IncidentSeen) -> list[ActionOutcome]:
+        """Run a resolved incident's compensations, newest first, with the very activities (and
+        idempotency keys) its saga uses; each outcome says whether the prior state is back."""
+        steps: list[ActionRequest] = await workflow.execute_activity_method(
+            ChaosActivities.incident_compensations,
+            seen,
+            start_to_close_timeout=CHECK_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        outcomes = []
+        for step in steps:
+            if step.action == "restart_service":
+                undo: Callable[[Any, Any], ActionOutcome] = InfraActivities.restore_service_running
+                arg: Contract = ServiceActionInput(
+                    idempotency_key=f"{step.idempotency_key}/undo",
+                    workflow_id=step.workflow_id,
+                    step=f"{step.step}/undo",
+                    service=step.service,
+                    not_before=step.not_before,
+                )
+            else:
+                undo, arg = ActionActivities.undo_action, step
+            outcomes.append(
+                await workflow.execute_activity_method(
+                    undo,
+                    arg,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    heartbeat_timeout=timedelta(seconds=10),
+                    retry_policy=COMPENSATION_RETRY,
+                )
+            )
+        return outcomes
 
     async def _close(self, seen: IncidentSeen, reason: str) -> None:
         handle = workflow.get_external_workflow_handle(seen.workflow_id)

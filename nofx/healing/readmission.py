@@ -22,7 +22,6 @@ commit is completed by the next one.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import httpx
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 
+from activities.infra import log_action
 from activities.store import list_fleet_targets
 from models.actions import ValidateRequestsParams
 from models.healing import TERMINAL_STATES, ActionOutcome, FleetTarget
@@ -238,21 +238,15 @@ def _restore(
             "checks": seen,
             "readmitted_by": readmitted_by,
         }
-        conn.execute(
-            text(
-                "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"
-                " status, detail, finished_at) VALUES (:key, :wf, :step, :action, :target,"
-                " 'compensated', CAST(:detail AS jsonb), now())"
-                " ON CONFLICT (idempotency_key) DO NOTHING"
-            ),
-            {
-                "key": key,
-                "wf": mitigation.workflow_id,
-                "step": f"{mitigation.step}{READMIT_SUFFIX}",
-                "action": outcome.action,
-                "target": mitigation.service,
-                "detail": json.dumps(detail, default=str),
-            },
+        log_action(
+            conn,
+            key,
+            mitigation.workflow_id,
+            f"{mitigation.step}{READMIT_SUFFIX}",
+            outcome.action,
+            mitigation.service,
+            "compensated",
+            detail,
         )
         append_audit(
             conn,
