@@ -1,0 +1,380 @@
+"""Contracts of Track A (the decision engine): the context of a decision, its candidates, their
+criterion scores, the risk assessment, the human loop and the outcome.
+
+`DecisionContext` is the specification's interface (current state, historical data, predicted
+outcomes, constraints, objectives) as pydantic models. Every number the scoring reads is a field
+here, so a decision can be replayed, simulated and explained from its recorded context alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from models.actions import Capability
+from models.common import Contract
+from models.detection import Diagnosis
+from models.healing import PlaybookStep
+
+DecisionType = Literal["healing", "maintenance", "optimization"]
+Mode = Literal["observe", "assist", "autonomous"]
+RiskLevel = Literal["low", "medium", "high", "critical"]
+Tier = Literal["tier-0", "tier-1", "tier-2", "tier-3"]
+AutomationLevel = Literal["manual", "semi-auto", "full-auto"]
+FeedbackType = Literal["approval", "rejection", "override", "timeout", "outcome"]
+
+RISK_LEVELS: tuple[RiskLevel, ...] = ("low", "medium", "high", "critical")
+MODES_STRICTEST_FIRST: tuple[Mode, ...] = ("observe", "assist", "autonomous")
+
+
+# ---- context ------------------------------------------------------------------------------
+
+
+class SystemState(Contract):
+    """The subject as it is now."""
+
+    service: str
+    tier: Tier = "tier-2"
+    pattern: str | None = Field(default=None, description="the diagnosed problem pattern")
+    cause: Literal["configuration", "dependency", "self"] | None = Field(
+        default=None, description="the lead root cause's kind, when diagnosis ran"
+    )
+    healthy: bool | None = None
+    signals: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="latest derived series values (error_ratio, p95_ms …)"
+    )
+    replicas: int = Field(default=1, ge=1, description="replicas of its group (capacity)")
+    serving_replicas: int = Field(default=1, ge=0, description="of those, taking traffic now")
+    open_incidents: int = Field(default=0, ge=0, description="open incidents fleet-wide")
+    actions_in_flight: int = Field(default=0, ge=0, description="automated actions fleet-wide")
+
+
+class OutcomeCount(Contract):
+    playbook: str
+    resolved: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+
+
+class HistoricalMetrics(Contract):
+    """What happened to this subject and pattern before."""
+
+    incidents_24h: int = Field(default=0, ge=0, description="incidents of the service, 24 h")
+    outcomes: list[OutcomeCount] = Field(
+        default_factory=list, description="per playbook, past incidents of this pattern"
+    )
+    minutes_since_config_change: float | None = Field(default=None, ge=0)
+    config_change_rollbackable: bool = Field(
+        default=False, description="the latest version has an earlier one to return to"
+    )
+    failed_automated_actions_1h: int = Field(default=0, ge=0)
+
+
+class Prediction(Contract):
+    """A Track C prediction about the subject (absent until Track C lands)."""
+
+    kind: str = Field(description="e.g. time_to_exhaustion, failure")
+    metric: str | None = None
+    probability: float | None = Field(default=None, ge=0, le=1)
+    time_to_failure_hours: float | None = Field(default=None, ge=0)
+
+
+class OperationalConstraints(Contract):
+    """What the engine must not do now."""
+
+    capabilities: list[Capability] = Field(
+        default_factory=list, description="what the target's providers offer"
+    )
+    known_service: bool = True
+    change_freeze: str | None = Field(default=None, description="reason of an active freeze")
+    paused: str | None = Field(default=None, description="reason of the kill switch")
+    max_blast_radius: float = Field(default=0.5, gt=0, le=1, description="share of capacity")
+    max_concurrent_actions: int = Field(default=3, ge=1)
+    excluded: list[str] = Field(
+        default_factory=list, description="candidates that already failed this subject"
+    )
+
+
+class CriteriaWeights(Contract):
+    """How much each criterion counts; normalised to sum 1 before use."""
+
+    success: float = Field(default=0.5, ge=0)
+    recovery_time: float = Field(default=0.2, ge=0)
+    risk: float = Field(default=0.2, ge=0)
+    cost: float = Field(default=0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> CriteriaWeights:
+        if self.success + self.recovery_time + self.risk + self.cost <= 0:
+            raise ValueError("at least one criterion weight must be positive")
+        return self
+
+    def normalised(self) -> CriteriaWeights:
+        total = self.success + self.recovery_time + self.risk + self.cost
+        return CriteriaWeights(
+            success=self.success / total,
+            recovery_time=self.recovery_time / total,
+            risk=self.risk / total,
+            cost=self.cost / total,
+        )
+
+
+class BusinessObjectives(Contract):
+    """What the business wants from this decision: weights and the SLO it protects."""
+
+    weights: CriteriaWeights = Field(default_factory=CriteriaWeights)
+    rto_seconds: float = Field(default=300, gt=0, description="recovery-time objective")
+    slo_availability: float | None = Field(default=None, gt=0, lt=1)
+    error_budget_remaining: float | None = Field(
+        default=None, ge=0, le=1, description="share of the period's error budget left"
+    )
+
+
+class DecisionContext(Contract):
+    """The specification's DecisionContext, plus the diagnosis it rests on."""
+
+    current_state: SystemState
+    historical_data: HistoricalMetrics = Field(default_factory=HistoricalMetrics)
+    predicted_outcomes: list[Prediction] = Field(default_factory=list)
+    constraints: OperationalConstraints = Field(default_factory=OperationalConstraints)
+    objectives: BusinessObjectives = Field(default_factory=BusinessObjectives)
+    diagnosis: Diagnosis | None = None
+    gathered_at: datetime | None = None
+
+
+# ---- candidates and their scores ----------------------------------------------------------
+
+
+class Candidate(Contract):
+    """One option: a playbook (healing) or a maintenance/optimisation plan, as steps."""
+
+    name: str = Field(min_length=1)
+    playbook_id: str | None = None
+    steps: list[PlaybookStep] = Field(min_length=1)
+    automation_level: AutomationLevel = "full-auto"
+    required_permissions: list[str] = Field(default_factory=list)
+    escalation_rank: int = Field(default=1, ge=1)
+
+
+class SuccessEstimate(Contract):
+    """The model's belief that a candidate fixes this subject: a Beta posterior."""
+
+    probability: float = Field(ge=0, le=1)
+    alpha: float = Field(gt=0)
+    beta: float = Field(gt=0)
+    expected_recovery_seconds: float = Field(gt=0)
+    source: str = Field(description="what the belief rests on, e.g. 'matrix 2/2 + history 5/6'")
+
+
+class CriterionScores(Contract):
+    """Raw values and their [0, 1] utilities (1 = best) for one candidate."""
+
+    success_probability: float = Field(ge=0, le=1)
+    expected_recovery_seconds: float = Field(ge=0)
+    risk_score: float = Field(ge=0, le=1)
+    cost: float = Field(ge=0, le=1, description="share of capacity disturbed while it runs")
+    u_success: float = Field(ge=0, le=1)
+    u_recovery: float = Field(ge=0, le=1)
+    u_risk: float = Field(ge=0, le=1)
+    u_cost: float = Field(ge=0, le=1)
+    total: float = Field(ge=0, le=1, description="weighted sum of the utilities")
+
+
+class RiskFactor(Contract):
+    name: str
+    value: Any = None
+    contribution: float = Field(description="points added to the risk score (0-1 scale)")
+    detail: str
+
+
+class RiskAssessment(Contract):
+    level: RiskLevel
+    score: float = Field(ge=0, le=1)
+    factors: list[RiskFactor] = Field(default_factory=list)
+    reversible: bool = True
+    blast_radius: float = Field(default=0, ge=0, le=1)
+
+
+class ScoredCandidate(Contract):
+    candidate: Candidate
+    success: SuccessEstimate | None = None
+    scores: CriterionScores | None = None
+    risk: RiskAssessment | None = None
+    pruned_by: list[str] = Field(
+        default_factory=list, description="the rules that removed it, each with its reason"
+    )
+    rank: int | None = Field(default=None, description="1 = chosen; None when pruned")
+    lost_because: str | None = None
+
+
+class Scoring(Contract):
+    """The outcome of scoring: candidates best first (pruned last), the choice and confidence."""
+
+    ranked: list[ScoredCandidate]
+    chosen: str | None = None
+    confidence: float = Field(default=0, ge=0, le=1)
+    rules_fired: list[str] = Field(default_factory=list)
+    weights: CriteriaWeights = Field(default_factory=CriteriaWeights)
+
+    def best(self) -> ScoredCandidate | None:
+        return next((c for c in self.ranked if c.rank == 1), None)
+
+    def find(self, name: str) -> ScoredCandidate | None:
+        return next((c for c in self.ranked if c.candidate.name == name), None)
+
+
+# ---- requests, the human loop and the result ----------------------------------------------
+
+
+class DecisionRequest(Contract):
+    """Start a `DecisionWorkflow`: what to decide about, and optionally the context and options."""
+
+    decision_type: DecisionType = "healing"
+    subject: str = Field(min_length=1, description="the service (component) decided about")
+    problem: str = Field(min_length=1, description="the incident type / pattern / issue")
+    incident_id: str | None = None
+    requested_by: str = "nofx"
+    parent_workflow_id: str | None = None
+    context: DecisionContext | None = None
+    candidates: list[Candidate] | None = None
+    exclude: list[str] = Field(default_factory=list, description="already failed candidates")
+    require_approval: str | None = Field(
+        default=None, description="ask a person whatever the mode (e.g. a guardrail asked)"
+    )
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class Approve(Contract):
+    """`approve` from the Web UI or the CLI: `{"approver": "alice", "reason": "looks right"}`."""
+
+    approver: str = Field(min_length=1)
+    reason: str = ""
+
+
+class Reject(Contract):
+    approver: str = Field(min_length=1)
+    reason: str = Field(min_length=1, description="why not: kept and learnt from")
+
+
+class Override(Contract):
+    """Run another candidate instead: `{"approver": "alice", "action": "rollback-config", …}`."""
+
+    approver: str = Field(min_length=1)
+    action: str = Field(min_length=1, description="the candidate to run instead")
+    reason: str = Field(min_length=1)
+
+
+class HumanVerdict(Contract):
+    """One person's answer as the decision recorded it (accepted or refused)."""
+
+    kind: Literal["approve", "reject", "override"]
+    approver: str
+    reason: str = ""
+    action: str | None = None
+    at: datetime
+    accepted: bool = True
+    refused_because: str | None = None
+    via: Literal["signal", "update"] = "signal"
+
+
+class ApprovalRecord(Contract):
+    required: bool = False
+    why: list[str] = Field(default_factory=list)
+    approvers_needed: int = Field(default=0, ge=0)
+    required_permissions: list[str] = Field(default_factory=list)
+    verdicts: list[HumanVerdict] = Field(default_factory=list)
+    outcome: Literal["not_needed", "pending", "approved", "rejected", "overridden", "timed_out"] = (
+        "not_needed"
+    )
+    timeout_seconds: float | None = None
+
+
+DecisionStatus = Literal[
+    "deciding", "awaiting_approval", "approved", "observed", "rejected", "timed_out", "no_option"
+]
+
+
+class Explanation(Contract):
+    """Why the engine chose what it chose, as data and as text."""
+
+    text: str
+    criteria: list[dict[str, Any]] = Field(default_factory=list)
+    rules_fired: list[str] = Field(default_factory=list)
+    risk_factors: list[RiskFactor] = Field(default_factory=list)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    why_not: dict[str, str] = Field(default_factory=dict)
+
+
+class DecisionResult(Contract):
+    """What the decision came to. `act` says whether the caller may run `steps`."""
+
+    decision_id: str
+    workflow_id: str
+    decision_type: DecisionType
+    subject: str
+    problem: str
+    status: DecisionStatus
+    mode: Mode
+    act: bool
+    chosen: str | None = None
+    engine_choice: str | None = Field(default=None, description="differs when overridden")
+    steps: list[PlaybookStep] = Field(default_factory=list)
+    automation_level: AutomationLevel | None = None
+    required_permissions: list[str] = Field(default_factory=list)
+    confidence: float = Field(default=0, ge=0, le=1)
+    risk: RiskAssessment | None = None
+    expected_outcome: dict[str, Any] = Field(default_factory=dict)
+    alternatives: list[ScoredCandidate] = Field(default_factory=list)
+    approval: ApprovalRecord = Field(default_factory=ApprovalRecord)
+    explanation: Explanation
+    decided_by: str = Field(default="nofx-decisions", description="who made the final call")
+
+
+class DecisionOutcome(Contract):
+    """What happened after the decision was carried out; written on the decision."""
+
+    decision_id: str
+    resolved: bool
+    recovery_seconds: float | None = Field(default=None, ge=0)
+    rolled_back: bool = False
+    prior_state_restored: bool | None = None
+    detail: str = ""
+
+
+class ApprovalTimeouts(Contract):
+    """How long a decision waits for a person, by risk level, and what a timeout means."""
+
+    low: float = Field(default=3600, gt=0, le=7 * 86400)
+    medium: float = Field(default=3600, gt=0, le=7 * 86400)
+    high: float = Field(default=3600, gt=0, le=7 * 86400)
+    critical: float = Field(default=1800, gt=0, le=7 * 86400)
+    outcome: Literal["reject"] = Field(
+        default="reject", description="a timeout rejects: the subject goes to a person"
+    )
+
+    def for_level(self, level: RiskLevel) -> float:
+        return float(getattr(self, level))
+
+
+class DecisionPolicy(Contract):
+    """The engine's policy (`platform_controls.decision_policy`; empty: these defaults)."""
+
+    mode: Mode = Field(default="autonomous", description="the global mode")
+    ask_at_risk: RiskLevel = Field(
+        default="high", description="autonomous mode asks a person at or above this risk"
+    )
+    min_confidence: float = Field(
+        default=0.4, ge=0, le=1, description="autonomous mode asks a person below this confidence"
+    )
+    weights: CriteriaWeights = Field(default_factory=CriteriaWeights)
+    timeouts: ApprovalTimeouts = Field(default_factory=ApprovalTimeouts)
+
+
+class Operator(Contract):
+    """A person who may approve, reject or override, with the permissions they hold."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@+-]+$")
+    permissions: list[str] = Field(default_factory=list)
+    display_name: str | None = None

@@ -1,0 +1,117 @@
+"""The success model behind the scoring: how likely a candidate fixes the subject, and how fast.
+
+`SuccessModel` is the interface the scoring asks; this issue's implementation is a Beta posterior
+per (pattern, candidate, service tier):
+
+- the prior comes from the action matrix (`benchmarks/action_matrix.py`, packaged as
+  `action_priors.json`): the runs of that candidate on faults diagnosed as this pattern with this
+  kind of root cause; when none match the cause, every run of the candidate on the pattern;
+- the evidence is the recorded outcome of past decisions of the same pattern on services of the
+  same tier (`HistoricalMetrics.outcomes`), counted one for one;
+- both on top of Beta(1, 1), so a candidate nobody has tried is a coin toss, not a certainty.
+
+Part 2 puts a LightGBM model behind the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from models.decisions import Candidate, DecisionContext, SuccessEstimate
+
+PRIORS_PATH = Path(__file__).with_name("action_priors.json")
+
+# Seconds a step takes when nothing was measured: a nominal duration per action.
+NOMINAL_SECONDS = {
+    "restart_service": 4.0,
+    "validate_health": 4.0,
+    "validate_requests": 8.0,
+    "cleanup_disk": 1.0,
+    "rollback_config": 2.0,
+    "resize_pool": 2.0,
+    "terminate_idle_connections": 4.0,
+    "invalidate_cache": 1.0,
+    "drain_traffic": 1.0,
+    "shift_weight": 1.0,
+}
+
+
+class SuccessModel(Protocol):
+    def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate: ...
+
+
+@dataclass(frozen=True)
+class Prior:
+    pattern: str
+    cause: str | None
+    playbook: str
+    runs: int
+    successes: int
+    recovery_seconds_p50: float | None
+
+
+def load_priors(path: Path | None = None) -> list[Prior]:
+    """The action matrix's cells; a missing file means no prior (every candidate starts at 1:1)."""
+    source = path or PRIORS_PATH
+    if not source.exists():
+        return []
+    data = json.loads(source.read_text())
+    return [
+        Prior(
+            pattern=row["pattern"],
+            cause=row.get("cause"),
+            playbook=row["playbook"],
+            runs=int(row["runs"]),
+            successes=int(row["successes"]),
+            recovery_seconds_p50=row.get("recovery_seconds_p50"),
+        )
+        for row in data.get("priors", [])
+    ]
+
+
+def nominal_recovery_seconds(candidate: Candidate) -> float:
+    return sum(NOMINAL_SECONDS.get(s.action, 5.0) for s in candidate.steps)
+
+
+class BetaSuccessModel:
+    """Beta(1 + successes, 1 + failures) over the matrix prior and the recorded history."""
+
+    def __init__(self, priors: list[Prior]) -> None:
+        self._priors = priors
+
+    def _prior(self, pattern: str | None, cause: str | None, playbook: str) -> list[Prior]:
+        same = [p for p in self._priors if p.pattern == pattern and p.playbook == playbook]
+        if cause is not None:
+            with_cause = [p for p in same if p.cause == cause]
+            if with_cause:
+                return with_cause
+        return same
+
+    def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate:
+        state = context.current_state
+        prior = self._prior(state.pattern, state.cause, candidate.name)
+        p_runs = sum(p.runs for p in prior)
+        p_wins = sum(p.successes for p in prior)
+        seen = next(
+            (o for o in context.historical_data.outcomes if o.playbook == candidate.name), None
+        )
+        h_wins = seen.resolved if seen else 0
+        h_losses = seen.failed if seen else 0
+        alpha = 1.0 + p_wins + h_wins
+        beta = 1.0 + (p_runs - p_wins) + h_losses
+        timed = [p.recovery_seconds_p50 for p in prior if p.recovery_seconds_p50]
+        recovery = sorted(timed)[len(timed) // 2] if timed else nominal_recovery_seconds(candidate)
+        source = [f"matrix {p_wins}/{p_runs}" if p_runs else "no matrix runs"]
+        source.append(
+            f"history {h_wins}/{h_wins + h_losses} ({state.tier})" if seen else "no history"
+        )
+        return SuccessEstimate(
+            probability=alpha / (alpha + beta),
+            alpha=alpha,
+            beta=beta,
+            expected_recovery_seconds=max(0.1, float(recovery)),
+            source=" + ".join(source),
+        )
