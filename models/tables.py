@@ -124,6 +124,15 @@ class AutonomousDecision(SQLModel, table=True):
     expected_outcome: Any | None = _column(_JSONB, nullable=True)
     actual_outcome: Any | None = _column(_JSONB, nullable=True)
     created_at: datetime | None = _timestamptz(server_default=True)
+    # sql/019_decision_engine.sql
+    workflow_id: str | None = _column(Text, nullable=True)
+    subject: str | None = _column(Text, nullable=True)
+    problem: str | None = _column(Text, nullable=True)
+    status: str | None = _column(Text, nullable=True)
+    decided_by: str | None = _column(Text, nullable=True)
+    explanation: Any | None = _column(_JSONB, nullable=True)
+    approval: Any | None = _column(_JSONB, nullable=True)
+    updated_at: datetime | None = _timestamptz()
 
 
 class DecisionModel(SQLModel, table=True):
@@ -281,6 +290,10 @@ class Service(SQLModel, table=True):
             "tier IN ('tier-0', 'tier-1', 'tier-2', 'tier-3')", name="services_tier_check"
         ),
         CheckConstraint("capacity > 0", name="services_capacity_check"),
+        CheckConstraint(
+            "decision_mode IN ('observe', 'assist', 'autonomous')",
+            name="services_decision_mode_check",
+        ),
     )
 
     name: str = Field(sa_column=Column(Text, primary_key=True))
@@ -299,6 +312,7 @@ class Service(SQLModel, table=True):
     )
     created_at: datetime | None = _timestamptz(server_default=True)
     updated_at: datetime | None = _timestamptz(server_default=True)
+    decision_mode: str | None = _column(Text, nullable=True)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -453,6 +467,9 @@ class PlatformControl(SQLModel, table=True):
     changed_by: str | None = _column(Text, nullable=True)
     changed_at: datetime | None = _timestamptz(nullable=False, server_default=True)
     policy: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
+    decision_policy: JsonObject | None = _column(
+        _JSONB, nullable=False, server_default=_EMPTY_JSON
+    )
 
 
 class ChangeFreeze(SQLModel, table=True):
@@ -505,3 +522,24 @@ class GuardrailVerdict(SQLModel, table=True):
     guardrail: str | None = _column(Text, nullable=True)
     reason: str = _column(Text, nullable=False)
     details: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
+
+
+# --------------------------------------------------------------------------------------------
+# The decision engine (sql/019_decision_engine.sql)
+
+
+class OperatorRow(SQLModel, table=True):
+    """A person who may approve, reject or override decisions, and the permissions they hold."""
+
+    __tablename__ = "operators"
+    __table_args__ = (
+        CheckConstraint("name ~ '^[A-Za-z0-9_.@+-]+$'", name="operators_name_check"),
+    )
+
+    name: str = Field(sa_column=Column(Text, primary_key=True))
+    display_name: str | None = _column(Text, nullable=True)
+    permissions: list[str] | None = _column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
+    )
+    created_by: str = _column(Text, nullable=False)
+    created_at: datetime | None = _timestamptz(nullable=False, server_default=True)

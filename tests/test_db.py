@@ -58,6 +58,7 @@ ADDED_TABLES = {
     "fault_injections",
     "model_artifacts",
     "platform_controls",
+    "operators",
     "change_freezes",
     "action_leases",
     "guardrail_verdicts",
