@@ -244,6 +244,7 @@ class DecisionRequest(Contract):
         default=None, description="ask a person whatever the mode (e.g. a guardrail asked)"
     )
     evidence: dict[str, Any] = Field(default_factory=dict)
+    diagnosis: Diagnosis | None = None
 
 
 class Approve(Contract):
@@ -270,6 +271,7 @@ class HumanVerdict(Contract):
     """One person's answer as the decision recorded it (accepted or refused)."""
 
     kind: Literal["approve", "reject", "override"]
+    seq: int = Field(default=0, ge=0, description="its place among the answers received")
     approver: str
     reason: str = ""
     action: str | None = None
@@ -329,6 +331,9 @@ class DecisionResult(Contract):
     alternatives: list[ScoredCandidate] = Field(default_factory=list)
     approval: ApprovalRecord = Field(default_factory=ApprovalRecord)
     explanation: Explanation
+    rollback_plan: list[str] = Field(
+        default_factory=list, description="the compensations the steps register, in undo order"
+    )
     decided_by: str = Field(default="nofx-decisions", description="who made the final call")
 
 
@@ -378,3 +383,60 @@ class Operator(Contract):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@+-]+$")
     permissions: list[str] = Field(default_factory=list)
     display_name: str | None = None
+
+
+# ---- activity contracts -------------------------------------------------------------------
+
+
+class PlanInput(Contract):
+    problem: str = Field(min_length=1)
+
+
+class CandidateList(Contract):
+    candidates: list[Candidate]
+
+
+class EvaluateInput(Contract):
+    request: DecisionRequest
+    context: DecisionContext
+    candidates: list[Candidate]
+
+
+class Evaluation(Contract):
+    """Scoring, explanation, the mode in force and who must agree."""
+
+    scoring: Scoring
+    explanation: Explanation
+    mode: Mode
+    mode_why: list[str]
+    approval: ApprovalRecord
+    policy: DecisionPolicy
+
+
+class SaveDecisionInput(Contract):
+    result: DecisionResult
+    context: DecisionContext | None = None
+
+
+class FeedbackInput(Contract):
+    decision_id: str
+    feedback_type: FeedbackType
+    idempotency_key: str
+    outcome_quality: float | None = Field(default=None, ge=0, le=1)
+    lessons: dict[str, Any] = Field(default_factory=dict)
+    adjustments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OperatorsSnapshot(Contract):
+    permissions: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class VerdictAck(Contract):
+    """Answer of the approve/reject/override updates: what the decision now is."""
+
+    decision_id: str
+    status: DecisionStatus
+    outcome: str
+    chosen: str | None
+    approvals: int
+    approvers_needed: int

@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from activities.decisions import DecisionActivities
 from activities.store import StoreActivities
 from nofx.settings import TASK_QUEUE_DECISIONS
 from workers.common import Dependencies, serve
-from workflows.decisions import PlaybookDecisionWorkflow
+from workflows.decisions import DecisionWorkflow, PlaybookDecisionWorkflow
 
 TASK_QUEUE = TASK_QUEUE_DECISIONS
-WORKFLOWS: list[type] = [PlaybookDecisionWorkflow]
+WORKFLOWS: list[type] = [DecisionWorkflow, PlaybookDecisionWorkflow]
 
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     store = StoreActivities(deps.engine)
+    decisions = DecisionActivities(deps.engine)
     return [
+        decisions.analyse_context,
+        decisions.plan_candidates,
+        decisions.evaluate,
+        decisions.save_decision,
+        decisions.add_feedback,
+        decisions.load_operators,
+        decisions.record_outcome,
         store.load_playbooks,
         store.service_capabilities,
         store.record_decision,

@@ -1,12 +1,22 @@
-"""Track A's first decision: which playbook heals an incident, with what it weighed and why.
+"""Track A: `DecisionWorkflow`, the decision engine — gather the context, plan the candidates,
+score them, assess the risk, ask the right people, explain, record; and the lookup it replaced.
 
-This is the seam the full decision engine replaces later: the healing track asks for a playbook
-through this one child workflow on `nofx-decisions` and gets back the choice and its rationale.
+`PlaybookDecisionWorkflow` (the first seam: one lookup of the ladder) stays registered so that
+incidents started before the engine replay; new incidents ask `DecisionWorkflow`.
+
+The human loop has one shape. State is set in `__init__`; the signals `approve`, `reject` and
+`override` (one JSON object each, from the Web UI) only queue a verdict; the updates
+`approve_decision`, `reject_decision` and `override_decision` (SDK, CLI) validate the same verdict
+before it reaches history and answer with what the decision now is. `run` drains the queue:
+each verdict is judged (operator, permissions, one answer per person, a candidate that may run),
+recorded (audit event, `learning_feedback`) and settles the decision, or is refused and recorded
+while the decision keeps waiting. One approval covers this decision only.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -14,9 +24,29 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
+    from activities.decisions import DecisionActivities
     from activities.store import StoreActivities
-    from models.actions import ServiceCapabilities
+    from models.actions import CHECKS, ServiceCapabilities
     from models.common import AuditEventInput
+    from models.decisions import (
+        Approve,
+        CandidateList,
+        DecisionContext,
+        DecisionRequest,
+        DecisionResult,
+        DecisionStatus,
+        EvaluateInput,
+        Evaluation,
+        Explanation,
+        FeedbackInput,
+        HumanVerdict,
+        OperatorsSnapshot,
+        Override,
+        PlanInput,
+        Reject,
+        SaveDecisionInput,
+        VerdictAck,
+    )
     from models.healing import (
         PlaybookCandidate,
         PlaybookChoice,
@@ -24,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         PlaybookStep,
         RecordDecisionInput,
     )
+    from nofx.decisions import approval
+    from nofx.temporal import AWAITING_APPROVAL, RISK, SERVICE, STATUS, TRACK
 
 _AUTOMATION_RANK = {"full-auto": 2, "semi-auto": 1, "manual": 0}
 
@@ -178,3 +210,443 @@ class PlaybookDecisionWorkflow:
             alternatives=[str(a["playbook"]) for a in alternatives],
             rationale=rationale,
         )
+
+
+STORE_TIMEOUT = timedelta(seconds=30)
+SCORE_TIMEOUT = timedelta(seconds=60)
+
+
+def rollback_plan(steps: list[PlaybookStep]) -> list[str]:
+    """The compensations the steps would register, in the order they would run."""
+    return [f"undo_{s.action}" for s in reversed(steps) if s.action not in CHECKS]
+
+
+@workflow.defn
+class DecisionWorkflow:
+    """Decide one thing: score every candidate, assess its risk, ask whom the risk requires."""
+
+    @workflow.init
+    def __init__(self, request: DecisionRequest) -> None:
+        self._request = request
+        self._decision_id = ""
+        self._status: DecisionStatus = "deciding"
+        self._evaluation: Evaluation | None = None
+        self._context: DecisionContext | None = None
+        self._inbox: list[HumanVerdict] = []
+        self._received = 0
+        self._operators: dict[str, list[str]] = {}
+        self._result: DecisionResult | None = None
+        self._audit_seq = 0
+
+    # ---- queries ------------------------------------------------------------------------
+
+    @workflow.query
+    def explain(self) -> DecisionResult:
+        """The plan, the rollback plan and why — enough to decide from the Web UI alone."""
+        return self._current()
+
+    @workflow.query
+    def status(self) -> DecisionResult:
+        return self._current()
+
+    # ---- signals (Web UI) -------------------------------------------------------------------
+
+    @workflow.signal
+    def approve(self, request: Approve) -> None:
+        self._queue("approve", request.approver, request.reason, None, "signal")
+
+    @workflow.signal
+    def reject(self, request: Reject) -> None:
+        self._queue("reject", request.approver, request.reason, None, "signal")
+
+    @workflow.signal
+    def override(self, request: Override) -> None:
+        self._queue("override", request.approver, request.reason, request.action, "signal")
+
+    # ---- updates (SDK, CLI): refused before history -------------------------------------
+
+    @workflow.update
+    async def approve_decision(self, request: Approve) -> VerdictAck:
+        return await self._answer(
+            self._queue("approve", request.approver, request.reason, None, "update")
+        )
+
+    @approve_decision.validator
+    def _check_approve(self, request: Approve) -> None:
+        self._validate(self._verdict("approve", request.approver, request.reason, None, "update"))
+
+    @workflow.update
+    async def reject_decision(self, request: Reject) -> VerdictAck:
+        return await self._answer(
+            self._queue("reject", request.approver, request.reason, None, "update")
+        )
+
+    @reject_decision.validator
+    def _check_reject(self, request: Reject) -> None:
+        self._validate(self._verdict("reject", request.approver, request.reason, None, "update"))
+
+    @workflow.update
+    async def override_decision(self, request: Override) -> VerdictAck:
+        return await self._answer(
+            self._queue("override", request.approver, request.reason, request.action, "update")
+        )
+
+    @override_decision.validator
+    def _check_override(self, request: Override) -> None:
+        self._validate(
+            self._verdict("override", request.approver, request.reason, request.action, "update")
+        )
+
+    # ---- the decision -------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: DecisionRequest) -> DecisionResult:
+        self._decision_id = str(workflow.uuid4())
+        self._attributes(awaiting=False)
+        context = request.context
+        if context is None:
+            context = await workflow.execute_activity_method(
+                DecisionActivities.analyse_context,
+                request,
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+        self._context = context
+        candidates = request.candidates
+        if candidates is None:
+            planned: CandidateList = await workflow.execute_activity_method(
+                DecisionActivities.plan_candidates,
+                PlanInput(problem=request.problem),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            candidates = planned.candidates
+        if not candidates:
+            raise ApplicationError(
+                f"no candidate for {request.problem!r} on {request.subject}: no enabled playbook",
+                type="NoPlaybook",
+                non_retryable=True,
+            )
+        evaluation: Evaluation = await workflow.execute_activity_method(
+            DecisionActivities.evaluate,
+            EvaluateInput(request=request, context=context, candidates=candidates),
+            start_to_close_timeout=SCORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        self._evaluation = evaluation
+        if evaluation.scoring.chosen is None:
+            self._status = "no_option"
+            await self._save(persist_context=True)
+            await self._audit("decision.no_option", evaluation.explanation.text)
+            raise ApplicationError(
+                f"no usable playbook for {request.problem!r} on {request.subject}: "
+                + "; ".join(evaluation.scoring.rules_fired),
+                type="NoPlaybook",
+                non_retryable=True,
+            )
+        record = evaluation.approval
+        if record.required and evaluation.mode != "observe":
+            # Who may answer, known before anyone is told the decision waits for them.
+            snapshot: OperatorsSnapshot = await workflow.execute_activity_method(
+                DecisionActivities.load_operators,
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            self._operators = snapshot.permissions
+        if evaluation.mode == "observe":
+            self._status = "observed"
+        elif record.required:
+            self._status = "awaiting_approval"
+        else:
+            self._status = "approved"
+        await self._save(persist_context=True)
+        await self._audit("decision.made", evaluation.explanation.text)
+        if self._status == "awaiting_approval":
+            await self._wait_for_people()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._current()
+
+    async def _wait_for_people(self) -> None:
+        assert self._evaluation is not None
+        record = self._evaluation.approval
+        self._attributes(awaiting=True)
+        timeout = timedelta(seconds=record.timeout_seconds or 3600)
+        deadline = workflow.now() + timeout
+        try:
+            while self._evaluation.approval.outcome == "pending":
+                left = (deadline - workflow.now()).total_seconds()
+                if left <= 0:
+                    await self._time_out(timeout)
+                    break
+                try:
+                    await workflow.wait_condition(lambda: bool(self._inbox), timeout=left)
+                except TimeoutError:
+                    await self._time_out(timeout)
+                    break
+                await self._drain()
+        finally:
+            self._attributes(awaiting=False)
+
+    async def _drain(self) -> None:
+        assert self._evaluation is not None
+        while self._inbox:
+            verdict = self._inbox.pop(0)
+            if verdict.approver not in self._operators:
+                # Added since the wait began? Look once more before refusing.
+                fresh: OperatorsSnapshot = await workflow.execute_activity_method(
+                    DecisionActivities.load_operators,
+                    start_to_close_timeout=STORE_TIMEOUT,
+                    retry_policy=STORE_RETRY,
+                )
+                self._operators = fresh.permissions
+            refused = self._refusal(verdict)
+            record = self._evaluation.approval
+            judged = verdict.model_copy(
+                update={"accepted": refused is None, "refused_because": refused}
+            )
+            record = record.model_copy(update={"verdicts": [*record.verdicts, judged]})
+            if refused is not None:
+                self._evaluation.approval = record
+                await self._audit(
+                    f"decision.{verdict.kind}_refused",
+                    f"{verdict.kind} by {verdict.approver} refused: {refused}",
+                    actor=verdict.approver,
+                )
+                continue
+            settled = approval.settle(record)
+            self._evaluation.approval = settled
+            if settled.outcome != "pending":
+                overridden = settled.outcome in ("approved", "overridden")
+                self._status = "approved" if overridden else "rejected"
+            await self._feedback(judged)
+            await self._audit(
+                f"decision.{verdict.kind}",
+                f"{verdict.kind} by {verdict.approver}"
+                + (f" -> {verdict.action}" if verdict.action else "")
+                + (f": {verdict.reason}" if verdict.reason else ""),
+                actor=verdict.approver,
+            )
+            await self._save()
+            if settled.outcome != "pending":
+                return
+
+    async def _time_out(self, timeout: timedelta) -> None:
+        assert self._evaluation is not None
+        self._evaluation.approval = self._evaluation.approval.model_copy(
+            update={"outcome": "timed_out"}
+        )
+        self._status = "timed_out"
+        why = f"no decision by a person within {timeout}: rejected (the default on timeout)"
+        await self._save()
+        await self._run_feedback("timeout", "timeout", {"waited_seconds": timeout.total_seconds()})
+        await self._audit("decision.timed_out", why)
+
+    # ---- verdicts -----------------------------------------------------------------------
+
+    def _verdict(
+        self, kind: str, who: str, reason: str, action: str | None, via: str
+    ) -> HumanVerdict:
+        return HumanVerdict.model_validate(
+            {
+                "kind": kind,
+                "approver": who,
+                "reason": reason,
+                "action": action,
+                "at": workflow.now(),
+                "via": via,
+            }
+        )
+
+    def _queue(
+        self, kind: str, who: str, reason: str, action: str | None, via: str
+    ) -> HumanVerdict:
+        self._received += 1
+        verdict = self._verdict(kind, who, reason, action, via).model_copy(
+            update={"seq": self._received}
+        )
+        self._inbox.append(verdict)
+        return verdict
+
+    def _refusal(self, verdict: HumanVerdict) -> str | None:
+        if self._evaluation is None:
+            return "the decision is still being scored; try again in a moment"
+        return approval.refusal(
+            verdict, self._evaluation.approval, self._operators, self._evaluation.scoring.ranked
+        )
+
+    def _validate(self, verdict: HumanVerdict) -> None:
+        if self._status != "awaiting_approval":
+            raise ValueError(f"decision is {self._status}: nothing to {verdict.kind}")
+        refused = self._refusal(verdict)
+        if refused is not None:
+            raise ValueError(refused)
+
+    async def _answer(self, verdict: HumanVerdict) -> VerdictAck:
+        assert self._evaluation is not None
+
+        def judged() -> HumanVerdict | None:
+            assert self._evaluation is not None
+            return next(
+                (v for v in self._evaluation.approval.verdicts if v.seq == verdict.seq), None
+            )
+
+        await workflow.wait_condition(lambda: judged() is not None)
+        mine = judged()
+        record = self._evaluation.approval
+        if mine is not None and not mine.accepted:
+            raise ApplicationError(
+                f"{verdict.kind} refused: {mine.refused_because}", type="VerdictRefused"
+            )
+        return VerdictAck(
+            decision_id=self._decision_id,
+            status=self._status,
+            outcome=record.outcome,
+            chosen=self._chosen(),
+            approvals=len({v.approver for v in record.verdicts if v.accepted}),
+            approvers_needed=record.approvers_needed,
+        )
+
+    # ---- bookkeeping --------------------------------------------------------------------
+
+    def _chosen(self) -> str | None:
+        if self._evaluation is None:
+            return None
+        record = self._evaluation.approval
+        if record.outcome == "overridden":
+            return next(v.action for v in record.verdicts if v.accepted and v.kind == "override")
+        return self._evaluation.scoring.chosen
+
+    def _current(self) -> DecisionResult:
+        request = self._request
+        evaluation = self._evaluation
+        if evaluation is None:
+            return DecisionResult(
+                decision_id=self._decision_id,
+                workflow_id=workflow.info().workflow_id,
+                decision_type=request.decision_type,
+                subject=request.subject,
+                problem=request.problem,
+                status=self._status,
+                mode="autonomous",
+                act=False,
+                explanation=Explanation(text="still gathering the context and scoring"),
+            )
+        chosen = self._chosen()
+        picked = evaluation.scoring.find(chosen) if chosen else None
+        engine_pick = evaluation.scoring.best()
+        record = evaluation.approval
+        people = sorted({v.approver for v in record.verdicts if v.accepted})
+        steps = picked.candidate.steps if picked else []
+        risk = (picked.risk if picked and picked.risk else None) or (
+            engine_pick.risk if engine_pick else None
+        )
+        return DecisionResult(
+            decision_id=self._decision_id,
+            workflow_id=workflow.info().workflow_id,
+            decision_type=request.decision_type,
+            subject=request.subject,
+            problem=request.problem,
+            status=self._status,
+            mode=evaluation.mode,
+            act=self._status == "approved",
+            chosen=chosen,
+            engine_choice=evaluation.scoring.chosen,
+            steps=steps,
+            automation_level=picked.candidate.automation_level if picked else None,
+            required_permissions=picked.candidate.required_permissions if picked else [],
+            confidence=evaluation.scoring.confidence,
+            risk=risk,
+            expected_outcome=_expected(picked),
+            alternatives=[c for c in evaluation.scoring.ranked if c.candidate.name != chosen],
+            approval=record,
+            explanation=evaluation.explanation,
+            rollback_plan=rollback_plan(steps),
+            decided_by=", ".join(people)
+            if people and record.outcome != "timed_out"
+            else "nofx-decisions",
+        )
+
+    def _attributes(self, *, awaiting: bool) -> None:
+        updates: list[Any] = [
+            TRACK.value_set("decisions"),
+            SERVICE.value_set(self._request.subject),
+            STATUS.value_set(self._status),
+            AWAITING_APPROVAL.value_set(awaiting),
+        ]
+        evaluation = self._evaluation
+        best = evaluation.scoring.best() if evaluation else None
+        if best is not None and best.risk is not None:
+            updates.append(RISK.value_set(best.risk.level))
+        workflow.upsert_search_attributes(updates)
+
+    async def _save(self, *, persist_context: bool = False) -> None:
+        self._attributes(awaiting=self._status == "awaiting_approval")
+        await workflow.execute_activity_method(
+            DecisionActivities.save_decision,
+            SaveDecisionInput(
+                result=self._current(), context=self._context if persist_context else None
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    async def _feedback(self, verdict: HumanVerdict) -> None:
+        kinds = {"approve": "approval", "reject": "rejection", "override": "override"}
+        assert self._evaluation is not None
+        lessons: dict[str, Any] = {
+            "approver": verdict.approver,
+            "reason": verdict.reason,
+            "engine_choice": self._evaluation.scoring.chosen,
+        }
+        if verdict.action:
+            lessons["person_choice"] = verdict.action
+        await self._run_feedback(kinds[verdict.kind], f"{verdict.kind}/{verdict.approver}", lessons)
+
+    async def _run_feedback(self, kind: str, key: str, lessons: dict[str, Any]) -> None:
+        await workflow.execute_activity_method(
+            DecisionActivities.add_feedback,
+            FeedbackInput.model_validate(
+                {
+                    "decision_id": self._decision_id,
+                    "feedback_type": kind,
+                    "idempotency_key": f"{workflow.info().workflow_id}/{self._decision_id}/{key}",
+                    "lessons": lessons,
+                }
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    async def _audit(self, action: str, reason: str, *, actor: str = "nofx-decisions") -> None:
+        self._audit_seq += 1
+        await workflow.execute_activity_method(
+            StoreActivities.append_audit_event,
+            AuditEventInput(
+                actor=actor,
+                action=action,
+                entity_type="autonomous_decision",
+                entity_id=self._decision_id,
+                workflow_id=workflow.info().workflow_id,
+                reason=reason,
+                details={
+                    "subject": self._request.subject,
+                    "problem": self._request.problem,
+                    "status": self._status,
+                    "chosen": self._chosen(),
+                    "incident_id": self._request.incident_id,
+                },
+                idempotency_key=f"{workflow.info().workflow_id}/{self._decision_id}/{self._audit_seq}",
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+
+def _expected(picked: Any) -> dict[str, Any]:
+    if picked is None or picked.success is None:
+        return {}
+    return {
+        "success_probability": round(picked.success.probability, 4),
+        "recovery_seconds": round(picked.success.expected_recovery_seconds, 1),
+        "source": picked.success.source,
+    }

@@ -116,12 +116,18 @@ def refusal(
         if any(p.startswith(("capability", "unknown_service")) for p in unusable):
             return f"action: {verdict.action!r} cannot run here: {'; '.join(unusable)}"
         needed = picked.candidate.required_permissions
-    lacking = sorted(set(needed) - set(operators[verdict.approver]))
+    lacking = [p for p in dict.fromkeys(needed) if not holds(operators[verdict.approver], p)]
     if lacking:
         return f"{verdict.approver} lacks permission {', '.join(lacking)}"
     if any(v.accepted and v.approver == verdict.approver for v in record.verdicts):
         return f"{verdict.approver} has already answered this decision; another approver is needed"
     return None
+
+
+def holds(granted: list[str], permission: str) -> bool:
+    """`healing:restart` is held through itself, `healing:*` or `*`."""
+    family = permission.split(":", 1)[0]
+    return permission in granted or "*" in granted or f"{family}:*" in granted
 
 
 def settle(record: ApprovalRecord) -> ApprovalRecord:

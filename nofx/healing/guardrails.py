@@ -33,7 +33,7 @@ from models.guardrails import Guardrail, GuardrailCheck, GuardrailPolicy, Guardr
 
 CONTROL = "automation"
 _LEASE_LOCK = 0x6E6F6678  # advisory lock serialising lease decisions ("nofx")
-_OPEN_STATES = (
+OPEN_STATES = (
     "detected",
     "diagnosing",
     "awaiting_approval",
@@ -202,7 +202,7 @@ def _first_block(conn: Connection, check: GuardrailCheck, controls: Controls) ->
             "  WHERE status = ANY(:open) AND started_at > now() - interval '1 hour'"
             "  AND root_cause->>'service' IN (SELECT name FROM services))"
         ),
-        {"open": list(_OPEN_STATES)},
+        {"open": list(OPEN_STATES)},
     ).one()
     if fleet >= policy.unhealthy_min_fleet and unhealthy / fleet > policy.unhealthy_share_stop:
         asks.append(
