@@ -111,7 +111,8 @@ class RowAudit:
                 f"{self.clock_set_back}x, up to {_duration(self.largest_behind_seconds)})"
             )
         if self.gaps:
-            parts.append(f"{self.gaps} gaps (longest {_duration(self.largest_gap_seconds)})")
+            plural = "s" if self.gaps > 1 else ""
+            parts.append(f"{self.gaps} gap{plural} (longest {_duration(self.largest_gap_seconds)})")
         return "; ".join(parts) or "no odd rows"
 
 
