@@ -225,12 +225,15 @@ def format_odd_rows(report: dict[str, Any]) -> str:
     lines = ["odd rows (kept and scored in file order, as NAB scores them):"]
     for name, entry in report.items():
         windows = entry["windows"]
-        lines.append(
-            f"  {name}: {entry['rows']['rows']} rows: {entry['rows']['summary']}; windows by "
-            f"timestamp: {windows['stamped_inside_scored_outside']} rows stamped inside a window "
-            f"scored outside it, {windows['scored_inside_stamped_outside']} inside a window's "
-            "rows stamped outside it"
-        )
+        line = f"  {name}: {entry['rows']['rows']} rows: {entry['rows']['summary']}"
+        if windows["stamped_inside_scored_outside"] or windows["scored_inside_stamped_outside"]:
+            line += (
+                f"; windows by timestamp: {windows['stamped_inside_scored_outside']} rows "
+                "stamped inside a window scored outside it (NAB closes a window at its end "
+                f"stamp), {windows['scored_inside_stamped_outside']} inside a window's rows "
+                "stamped outside it"
+            )
+        lines.append(line)
         detectors = entry["detectors"]
         for detector, odd in detectors.items():
             # An ensemble's member is named only where it did otherwise than the ensemble.

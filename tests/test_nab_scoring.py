@@ -353,3 +353,4 @@ def test_the_nab_benchmark_scores_the_messy_series_and_reports_its_odd_rows(
     assert "clock set back 1x, up to 55 min" in finished.stdout
     assert "ensemble/seasonal: " in finished.stdout
     assert "11 skipped" in finished.stdout
+    assert "8 rows stamped inside a window scored outside it" in finished.stdout
