@@ -83,7 +83,7 @@ SampleKind = Literal["in_order", "non_finite", "repeated", "behind"]
 
 @dataclass(frozen=True, slots=True)
 class OddRows:
-    """What a detector did with the samples that were not finite and later than all before.
+    """What a detector did with odd samples: non-finite ones and ones not stamped after all before.
 
     Attributes:
         samples: every sample it was given.
@@ -92,7 +92,8 @@ class OddRows:
         behind: stamped before the newest sample so far (a clock set back, a late row).
         behind_skipped: of those, how many it skipped (the seasonal detector); the rest were
             scored as ordinary samples.
-        clock_set_back: how many times a sample was stamped before the sample just before it.
+        clock_set_back: how many times a sample was stamped before the finite sample just before
+            it (once for a clock set back an hour, however many samples that hour holds).
     """
 
     samples: int = 0
@@ -104,7 +105,7 @@ class OddRows:
 
     @property
     def odd(self) -> int:
-        """Samples that were not finite, in-order ones."""
+        """Samples that were not both finite and stamped after every sample before them."""
         return self.non_finite + self.repeated + self.behind
 
     def as_dict(self) -> dict[str, int]:
