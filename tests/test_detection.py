@@ -6,8 +6,10 @@ import itertools
 import math
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +27,8 @@ from nofx.detection import (
     detect_series,
     make_detector,
 )
-from nofx.detection.ensemble import AnomalyLikelihood
+from nofx.detection.ensemble import AnomalyLikelihood, run_series
+from nofx.telemetry.cleaning import audit_rows
 
 FIVE_MINUTES = 300.0
 ALL_DETECTORS = sorted(DETECTORS)
@@ -327,3 +330,97 @@ def test_scores_are_comparable_across_units() -> None:
     small_units = detect_series(minutes(400), values, factory)
     large_units = detect_series(minutes(400), values * 1e6, factory)
     np.testing.assert_allclose(small_units, large_units, rtol=1e-9, atol=1e-12)
+
+
+# A real NAB series made messy as real telemetry is (see tests/test_nab_scoring.py): the clock
+# set back one hour once, twelve rows written twice, one NaN value, a two-hour gap. 788 rows.
+MESSY = Path(__file__).parent / "data" / "nab_clock_set_back.csv"
+
+
+def messy_series() -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.read_csv(MESSY)
+    stamps = pd.to_datetime(frame["timestamp"]).to_numpy(dtype="datetime64[ns]")
+    return stamps.astype("int64") / 1e9, frame["value"].to_numpy(dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", ALL_DETECTORS)
+def test_every_detector_takes_the_messy_real_series_and_says_what_it_did(name: str) -> None:
+    times, values = messy_series()
+
+    run = run_series(times, values, partial(make_detector, name))
+
+    assert run.scores.size == 788
+    assert np.all((run.scores >= 0.0) & (run.scores <= 1.0))
+    assert run.scores[np.flatnonzero(np.isnan(values))].tolist() == [0.0]
+    odd = run.odd_rows[name]
+    # Twelve retried writes and the set-back clock's return to 09:02 repeat the newest stamp;
+    # eleven set-back rows are behind it. Only the seasonal detector skips those.
+    assert (odd.samples, odd.non_finite, odd.repeated, odd.behind) == (788, 1, 13, 11)
+    assert odd.clock_set_back == 1
+    assert odd.behind_skipped == (11 if name == "seasonal" else 0)
+    assert "1 non-finite skipped" in odd.describe()
+    assert "13 with a repeated timestamp scored as ordinary" in odd.describe()
+    if name == "ensemble":
+        assert run.odd_rows["ensemble/seasonal"].behind_skipped == 11
+        assert run.odd_rows["ensemble/range"].behind_skipped == 0
+        assert "11 stamped behind the newest (clock set back 1x): 11 scored" in odd.describe()
+
+
+def test_detectors_count_odd_rows_as_the_cleaning_audit_does() -> None:
+    times, values = messy_series()
+    audit = audit_rows(pd.Series(values, index=pd.to_datetime(times, unit="s", utc=True)))
+
+    odd = run_series(times, values, EnsembleDetector).odd_rows["ensemble"]
+
+    assert (odd.non_finite, odd.repeated, odd.behind, odd.clock_set_back) == (
+        audit.non_finite,
+        audit.repeated,
+        audit.behind,
+        audit.clock_set_back,
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_DETECTORS if n not in ("seasonal", "ensemble")])
+def test_a_clock_set_back_changes_nothing_for_time_blind_detectors(name: str) -> None:
+    times = minutes(200)
+    set_back = times[:100] + [t - 3600.0 for t in times[100:]]
+    values = list(noisy(200))
+    values[150] = 250.0
+
+    assert run(small(name), set_back, values) == run(small(name), times, values)
+
+
+def test_a_clock_set_back_leaves_no_trace_in_the_seasonal_detector() -> None:
+    # Hourly cycle, 5-minute samples; after sample 300, twelve samples arrive stamped behind
+    # the newest one (a clock set back an hour and a half step, then put right).
+    times = minutes(600)
+    values = list(10.0 + 5.0 * np.sin(2 * np.pi * np.arange(600) / 12) + noisy(600, scale=0.2))
+    values = [v - 100.0 for v in values]
+    replayed = [t - 3600.0 - FIVE_MINUTES / 2 for t in times[300:312]]
+    with_set_back = times[:300] + replayed + times[300:]
+    dirty_values = values[:300] + values[300:312] + values[300:]
+
+    detector = small("seasonal")
+    dirty = run(detector, with_set_back, dirty_values)
+    clean = run(small("seasonal"), times, values)
+
+    assert all(v.learning and v.score == 0.0 for v in dirty[300:312])
+    assert all("out-of-order" in v.reason for v in dirty[300:312])
+    assert [v.score for v in dirty[312:]] == [v.score for v in clean[300:]]
+    assert max(v.score for v in clean[350:]) > 0.0  # it is scoring, not still learning
+    assert detector.odd_rows.behind_skipped == 12
+
+
+@pytest.mark.parametrize("name", ALL_DETECTORS)
+def test_a_non_finite_timestamp_is_skipped_by_every_detector(name: str) -> None:
+    times = minutes(60)
+    values = list(noisy(60))
+    dirty_times = [*times[:30], math.nan, *times[30:]]
+    dirty_values = [*values[:30], 500.0, *values[30:]]
+
+    verdicts = run(small(name), dirty_times, dirty_values)
+    clean = run(small(name), times, values)
+
+    assert verdicts[30].learning
+    assert verdicts[30].score == 0.0
+    assert [v.score for v in verdicts[31:]] == [v.score for v in clean[30:]]

@@ -8,14 +8,22 @@ A_TP.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from nofx.detection.nab_scoring import (
     PROFILES,
     ScoredSeries,
+    locate_windows,
     normalise,
     null_and_perfect,
     probation_length,
@@ -27,6 +35,7 @@ from nofx.detection.nab_scoring import (
     window_rows,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 STANDARD = PROFILES["standard"]
 LOW_FP = PROFILES["reward_low_FP"]
 LOW_FN = PROFILES["reward_low_FN"]
@@ -221,3 +230,127 @@ def test_scores_outside_0_1_or_nan_are_refused() -> None:
     for bad in (np.full(N_ROWS, np.nan), np.full(N_ROWS, 1.5)):
         with pytest.raises(ValueError, match="anomaly scores"):
             score_corpus([ScoredSeries("f", bad, WINDOW)], STANDARD)
+
+
+# A real NAB series made messy as real telemetry is (tests/data/nab_clock_set_back.csv): rows
+# 800-1599 of realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv (5-minute CPU), with the clock set
+# back one hour five rows after the anomaly window ends (09:07 reads 08:07 again, so eight rows
+# are stamped inside the closed window), twelve rows written twice, one value NaN and two hours
+# of rows missing. 788 rows; the window is NAB's own label for that file.
+MESSY = Path(__file__).parent / "data" / "nab_clock_set_back.csv"
+MESSY_NAME = "realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv"
+MESSY_WINDOW = ("2014-02-18 16:02:00.000000", "2014-02-19 08:42:00.000000")
+
+
+def messy_stamps() -> np.ndarray:
+    frame = pd.read_csv(MESSY)
+    return pd.to_datetime(frame["timestamp"]).to_numpy(dtype="datetime64[ns]")
+
+
+def test_windows_of_a_file_whose_clock_is_set_back_are_located_as_nab_does() -> None:
+    stamps = messy_stamps()
+    assert np.any(np.diff(stamps) < np.timedelta64(0, "ns"))  # the case that used to raise
+
+    located = locate_windows(stamps, [MESSY_WINDOW])
+
+    # NAB enters at the row stamped with the start, leaves after the first row stamped with
+    # the end; the eight rows the set-back clock stamps 08:07-08:42 again come after it.
+    assert located.rows == ((350, 554),)
+    start, end = np.asarray(MESSY_WINDOW, dtype="datetime64[ns]")
+    assert stamps[350] == start
+    assert stamps[554] == end
+    assert np.flatnonzero(stamps == end).tolist() == [554, 566]
+    assert located.stamped_inside_scored_outside == 8
+    assert located.scored_inside_stamped_outside == 0
+    assert window_rows(stamps, [MESSY_WINDOW]) == located.rows
+
+
+def test_a_clock_set_back_inside_a_window_keeps_the_window_together() -> None:
+    # 00:00..00:25, back to 00:05 while inside [00:10, 00:20], on to 00:30.
+    minutes = [0, 5, 10, 15, 5, 10, 15, 20, 25, 30]
+    stamps = (np.asarray(minutes) * 60).astype("datetime64[s]").astype("datetime64[ns]")
+    window = (stamps[2], stamps[7])
+
+    located = locate_windows(stamps, [window])
+
+    # Rows 2..7 in file order, as NAB scores them; row 4 (00:05) is inside the range only.
+    assert located.rows == ((2, 7),)
+    assert located.scored_inside_stamped_outside == 1
+    assert located.stamped_inside_scored_outside == 0
+
+
+def test_rows_stamped_inside_a_closed_window_are_scored_as_false_positives() -> None:
+    stamps = messy_stamps()
+    windows = window_rows(stamps, [MESSY_WINDOW])
+    late = 560  # stamped 08:12, inside the window's range, after the window closed
+    assert np.datetime64(MESSY_WINDOW[0]) <= stamps[late] <= np.datetime64(MESSY_WINDOW[1])
+
+    result = score_detections(
+        MESSY_NAME, detections(360, late, n_rows=stamps.size), windows, STANDARD
+    )
+
+    assert result.detected == 1
+    assert result.false_positives == 1
+    assert result.first_detections == (360,)
+
+
+def test_the_nab_benchmark_scores_the_messy_series_and_reports_its_odd_rows(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data" / MESSY_NAME
+    data.parent.mkdir(parents=True)
+    shutil.copy(MESSY, data)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "combined_windows.json").write_text(
+        json.dumps({MESSY_NAME: [list(MESSY_WINDOW)]})
+    )
+    out = tmp_path / "nab.json"
+
+    finished = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "nab.py"),
+            "--data",
+            str(tmp_path / "data"),
+            "--labels",
+            str(tmp_path / "labels"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    document = json.loads(out.read_text())
+    assert set(document) >= {"ensemble", "windowed_gaussian", "never_fires"}
+    entry = document["run"]["odd_rows"][MESSY_NAME]
+    rows = entry["rows"]
+    assert (rows["rows"], rows["non_finite"], rows["clock_set_back"], rows["gaps"]) == (
+        788,
+        1,
+        1,
+        1,
+    )
+    # Twelve retried writes plus the last set-back row (09:02 again) repeat the newest stamp;
+    # the other eleven set-back rows are behind it.
+    assert (rows["repeated"], rows["behind"]) == (13, 11)
+    assert rows["largest_behind_seconds"] == 3300.0
+    assert rows["largest_gap_seconds"] == 7500.0
+    assert entry["windows"]["rows"] == [[350, 554]]
+    assert entry["windows"]["stamped_inside_scored_outside"] == 8
+    detectors = entry["detectors"]
+    assert detectors["ensemble"]["samples"] == 788
+    assert detectors["ensemble"]["non_finite"] == 1
+    assert detectors["ensemble/seasonal"]["behind_skipped"] == 11
+    assert detectors["windowed_gaussian"]["behind_skipped"] == 0
+    assert "clock set back 1x, up to 55 min" in finished.stdout
+    assert "ensemble/seasonal: " in finished.stdout
+    assert "11 skipped" in finished.stdout
+    assert "8 rows stamped inside a window scored outside it" in finished.stdout

@@ -45,6 +45,7 @@ from nofx.telemetry import (
     scrape_targets,
     window_quantile,
 )
+from nofx.telemetry.cleaning import RowAudit, audit_rows, clean_with_report
 from pilot.fleet import Fleet, free_port
 from tests.fixtures_prometheus import PrometheusServer
 
@@ -222,6 +223,93 @@ def test_cleaning_properties(
             assert (stamp - T0) % pd.Timedelta(step) == pd.Timedelta(0)
             window = finite[(finite.index <= stamp) & (finite.index > stamp - horizon)]
             assert value in set(window.tolist())
+
+
+# A real NAB series made messy as real telemetry is (see tests/test_nab_scoring.py): the clock
+# set back one hour once, twelve rows written twice, one NaN value, a two-hour gap. 788 rows.
+MESSY = Path(__file__).parent / "data" / "nab_clock_set_back.csv"
+
+
+def messy_series() -> pd.Series:
+    frame = pd.read_csv(MESSY)
+    return pd.Series(frame["value"].to_numpy(), index=frame["timestamp"], name="value")
+
+
+def test_cleaning_the_messy_real_series_reports_what_it_found_and_did() -> None:
+    cleaned = clean_with_report(messy_series())
+    gridded = clean_with_report(messy_series(), timedelta(minutes=5))
+
+    # Twelve retried writes and the set-back clock's return to 09:02 repeat the newest stamp,
+    # eleven set-back rows are behind it; the NaN row leaves no hole in the time axis.
+    assert cleaned.report.audit == RowAudit(
+        rows=788,
+        non_finite=1,
+        repeated=13,
+        behind=11,
+        clock_set_back=1,
+        largest_behind_seconds=3300.0,
+        gaps=1,
+        largest_gap_seconds=7500.0,
+    )
+    report = cleaned.report
+    # Every set-back row lands on a stamp already taken: merged, none merely reordered.
+    assert (report.dropped, report.duplicates_merged, report.sorted_into_place) == (1, 24, 0)
+    assert len(cleaned.series) == 788 - 1 - 24
+    assert cleaned.series.index.is_monotonic_increasing
+    assert cleaned.series.index.is_unique
+    assert (report.points_filled, report.points_missing) == (0, 0)
+    assert report.describe() == (
+        "788 rows: 1 with a non-finite value; 13 repeating the newest timestamp; 11 stamped "
+        "behind the newest (clock set back 1x, up to 55 min); 1 gap (longest 2.08 h); "
+        "1 dropped, 24 merged (max)"
+    )
+    # On a grid the NaN's point is bridged; the two-hour gap is left out, not invented.
+    assert gridded.report.audit == cleaned.report.audit
+    assert (gridded.report.points_filled, gridded.report.points_missing) == (1, 24)
+    steps = gridded.series.index.to_series().diff().dropna()
+    assert steps.max() == pd.Timedelta(minutes=125)
+    assert gridded.report.as_dict()["audit"]["behind"] == 11
+
+
+def test_late_rows_are_sorted_into_place_and_unusable_rows_named() -> None:
+    raw = pd.Series(
+        [0.0, 2.0, 1.0, 1.5, "oops", 3.0, 9.0],
+        index=[*at(0, 2, 1, 1, 4, 3), "not a time"],
+    )
+
+    result = clean_with_report(raw)
+
+    assert result.series.tolist() == [0.0, 1.5, 2.0, 3.0]  # the duplicate at 1 s merged by max
+    audit = result.report.audit
+    assert (audit.rows, audit.bad_timestamps, audit.non_finite) == (7, 1, 1)
+    # Both rows at 1 s are behind 2 s, the clock went back once (2 -> 1 -> 1 -> 3: the row at
+    # 4 s is not finite, so 3 s follows 1 s); one of them was the first at 1 s, now in place.
+    assert (audit.repeated, audit.behind, audit.clock_set_back) == (0, 2, 1)
+    assert audit.largest_behind_seconds == 1.0
+    assert result.report.sorted_into_place == 1
+    assert result.report.duplicates_merged == 1
+    assert result.report.dropped == 2
+
+
+def test_short_and_long_gaps_are_counted_on_the_grid() -> None:
+    raw = pd.Series([0.0, 1.0, 2.0, 5.0, 6.0, 12.0], index=at(0, 1, 2, 5, 6, 12))
+    end = T0 + pd.Timedelta(seconds=12)
+
+    for long_gaps in ("drop", "nan"):
+        report = clean_with_report(raw, SECOND, start=T0, end=end, long_gaps=long_gaps).report
+        assert (report.points_filled, report.points_missing) == (2, 5)
+        assert (report.audit.gaps, report.audit.largest_gap_seconds) == (2, 6.0)
+
+
+def test_audit_rows_keeps_every_row_and_agrees_with_cleaning() -> None:
+    raw = messy_series()
+    before = raw.copy()
+
+    audit = audit_rows(raw)
+
+    pd.testing.assert_series_equal(raw, before)
+    assert audit == clean_with_report(raw).report.audit
+    assert audit_rows(pd.Series([], dtype="float64")) == RowAudit()
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,10 +12,23 @@ extreme has no tail probability without a model) and NAB's windowed Gaussian (ke
 defines it, being a published baseline). Reasons are sentences an operator can check against a
 graph.
 
-Bad input never raises: NaN and infinite values are skipped (scored 0, not learned), a constant
-baseline yields a finite score (any departure from a flat line is maximally surprising, no
-departure is not surprising), repeated timestamps are ordinary samples and long gaps only affect
-the detectors that reason in time (the seasonal one matches phases by timestamp).
+Bad input never raises, and every detector counts what it did with odd samples in its
+``odd_rows`` (an ``OddRows``), so a report can say it rather than a reader guess it:
+
+* a NaN or infinite value or timestamp is *skipped*: scored 0 with ``learning`` set, not learned;
+* a *repeated* timestamp (equal to the newest one seen: a retried write) is an ordinary sample;
+* a sample stamped *behind* the newest one seen (a clock set back, say an hour at a daylight
+  saving change, or a late row) is an ordinary sample to the detectors that ignore time (every
+  one but the seasonal): the measurement is real, only its label is off. The seasonal detector
+  matches phases by timestamp in a sorted history, so it skips such samples (scored 0, nothing
+  kept) until the clock passes the newest time again: after a clock set back one hour it sits
+  out one hour, its state intact. ``clock_set_back`` counts the jumps back;
+* a gap is no odd sample to a detector: the time-blind ones score across it, the seasonal one
+  finds no sample at that phase and says so in its reason. Gaps are counted where the cadence
+  is known, by the cleaning report (``nofx.telemetry.cleaning``).
+
+A constant baseline yields a finite score (any departure from a flat line is maximally
+surprising, no departure is not surprising).
 """
 
 from __future__ import annotations
@@ -64,6 +77,134 @@ class DetectorScore:
     learning: bool = False
 
 
+SampleKind = Literal["in_order", "non_finite", "repeated", "behind"]
+"""How a sample relates to the ones before it, in arrival order (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OddRows:
+    """What a detector did with odd samples: non-finite ones and ones not stamped after all before.
+
+    Attributes:
+        samples: every sample it was given.
+        non_finite: NaN or infinite value or timestamp: skipped (scored 0, not learned).
+        repeated: stamped the same as the newest sample so far: scored as ordinary samples.
+        behind: stamped before the newest sample so far (a clock set back, a late row).
+        behind_skipped: of those, how many it skipped (the seasonal detector); the rest were
+            scored as ordinary samples.
+        clock_set_back: how many times a sample was stamped before the finite sample just before
+            it (once for a clock set back an hour, however many samples that hour holds).
+    """
+
+    samples: int = 0
+    non_finite: int = 0
+    repeated: int = 0
+    behind: int = 0
+    behind_skipped: int = 0
+    clock_set_back: int = 0
+
+    @property
+    def odd(self) -> int:
+        """Samples that were not both finite and stamped after every sample before them."""
+        return self.non_finite + self.repeated + self.behind
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts by name, for JSON reports."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def describe(self) -> str:
+        """One sentence naming each kind of odd sample and what was done with it."""
+        parts: list[str] = []
+        if self.non_finite:
+            parts.append(f"{self.non_finite} non-finite skipped")
+        if self.repeated:
+            parts.append(f"{self.repeated} with a repeated timestamp scored as ordinary")
+        if self.behind:
+            jumps = f"clock set back {self.clock_set_back}x"
+            scored = self.behind - self.behind_skipped
+            done = ", ".join(
+                f"{count} {what}"
+                for count, what in ((scored, "scored"), (self.behind_skipped, "skipped"))
+                if count
+            )
+            parts.append(f"{self.behind} stamped behind the newest ({jumps}): {done}")
+        return "; ".join(parts) or "no odd samples"
+
+
+class SampleAudit:
+    """Classifies each sample against the ones before it and keeps ``OddRows`` counts.
+
+    O(1) per sample (two comparisons, a few integer increments): every detector holds one.
+    """
+
+    __slots__ = (
+        "_newest",
+        "_previous",
+        "behind",
+        "behind_skipped",
+        "non_finite",
+        "repeated",
+        "samples",
+        "set_back",
+    )
+
+    def __init__(self) -> None:
+        self.samples = self.non_finite = self.repeated = self.behind = 0
+        self.behind_skipped = self.set_back = 0
+        self._newest = -math.inf
+        self._previous = -math.inf
+
+    @property
+    def newest(self) -> float:
+        """The latest timestamp seen among finite samples (``-inf`` before the first)."""
+        return self._newest
+
+    def observe(self, timestamp: float, value: float) -> SampleKind:
+        """Count the sample and say what it is; a non-finite one changes nothing else."""
+        self.samples += 1
+        if not (math.isfinite(value) and math.isfinite(timestamp)):
+            self.non_finite += 1
+            return "non_finite"
+        if timestamp < self._previous:
+            self.set_back += 1
+        self._previous = timestamp
+        if timestamp > self._newest:
+            self._newest = timestamp
+            return "in_order"
+        if timestamp == self._newest:
+            self.repeated += 1
+            return "repeated"
+        self.behind += 1
+        return "behind"
+
+    def skip_behind(self) -> None:
+        """Record that the sample just observed as ``behind`` was skipped, not scored."""
+        self.behind_skipped += 1
+
+    def report(self) -> OddRows:
+        """The counts so far."""
+        return OddRows(
+            samples=self.samples,
+            non_finite=self.non_finite,
+            repeated=self.repeated,
+            behind=self.behind,
+            behind_skipped=self.behind_skipped,
+            clock_set_back=self.set_back,
+        )
+
+
+class AuditedDetector:
+    """Holds the ``SampleAudit`` every detector keeps and exposes it as ``odd_rows``."""
+
+    def __init__(self) -> None:
+        self.audit = SampleAudit()
+
+    @property
+    def odd_rows(self) -> OddRows:
+        """What this detector did with odd samples so far (see the module docstring)."""
+        return self.audit.report()
+
+
 @runtime_checkable
 class OnlineDetector(Protocol):
     """What the ensemble, the monitor and the NAB benchmark need from a detector.
@@ -72,10 +213,16 @@ class OnlineDetector(Protocol):
         name: stable identifier used in evidence and configuration.
         level: score from which this detector counts as having *fired* (its own alert level;
             evidence lists the detectors above their level).
+        odd_rows: what it did with non-finite, repeated and behind samples.
     """
 
     name: str
     level: float
+
+    @property
+    def odd_rows(self) -> OddRows:
+        """What the detector did with odd samples so far (see the module docstring)."""
+        ...
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score ``value`` observed at ``timestamp`` (seconds) against the past, then learn it."""
@@ -216,7 +363,7 @@ def standardise(deviation: float, sigma: float, reference: float) -> float:
     return max(-MAX_Z, min(MAX_Z, deviation / sigma))
 
 
-class RobustZScoreDetector:
+class RobustZScoreDetector(AuditedDetector):
     """How many robust sigmas the value (or its change) lies from the trailing median.
 
     The median and MAD of the last ``window`` points ignore the very outliers being looked for,
@@ -235,6 +382,7 @@ class RobustZScoreDetector:
     ) -> None:
         if min_points < 2 or window < min_points:
             raise ValueError("need 2 <= min_points <= window")
+        super().__init__()
         self.name = name or ("robust_z" if on == "value" else "robust_z_change")
         self.level = level_for_z(fire_z)
         self._on = on
@@ -244,7 +392,7 @@ class RobustZScoreDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score the value against the median/MAD of the trailing window, then add it."""
-        if not math.isfinite(value):
+        if self.audit.observe(timestamp, value) == "non_finite":
             return _skipped(value)
         if self._on == "change":
             if self._previous is None:
@@ -279,7 +427,7 @@ class RobustZScoreDetector:
         return DetectorScore(score_from_z(z), _direction(deviation), reason)
 
 
-class EwmaDetector:
+class EwmaDetector(AuditedDetector):
     """EWMA control limits: distance from an exponentially weighted mean in EWMA sigmas.
 
     The classic process-control chart: it adapts to slow drift at a rate ``alpha`` and flags a
@@ -298,6 +446,7 @@ class EwmaDetector:
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError("alpha must lie in (0, 1)")
+        super().__init__()
         self.name = name
         self.level = level_for_z(fire_z)
         self._alpha = alpha
@@ -310,7 +459,7 @@ class EwmaDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score against the current EWMA mean/variance, then fold the value in."""
-        if not math.isfinite(value):
+        if self.audit.observe(timestamp, value) == "non_finite":
             return _skipped(value)
         self._count += 1
         if self._count == 1:
@@ -337,7 +486,7 @@ class EwmaDetector:
         return DetectorScore(score_from_z(z), _direction(residual), reason)
 
 
-class SeasonalDetector:
+class SeasonalDetector(AuditedDetector):
     """Compares a value with the same phase of previous days or weeks.
 
     A daily traffic peak is not an anomaly, a peak at 3 a.m. is. The detector keeps the samples
@@ -363,6 +512,7 @@ class SeasonalDetector:
     ) -> None:
         if not periods or min(periods) <= 0:
             raise ValueError("periods must be positive seconds")
+        super().__init__()
         self.name = name
         self.level = level_for_z(fire_z)
         self._periods = tuple(sorted(periods))
@@ -375,7 +525,6 @@ class SeasonalDetector:
         self._residuals = RingBuffer(residual_window)
         self._period: float | None = None
         self._since_check = recheck_every
-        self._last_time = -math.inf
 
     @property
     def period(self) -> float | None:
@@ -384,12 +533,17 @@ class SeasonalDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score against the same phase of earlier cycles, then remember the sample."""
-        if not (math.isfinite(value) and math.isfinite(timestamp)):
+        kind = self.audit.observe(timestamp, value)
+        if kind == "non_finite":
             return _skipped(value)
-        if timestamp < self._last_time:
-            # Out of order: the phase lookups assume sorted times; score nothing, keep nothing.
-            return _learning("skipped out-of-order sample")
-        self._last_time = timestamp
+        if kind == "behind":
+            # The phase lookups need sorted times: score nothing, keep nothing, until the clock
+            # passes the newest time again (an hour after a clock set back an hour).
+            self.audit.skip_behind()
+            return _learning(
+                f"skipped out-of-order sample: stamped {fmt(self.audit.newest - timestamp)} s "
+                "before the newest one (clock set back?)"
+            )
         self._since_check += 1
         if self._since_check >= self._recheck_every:
             self._since_check = 0
@@ -509,7 +663,7 @@ class SeasonalDetector:
             del self._values[:cut]
 
 
-class RangeBreakoutDetector:
+class RangeBreakoutDetector(AuditedDetector):
     """A value beyond everything the series has shown so far.
 
     Most incidents that matter push a metric somewhere it has never been (a latency, an error
@@ -527,6 +681,7 @@ class RangeBreakoutDetector:
     def __init__(self, margin: float = 0.005, min_points: int = 30, name: str = "range") -> None:
         if margin < 0:
             raise ValueError("margin must be >= 0")
+        super().__init__()
         self.name = name
         self.level = 0.5
         self._margin = margin
@@ -537,7 +692,7 @@ class RangeBreakoutDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Compare with the lowest and highest value seen so far, then widen the range."""
-        if not math.isfinite(value):
+        if self.audit.observe(timestamp, value) == "non_finite":
             return _skipped(value)
         low, high, seen = self._low, self._high, self._count
         self._count += 1
@@ -578,7 +733,7 @@ class RangeBreakoutDetector:
         )
 
 
-class WindowedGaussianDetector:
+class WindowedGaussianDetector(AuditedDetector):
     """NAB's "windowed Gaussian" baseline: a normal fit over the previous ``window`` values.
 
     NAB's implementation scores each value by the Gaussian tail probability under the mean and
@@ -598,6 +753,7 @@ class WindowedGaussianDetector:
         tail: Literal["two_sided", "nab_legacy"] = "two_sided",
         name: str = "windowed_gaussian",
     ) -> None:
+        super().__init__()
         self.name = name
         self.level = 1.0 - tail_probability(fire_z)
         self._tail = tail
@@ -610,7 +766,7 @@ class WindowedGaussianDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score against the window's normal fit, then slide the window."""
-        if not math.isfinite(value):
+        if self.audit.observe(timestamp, value) == "non_finite":
             return _skipped(value)
         verdict = _learning("first value: no window yet")
         if self._window:
@@ -642,16 +798,17 @@ class WindowedGaussianDetector:
         self._std = float(data.std()) or 1e-6
 
 
-class NeverFiresDetector:
+class NeverFiresDetector(AuditedDetector):
     """The null detector of NAB's normalisation: always 0, so the benchmark can show its row."""
 
     def __init__(self, name: str = "never_fires") -> None:
+        super().__init__()
         self.name = name
         self.level = 1.0
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Always 0: this detector's score is the floor every other one is measured against."""
-        if not math.isfinite(value):
+        if self.audit.observe(timestamp, value) == "non_finite":
             return _skipped(value)
         return DetectorScore(0.0, None, "never fires")
 

@@ -25,6 +25,11 @@ probability is the score.
 
 The output is ``r / (1 + r)`` where ``r`` is the strongest path's ratio to its own alert level, so
 0.5 means "exactly at an alert level", whatever fired, and the ordering above it is kept.
+
+Odd samples follow the members' policy (``nofx.detection.detectors``): a non-finite one is
+skipped by all; one stamped behind the newest (a clock set back) is scored by every member but
+the seasonal one, which sits it out, so its likelihood is simply not updated for that sample.
+``odd_rows`` counts what reached the ensemble, ``member_odd_rows`` what each member did.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ import numpy.typing as npt
 
 from nofx.detection.detectors import (
     DETECTORS,
+    AuditedDetector,
     DetectorScore,
     Direction,
+    OddRows,
     OnlineDetector,
     RingBuffer,
     make_detector,
@@ -248,7 +255,7 @@ class _Path:
     member: int
 
 
-class EnsembleDetector:
+class EnsembleDetector(AuditedDetector):
     """Combines breakout, per-series likelihoods and an optional learned scorer (module doc).
 
     Satisfies ``OnlineDetector``; ``last_evidence`` holds the full verdict of the latest update.
@@ -260,6 +267,7 @@ class EnsembleDetector:
         extra_scorer: ExtraScorer | None = None,
         name: str = "ensemble",
     ) -> None:
+        super().__init__()
         self.name = name
         self.level = ENSEMBLE_LEVEL
         self.config = config or EnsembleConfig()
@@ -283,7 +291,7 @@ class EnsembleDetector:
 
     def update(self, timestamp: float, value: float) -> DetectorScore:
         """Score the sample with every member, combine, suppress, and record the evidence."""
-        if not (math.isfinite(value) and math.isfinite(timestamp)):
+        if self.audit.observe(timestamp, value) == "non_finite":
             for _, detector in self._members:
                 detector.update(timestamp, value)
             return DetectorScore(0.0, None, f"skipped non-finite sample {value}", learning=True)
@@ -371,6 +379,11 @@ class EnsembleDetector:
         self.last_evidence = evidence
         return DetectorScore(score, _direction_of(evidence, winner), _reason(evidence, winner))
 
+    @property
+    def member_odd_rows(self) -> dict[str, OddRows]:
+        """What each member did with odd samples, by member name."""
+        return {detector.name: detector.odd_rows for _, detector in self._members}
+
 
 def _score_of(ratio: float) -> float:
     """``r / (1 + r)``: 0.5 at the alert level, ordered above it, never exactly 1."""
@@ -422,14 +435,29 @@ def _reason(evidence: EnsembleEvidence, winner: MemberEvidence | None) -> str:
 DETECTORS["ensemble"] = EnsembleDetector
 
 
-def detect_series(
+@dataclass(frozen=True, slots=True)
+class SeriesRun:
+    """A detector's scores for a whole series and what it did with the odd samples.
+
+    Attributes:
+        scores: one score per sample, in the order given.
+        odd_rows: the detector's ``OddRows`` under its name, and for an ensemble each member's
+            under ``"ensemble/member"``.
+    """
+
+    scores: npt.NDArray[np.float64]
+    odd_rows: dict[str, OddRows]
+
+
+def run_series(
     timestamps: Sequence[float] | npt.NDArray[np.float64],
     values: Sequence[float] | npt.NDArray[np.float64],
     detector_factory: Callable[[], OnlineDetector],
-) -> npt.NDArray[np.float64]:
-    """Run a fresh detector over a whole series, one sample at a time, and return its scores.
+) -> SeriesRun:
+    """Run a fresh detector over a whole series, one sample at a time, in the order given.
 
-    The detector is online, so the batch result is exactly what it would have said live.
+    The detector is online, so the batch result is exactly what it would have said live; the
+    samples are not sorted first (a live detector would not get them sorted either).
     """
     if len(timestamps) != len(values):
         raise ValueError("timestamps and values differ in length")
@@ -437,4 +465,16 @@ def detect_series(
     scores = np.empty(len(values), dtype=np.float64)
     for index, (timestamp, value) in enumerate(zip(timestamps, values, strict=True)):
         scores[index] = detector.update(float(timestamp), float(value)).score
-    return scores
+    odd_rows = {detector.name: detector.odd_rows}
+    if isinstance(detector, EnsembleDetector):
+        odd_rows |= {f"{detector.name}/{m}": r for m, r in detector.member_odd_rows.items()}
+    return SeriesRun(scores=scores, odd_rows=odd_rows)
+
+
+def detect_series(
+    timestamps: Sequence[float] | npt.NDArray[np.float64],
+    values: Sequence[float] | npt.NDArray[np.float64],
+    detector_factory: Callable[[], OnlineDetector],
+) -> npt.NDArray[np.float64]:
+    """The scores of ``run_series``: what a detector says of each sample of a series."""
+    return run_series(timestamps, values, detector_factory).scores

@@ -4,8 +4,11 @@ NAB does not count points: it rewards *early* detection of each labelled anomaly
 charges for alerts outside windows, which is what an operator feels (one timely page per incident,
 no pages in between). The rules, as NAB's own sweep scorer applies them (our code, their maths):
 
-* Rows are scored by index. The first ``min(floor(0.15 * rows), 750)`` rows are a probation
-  period: detections there are ignored, and a window lying wholly inside it is not scored.
+* Rows are scored by index, in file order, whatever their timestamps; a window's rows are found
+  by timestamp as NAB finds them (``locate_windows``), so a file whose clock jumps back or repeats
+  a timestamp is scored, and the rows where stamp and window disagree are counted.
+* The first ``min(floor(0.15 * rows), 750)`` rows are a probation period: detections there are
+  ignored, and a window lying wholly inside it is not scored.
 * A window ``[a, b]`` (row indices, inclusive, width ``w = b - a + 1``) is credited with its
   earliest detection ``i`` only: position ``y = -(b - i + 1) / w`` (``-1`` at the window's first
   row), weight ``A_TP * sigmoid(y) / sigmoid(-1)`` where ``sigmoid(y) = 2 / (1 + exp(5 y)) - 1``;
@@ -77,38 +80,94 @@ def probation_length(n_rows: int, percent: float = PROBATION_PERCENT) -> int:
     return int(min(math.floor(percent * n_rows), percent * PROBATION_CAP_ROWS))
 
 
-def window_rows(
+@dataclass(frozen=True, slots=True)
+class LocatedWindows:
+    """Label windows as row ranges of a file, and the rows whose stamp and range disagree.
+
+    Attributes:
+        rows: each window as an inclusive ``(first, last)`` row range, in row order.
+        stamped_inside_scored_outside: rows stamped inside a window but lying outside its row
+            range (a clock set back into a window after it closed, a repeat of its end stamp):
+            scored as outside every window, as NAB does.
+        scored_inside_stamped_outside: rows inside a window's row range but stamped outside it
+            (a clock set back to before the window while in it): scored as the window's.
+    """
+
+    rows: tuple[Window, ...]
+    stamped_inside_scored_outside: int
+    scored_inside_stamped_outside: int
+
+    def as_dict(self) -> dict[str, object]:
+        """For JSON reports."""
+        return {
+            "rows": [list(window) for window in self.rows],
+            "stamped_inside_scored_outside": self.stamped_inside_scored_outside,
+            "scored_inside_stamped_outside": self.scored_inside_stamped_outside,
+        }
+
+
+def locate_windows(
     timestamps: Sequence[np.datetime64] | npt.NDArray[np.datetime64],
     limits: Sequence[tuple[str, str]] | Sequence[tuple[np.datetime64, np.datetime64]],
-) -> tuple[Window, ...]:
-    """Turn window limits given as timestamps into inclusive row ranges.
+) -> LocatedWindows:
+    """Turn window limits given as timestamps into row ranges, for rows in any order.
 
-    NAB locates a limit with ``timestamps.index(limit)``: the *first* row carrying that
-    timestamp, which matters where a file repeats a timestamp. A limit that is not a timestamp of
-    the file falls back to the rows inside ``[start, end]``.
+    NAB scores rows in file order and locates a window by timestamp: it enters the window at
+    the row stamped with its start and leaves it after the *first* row stamped with its end
+    (``timestamps.index(end)``). So, in file order, a window runs from the first row stamped
+    inside ``[start, end]`` to the first row after it stamped ``end`` exactly, or, when no row
+    carries ``end``, to the row before the first one stamped after it (or the file's last row).
+    On sorted timestamps this is the rows inside ``[start, end]``, up to the first repeat of
+    ``end``; where the clock went back, rows whose stamp and range disagree are counted.
+    Unparseable timestamps (``NaT``) are inside no window.
 
     Raises:
         ValueError: a window holds no row, or windows overlap (NAB merges overlapping windows
             before scoring, so overlapping input is a labelling error).
     """
     stamps = np.asarray(timestamps, dtype="datetime64[ns]")
-    if stamps.size and np.any(np.diff(stamps) < np.timedelta64(0, "ns")):
-        raise ValueError("timestamps must be sorted to locate windows")
+    n_rows = int(stamps.size)
     rows: list[Window] = []
+    stamped_inside = np.zeros(n_rows, dtype=bool)
+    in_range = np.zeros(n_rows, dtype=bool)
+    disagree_inside = 0
     for start, end in limits:
         start_ts, end_ts = np.asarray([start, end], dtype="datetime64[ns]")
-        first = int(np.searchsorted(stamps, start_ts, side="left"))
-        last = int(np.searchsorted(stamps, end_ts, side="left"))
-        if last >= stamps.size or stamps[last] != end_ts:
-            last -= 1
-        if first > last or first >= stamps.size:
+        inside = (stamps >= start_ts) & (stamps <= end_ts)
+        hits = np.flatnonzero(inside)
+        if not hits.size:
             raise ValueError(f"window [{start}, {end}] holds no row of the series")
+        first = int(hits[0])
+        rest = stamps[first:]
+        stops = [n_rows - 1]
+        exact = np.flatnonzero(rest == end_ts)
+        if exact.size:
+            stops.append(first + int(exact[0]))
+        past = np.flatnonzero(rest > end_ts)
+        if past.size:
+            stops.append(first + int(past[0]) - 1)
+        last = min(stops)
         rows.append((first, last))
+        stamped_inside |= inside
+        in_range[first : last + 1] = True
+        disagree_inside += int((~inside[first : last + 1]).sum())
     rows.sort()
     for (_, prev_end), (next_start, _) in itertools.pairwise(rows):
         if next_start <= prev_end:
             raise ValueError("anomaly windows overlap; NAB expects them merged")
-    return tuple(rows)
+    return LocatedWindows(
+        rows=tuple(rows),
+        stamped_inside_scored_outside=int((stamped_inside & ~in_range).sum()),
+        scored_inside_stamped_outside=disagree_inside,
+    )
+
+
+def window_rows(
+    timestamps: Sequence[np.datetime64] | npt.NDArray[np.datetime64],
+    limits: Sequence[tuple[str, str]] | Sequence[tuple[np.datetime64, np.datetime64]],
+) -> tuple[Window, ...]:
+    """The row ranges of ``locate_windows`` (its rules and errors)."""
+    return locate_windows(timestamps, limits).rows
 
 
 @dataclass(frozen=True, slots=True)
