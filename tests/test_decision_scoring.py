@@ -91,22 +91,22 @@ def test_scores_match_the_hand_computed_weighted_sum() -> None:
     assert rollback.scores is not None
     assert restart is not None
     assert restart.scores is not None
-    # Beta(1 + 2, 1 + 0): 0.75; 12 s of a 300 s RTO; risk = tier-2 only; cost 0.10.
-    assert rollback.scores.success_probability == pytest.approx(0.75)
+    # Beta(1 + 1 (full-auto) + 2, 1 + 0): 0.8; 12 s of a 300 s RTO; risk = tier-2 only; cost 0.10.
+    assert rollback.scores.success_probability == pytest.approx(0.8)
     assert rollback.scores.u_recovery == pytest.approx(0.96)
     assert rollback.scores.risk_score == pytest.approx(0.05)
-    assert rollback.scores.total == pytest.approx(0.5 * 0.75 + 0.2 * 0.96 + 0.2 * 0.95 + 0.1 * 0.9)
-    # Beta(1, 3): 0.25; nominal 8 s; blast 0.25 + irreversible 0.10 + tier 0.05; cost 0.30.
-    assert restart.scores.success_probability == pytest.approx(0.25)
+    assert rollback.scores.total == pytest.approx(0.5 * 0.8 + 0.2 * 0.96 + 0.2 * 0.95 + 0.1 * 0.9)
+    # Beta(2, 3): 0.4; nominal 8 s; blast 0.25 + irreversible 0.10 + tier 0.05; cost 0.30.
+    assert restart.scores.success_probability == pytest.approx(0.4)
     assert restart.scores.expected_recovery_seconds == pytest.approx(8.0)
     assert restart.risk is not None
     assert restart.risk.level == "medium"
     assert restart.scores.risk_score == pytest.approx(0.40)
-    expected = 0.5 * 0.25 + 0.2 * (1 - 8 / 300) + 0.2 * 0.6 + 0.1 * 0.7
+    expected = 0.5 * 0.4 + 0.2 * (1 - 8 / 300) + 0.2 * 0.6 + 0.1 * 0.7
     assert restart.scores.total == pytest.approx(expected, abs=1e-4)
     assert restart.rank == 2
-    # confidence = mean - sd of Beta(3, 1)
-    assert result.confidence == pytest.approx(0.75 - (3 / (16 * 5)) ** 0.5, abs=1e-4)
+    # confidence = mean - sd of Beta(4, 1)
+    assert result.confidence == pytest.approx(0.8 - (4 / (25 * 6)) ** 0.5, abs=1e-4)
 
 
 def test_the_root_cause_selects_the_prior_and_history_adds_to_it() -> None:
@@ -120,7 +120,7 @@ def test_the_root_cause_selects_the_prior_and_history_adds_to_it() -> None:
     restart = scoring.score(seen, [RESTART], MODEL).find("restart-service")
     assert restart is not None
     assert restart.success is not None
-    assert (restart.success.alpha, restart.success.beta) == (7.0, 3.0)
+    assert (restart.success.alpha, restart.success.beta) == (8.0, 3.0)
     assert "history 6/6 (tier-2)" in restart.success.source
 
 

@@ -15,8 +15,8 @@
 4. **Ties** break deterministically: higher total, then higher success, then shorter recovery,
    then lower escalation rank, then name.
 5. **Confidence** in the choice is the lower edge of the belief, `mean - sd` of the chosen
-   candidate's Beta posterior (clipped to [0, 1]): 2 successes in 2 runs give 0.56, nothing at
-   all 0.21, 30 of 30 0.94.
+   candidate's Beta posterior (clipped to [0, 1]): Beta(3, 1) (2 successes in 2 runs) gives
+   0.56, Beta(1, 1) (nothing known) 0.21, Beta(31, 1) 0.94.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ per (pattern, candidate, service tier):
   kind of root cause; when none match the cause, every run of the candidate on the pattern;
 - the evidence is the recorded outcome of past decisions of the same pattern on services of the
   same tier (`HistoricalMetrics.outcomes`), counted one for one;
-- both on top of Beta(1, 1), so a candidate nobody has tried is a coin toss, not a certainty.
+- both on top of Beta(1, 1), so a candidate nobody has tried is a coin toss, not a certainty —
+  except that a playbook its author marked `full-auto` counts that as one success (Beta(2, 1)):
+  the author vouched for it running unattended. An untried semi-auto or manual playbook starts
+  at 1:1, and its low confidence asks a person.
 
 Part 2 puts a LightGBM model behind the same interface.
 """
@@ -100,11 +103,13 @@ class BetaSuccessModel:
         )
         h_wins = seen.resolved if seen else 0
         h_losses = seen.failed if seen else 0
-        alpha = 1.0 + p_wins + h_wins
+        vouched = 1.0 if candidate.automation_level == "full-auto" else 0.0
+        alpha = 1.0 + vouched + p_wins + h_wins
         beta = 1.0 + (p_runs - p_wins) + h_losses
         timed = [p.recovery_seconds_p50 for p in prior if p.recovery_seconds_p50]
         recovery = sorted(timed)[len(timed) // 2] if timed else nominal_recovery_seconds(candidate)
-        source = [f"matrix {p_wins}/{p_runs}" if p_runs else "no matrix runs"]
+        source = ["full-auto +1"] if vouched else []
+        source.append(f"matrix {p_wins}/{p_runs}" if p_runs else "no matrix runs")
         source.append(
             f"history {h_wins}/{h_wins + h_losses} ({state.tier})" if seen else "no history"
         )
