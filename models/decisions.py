@@ -317,6 +317,7 @@ class DecisionResult(Contract):
     decision_type: DecisionType
     subject: str
     problem: str
+    incident_id: str | None = None
     status: DecisionStatus
     mode: Mode
     act: bool
@@ -440,3 +441,12 @@ class VerdictAck(Contract):
     chosen: str | None
     approvals: int
     approvers_needed: int
+
+
+class DecisionWaiting(Contract):
+    """The decision tells the workflow that asked for it that it waits for a person."""
+
+    workflow_id: str
+    decision_id: str
+    why: list[str] = Field(default_factory=list)
+    risk: RiskLevel | None = None

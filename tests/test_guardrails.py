@@ -18,10 +18,12 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client
 
 from models.common import ApprovalRequest
+from models.decisions import Operator
 from models.guardrails import GuardrailCheck
 from models.healing import IncidentInput, IncidentState, OpenIncidentInput
 from nofx.client import start_incident
 from nofx.db import make_engine
+from nofx.decisions.store import add_operator
 from nofx.healing.guardrails import (
     add_freeze,
     check_guardrails,
@@ -292,7 +294,8 @@ async def test_alert_storm_opens_one_incident_per_service_and_respects_the_limit
     asked = [v for v in recent_verdicts(engine, names) if v["verdict"] == "ask"]
     assert {v["guardrail"] for v in asked} == {"fleet_unhealthy"}
 
-    # A person approves them all: they go ahead, never more than 3 at once.
+    # A person approves them all (each its own decision): they go ahead, never more than 3 at once.
+    add_operator(engine, Operator(name="erin", permissions=["healing:*"]), actor="test")
     leases_seen: list[int] = []
     for handle in handles:
         await handle.signal("approve", ApprovalRequest(approver="erin", reason="storm reviewed"))

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionRequest,
         DecisionResult,
         DecisionStatus,
+        DecisionWaiting,
         EvaluateInput,
         Evaluation,
         Explanation,
@@ -362,6 +363,19 @@ class DecisionWorkflow:
         await self._save(persist_context=True)
         await self._audit("decision.made", evaluation.explanation.text)
         if self._status == "awaiting_approval":
+            if request.parent_workflow_id:
+                best = evaluation.scoring.best()
+                notice = DecisionWaiting(
+                    workflow_id=workflow.info().workflow_id,
+                    decision_id=self._decision_id,
+                    why=record.why,
+                    risk=best.risk.level if best and best.risk else None,
+                )
+                parent = workflow.get_external_workflow_handle(request.parent_workflow_id)
+                try:
+                    await parent.signal("decision_waiting", notice)
+                except ApplicationError as err:  # the asker is gone: the decision still waits
+                    workflow.logger.warning("could not tell %s: %s", parent.id, err)
             await self._wait_for_people()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._current()
@@ -546,6 +560,7 @@ class DecisionWorkflow:
             decision_type=request.decision_type,
             subject=request.subject,
             problem=request.problem,
+            incident_id=request.incident_id,
             status=self._status,
             mode=evaluation.mode,
             act=self._status == "approved",

@@ -22,11 +22,22 @@ from workflows.saga import COMPENSATION_RETRY, Saga
 with workflow.unsafe.imports_passed_through():
     from activities._support import ACTION_RETRY, STORE_RETRY
     from activities.actions import ActionActivities
+    from activities.decisions import DecisionActivities
     from activities.guardrails import GuardrailActivities
     from activities.infra import InfraActivities
     from activities.store import StoreActivities
     from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput, Contract
+    from models.decisions import (
+        Approve,
+        Candidate,
+        DecisionOutcome,
+        DecisionRequest,
+        DecisionResult,
+        DecisionWaiting,
+        Override,
+        Reject,
+    )
     from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import (
         TERMINAL_STATES,
@@ -48,10 +59,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from nofx.settings import TASK_QUEUE_DECISIONS
     from nofx.temporal import AWAITING_APPROVAL, SERVICE, STATUS, TRACK
-    from workflows.decisions import PlaybookDecisionWorkflow
+    from workflows.decisions import DecisionWorkflow, PlaybookDecisionWorkflow
 
 STORE_TIMEOUT = timedelta(seconds=30)
 APPROVAL_TIMEOUT = timedelta(hours=1)
+# A decision waits at most its policy's longest approval timeout (7 days) plus its own work.
+DECISION_TIMEOUT = timedelta(days=8)
 
 
 def aborted(request: AbortRequest) -> ApplicationError:
@@ -80,6 +93,13 @@ class HealingIncidentWorkflow:
         self._resolution_ms: int | None = None
         self._error: str | None = None
         self._audit_seq = 0
+        self._decision_wf: str | None = None  # the decision waiting for a person, if any
+        self._handover: str | None = None  # why the decision handed the incident to a person
+        self._waiting_why = ""
+        self._announced: str | None = None
+        self._rung_start = 0
+        self._last_decision: DecisionResult | None = None
+        self._guard_asks = 0
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -133,10 +153,42 @@ class HealingIncidentWorkflow:
             )
 
     @workflow.signal
-    def approve(self, request: ApprovalRequest) -> None:
-        """Let a playbook that is not fully automatic go ahead."""
+    async def approve(self, request: ApprovalRequest) -> None:
+        """Approve what waits for a person: the pending decision (forwarded to it, so one
+        approval covers that decision only), or the re-validation after a person took over."""
+        if self._decision_wf is not None:
+            await workflow.get_external_workflow_handle(self._decision_wf).signal(
+                DecisionWorkflow.approve, Approve(approver=request.approver, reason=request.reason)
+            )
+            return
         if self._approval is None:
             self._approval = request
+
+    @workflow.signal
+    def decision_waiting(self, notice: DecisionWaiting) -> None:
+        """From the decision engine: the incident's decision now waits for a person."""
+        self._waiting_why = "; ".join(notice.why)
+        self._decision_wf = notice.workflow_id
+
+    @workflow.signal
+    async def reject(self, request: Reject) -> None:
+        """Reject the pending decision (forwarded to it): the incident goes to a person."""
+        if self._decision_wf is not None:
+            await workflow.get_external_workflow_handle(self._decision_wf).signal(
+                DecisionWorkflow.reject, request
+            )
+        else:
+            self._note(f"reject by {request.approver} ignored: no decision waits for a person")
+
+    @workflow.signal
+    async def override(self, request: Override) -> None:
+        """Run another candidate instead of the pending decision's (forwarded to it)."""
+        if self._decision_wf is not None:
+            await workflow.get_external_workflow_handle(self._decision_wf).signal(
+                DecisionWorkflow.override, request
+            )
+        else:
+            self._note(f"override by {request.approver} ignored: no decision waits for a person")
 
     # ---- the incident ---------------------------------------------------------------------
 
@@ -147,16 +199,22 @@ class HealingIncidentWorkflow:
         try:
             await self._transition(IncidentState.DIAGNOSING, self._diagnosis_summary())
             ladder = workflow.patched("escalation-ladder")
+            engine = workflow.patched("decision-engine")
             failed: list[str] = []
             while True:
-                choice = await self._choose_playbook(failed)
-                if choice is None and failed:
+                if engine:
+                    choice = await self._decide(failed)
+                else:
+                    choice = await self._choose_playbook(failed)
+                if choice is None and failed and self._handover is None:
                     await self._hand_to_person(failed)
                     break
                 if choice is None:
                     return await self._escalate()
                 self._choice = choice
-                await self._wait_for_approval_if_needed(self._choice)
+                self._rung_start = len(self._actions)
+                if not engine:
+                    await self._wait_for_approval_if_needed(self._choice)
                 await self._transition(
                     IncidentState.HEALING,
                     f"running playbook {self._choice.playbook_name}"
@@ -169,12 +227,18 @@ class HealingIncidentWorkflow:
                     if not ladder or self._abort is not None or not _retryable_by_ladder(err):
                         raise
                     await self._roll_back_rung(err)
+                    if engine:
+                        await self._decision_outcome(choice, resolved=False)
                     failed.append(choice.playbook_name)
                     continue
                 await self._resolve()
+                if engine:
+                    await self._decision_outcome(choice, resolved=True)
                 break
         except BaseException as err:
             await self._roll_back(err)
+            if self._choice is not None and workflow.patched("decision-engine"):
+                await self._decision_outcome(self._choice, resolved=False)
             if isinstance(err, asyncio.CancelledError):
                 raise
             raise ApplicationError(
@@ -263,6 +327,169 @@ class HealingIncidentWorkflow:
         self._note(f"decision {choice.decision_id}: {choice.rationale}")
         return choice
 
+    async def _decide(
+        self,
+        failed: list[str],
+        *,
+        candidates: list[Candidate] | None = None,
+        ask: str | None = None,
+        suffix: str = "",
+    ) -> PlaybookChoice | None:
+        """Ask the decision engine (a child on nofx-decisions) for the next rung, or — with
+        `ask` — for a person's go-ahead on the running one. While the decision waits for a
+        person the incident shows it (state, search attributes) and forwards `approve`,
+        `reject` and `override` to it. None when nothing may run: no usable playbook, the
+        decision was rejected or timed out, or observe mode (reason in `_handover`/`_error`).
+        """
+        rung = f"-rung{len(failed) + 1}" if failed else ""
+        decision_id = f"decision-{self._incident_id}{rung}{suffix}"
+        request = DecisionRequest(
+            decision_type="healing",
+            subject=self._inp.service,
+            problem=self._inp.incident_type,
+            incident_id=self._incident_id,
+            requested_by=self._inp.requested_by,
+            parent_workflow_id=workflow.info().workflow_id,
+            candidates=candidates,
+            exclude=failed,
+            require_approval=ask,
+            evidence=self._inp.evidence,
+            diagnosis=self._inp.diagnosis,
+        )
+        try:
+            handle = await workflow.start_child_workflow(
+                DecisionWorkflow.run,
+                request,
+                id=decision_id,
+                task_queue=TASK_QUEUE_DECISIONS,
+                execution_timeout=DECISION_TIMEOUT,
+            )
+            while not handle.done():
+                await workflow.wait_condition(
+                    lambda: (
+                        handle.done()
+                        or self._abort is not None
+                        or (self._decision_wf == decision_id and self._announced != decision_id)
+                    )
+                )
+                if handle.done():
+                    break
+                if self._abort is not None:
+                    handle.cancel()  # the decision is cancelled with the incident's abort
+                    await _settle(handle)
+                    raise aborted(self._abort)
+                self._announced = decision_id
+                await self._transition(
+                    IncidentState.AWAITING_APPROVAL,
+                    f"decision {decision_id} waits for a person ({self._waiting_why}): send"
+                    " `approve`, `reject` or `override` here or to the decision",
+                )
+                workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(True)])
+            result: DecisionResult = await handle
+        except ChildWorkflowError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "NoPlaybook":
+                self._error = cause.message
+                return None
+            raise
+        finally:
+            if self._decision_wf is not None:
+                self._decision_wf = None
+                workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(False)])
+        return await self._take(result)
+
+    async def _take(self, result: DecisionResult) -> PlaybookChoice | None:
+        """What the incident does with a decision: run its choice, or hand the incident over."""
+        self._last_decision = result
+        who = f" by {result.decided_by}" if result.decided_by != "nofx-decisions" else ""
+        self._note(
+            f"decision {result.decision_id} ({result.mode}, risk"
+            f" {result.risk.level if result.risk else '?'}, confidence {result.confidence:.2f}):"
+            f" {result.status}{who}; " + result.explanation.text.splitlines()[0]
+        )
+        if not result.act or result.chosen is None:
+            reasons = {
+                "observed": f"observe mode: the engine would have run {result.chosen};"
+                " nothing was done",
+                "rejected": f"decision {result.decision_id} rejected{who}",
+                "timed_out": f"decision {result.decision_id}: nobody answered in time"
+                " (a timeout rejects)",
+            }
+            verdicts = [v for v in result.approval.verdicts if v.accepted and v.reason]
+            self._handover = reasons.get(result.status, f"decision {result.status}") + (
+                f": {verdicts[-1].reason}" if verdicts else ""
+            )
+            self._error = self._handover
+            return None
+        if result.chosen != result.engine_choice:
+            self._note(
+                f"overridden{who}: running {result.chosen} instead of {result.engine_choice}"
+            )
+        await self._update_row(healing_strategy=result.chosen)
+        return PlaybookChoice(
+            decision_id=result.decision_id,
+            playbook_id=next(
+                (
+                    c.candidate.playbook_id or ""
+                    for c in [*result.alternatives]
+                    if c.candidate.name == result.chosen
+                ),
+                "",
+            ),
+            playbook_name=result.chosen,
+            automation_level=result.automation_level or "full-auto",
+            required_permissions=result.required_permissions,
+            steps=result.steps,
+            alternatives=[a.candidate.name for a in result.alternatives],
+            rationale=result.explanation.text.splitlines()[0],
+        )
+
+    async def _ask_person(self, step: PlaybookStep, why: str) -> str:
+        """A decision about the running playbook that must wait for a person; who approved."""
+        assert self._choice is not None
+        self._guard_asks += 1
+        current = Candidate(
+            name=self._choice.playbook_name,
+            playbook_id=self._choice.playbook_id or None,
+            steps=self._choice.steps,
+            automation_level=self._choice.automation_level,
+            required_permissions=self._choice.required_permissions,
+        )
+        go = await self._decide([], candidates=[current], ask=why, suffix=f"-ask{self._guard_asks}")
+        if go is None or self._last_decision is None:
+            raise ApplicationError(
+                f"{step.action} not approved: {self._handover or self._error}",
+                type="Rejected",
+                non_retryable=True,
+            )
+        return self._last_decision.decided_by
+
+    async def _decision_outcome(self, choice: PlaybookChoice, *, resolved: bool) -> None:
+        """Write how the decision's choice turned out on the decision (and learning_feedback)."""
+        restored = [
+            a.detail["prior_state_restored"]
+            for a in self._actions[self._rung_start :]
+            if "prior_state_restored" in a.detail
+        ]
+        await workflow.execute_activity_method(
+            DecisionActivities.record_outcome,
+            DecisionOutcome(
+                decision_id=choice.decision_id,
+                resolved=resolved,
+                recovery_seconds=(
+                    (workflow.now() - self._inp.detected_at).total_seconds() if resolved else None
+                ),
+                rolled_back=not resolved,
+                prior_state_restored=(
+                    None if resolved or not restored else all(r is not False for r in restored)
+                ),
+                detail=self._error or "" if not resolved else f"resolved by {choice.playbook_name}",
+            ),
+            task_queue=TASK_QUEUE_DECISIONS,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
     async def _wait_for_approval_if_needed(self, choice: PlaybookChoice) -> None:
         if choice.automation_level == "full-auto":
             return
@@ -272,6 +499,8 @@ class HealingIncidentWorkflow:
 
     async def _await_person(self, why: str) -> None:
         """Wait for `approve` (or `abort`), listed in the Web UI as awaiting approval."""
+        if workflow.patched("decision-engine"):
+            self._approval = None  # an answer given before this wait does not cover it
         await self._transition(IncidentState.AWAITING_APPROVAL, why)
         workflow.upsert_search_attributes([AWAITING_APPROVAL.value_set(True)])
         try:
@@ -335,6 +564,7 @@ class HealingIncidentWorkflow:
         nofx.healing.guardrails); return once the step holds its lease."""
         began = workflow.now()
         held_by: str | None = None
+        approver = self._approval.approver if self._approval else None
         while True:
             verdict = await workflow.execute_activity_method(
                 GuardrailActivities.check_guardrails,
@@ -343,7 +573,7 @@ class HealingIncidentWorkflow:
                     workflow_id=workflow.info().workflow_id,
                     service=self._inp.service,
                     action=step.action,
-                    approved_by=self._approval.approver if self._approval else None,
+                    approved_by=approver,
                 ),
                 start_to_close_timeout=STORE_TIMEOUT,
                 retry_policy=STORE_RETRY,
@@ -352,9 +582,18 @@ class HealingIncidentWorkflow:
                 "nofx_guardrail_verdicts_total", "Guardrail checks by verdict and guardrail"
             ).add(1, {"verdict": verdict.verdict, "guardrail": verdict.guardrail or "none"})
             if verdict.verdict == "allow":
-                if held_by is not None or self._approval is not None:
+                if held_by is not None or approver is not None:
                     self._note(f"guardrails passed: {verdict.reason}")
                 return
+            if verdict.verdict == "ask" and workflow.patched("decision-engine"):
+                # A guardrail that must not be passed alone: its own decision, its own approval.
+                approver = await self._ask_person(
+                    step, f"guardrail {verdict.guardrail}: {verdict.reason}"
+                )
+                await self._transition(
+                    IncidentState.HEALING, f"approved by {approver}: {step.action} goes ahead"
+                )
+                continue
             if verdict.verdict == "ask":
                 await self._await_person(
                     f"guardrail {verdict.guardrail}: {verdict.reason}; waiting for `approve`"
@@ -688,7 +927,7 @@ class HealingIncidentWorkflow:
         )
 
 
-async def _settle(task: asyncio.Future[None]) -> None:
+async def _settle(task: asyncio.Future[Any]) -> None:
     """Wait for a cancelled task to finish unwinding, whatever it raises."""
     with contextlib.suppress(BaseException):  # only waiting for it to stop
         await task
@@ -723,6 +962,7 @@ def _retryable_by_ladder(err: BaseException) -> bool:
             "Aborted",
             "ApprovalTimeout",
             "GuardrailTimeout",
+            "Rejected",
         ):
             return False
         cause = cause.__cause__ or getattr(cause, "cause", None)

@@ -57,7 +57,12 @@ def save_decision(engine: Engine, result: DecisionResult, context: DecisionConte
             {
                 "id": result.decision_id,
                 "type": result.decision_type,
-                "ctx": _json(context.model_dump(mode="json") if context else {}),
+                "ctx": _json(
+                    {
+                        "incident_id": result.incident_id,
+                        **(context.model_dump(mode="json") if context else {}),
+                    }
+                ),
                 "action": result.chosen or "none",
                 "alts": _json([a.model_dump(mode="json") for a in result.alternatives]),
                 "conf": round(result.confidence, 2),
