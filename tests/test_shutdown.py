@@ -24,6 +24,8 @@ from typing import IO, Any
 import psutil
 import pytest
 
+from pilot.fleet import Fleet, FleetSpec, ServiceSpec
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The benchmarks' shape: register the cleanup, start the fleet, fault it, run until stopped.
@@ -142,13 +144,15 @@ def test_a_signal_stops_the_fleet_it_started_even_when_signalled_again(
         go_on.touch()
         output.until("held to the end", timeout=30)
         assert process.wait(timeout=60) == 128 + first
+
+        assert left_running(pids, home) == {}
+        assert not (home / "fleet" / "supervisor.sock").exists()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-    assert left_running(pids, home) == {}
-    assert not (home / "fleet" / "supervisor.sock").exists()
+        # when the test fails, the fleet must not outlive it (stopping a stopped one is fine)
+        Fleet(home, FleetSpec(services=[ServiceSpec(name="solo", port=1)])).stop()
 
 
 def test_a_normal_exit_cleans_up_and_does_not_turn_into_a_stop() -> None:
