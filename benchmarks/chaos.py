@@ -16,6 +16,10 @@ first action so its compensations run and each is checked against the state from
 Prints each experiment as it ends and the table of nofx.chaos (per fault type and overall:
 detection rate, auto-resolution rate, MTTD and MTTR p50/p95, rollbacks restored / run); writes
 the figures and every result as JSON. The guardrail policy is the stack's own, unchanged.
+
+Stopped by SIGTERM or SIGINT (a `timeout`, Ctrl-C), it cancels the suite and then stops its
+load, clears the faults left on its fleet, takes the fleet out of the inventory and stops it,
+before it exits with status 128 + the signal.
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _cleanup import retire_on_exit  # benchmarks/, beside this script
 from sqlalchemy.engine import Engine
 
 from models.chaos import ChaosResult, ChaosSuiteInput
 from nofx import chaos
 from nofx.client import NofxClient
 from nofx.db import make_engine
-from nofx.faults import clear_recorded
 from nofx.healing.guardrails import read_controls
-from nofx.inventory import register_fleet, unregister
+from nofx.inventory import register_fleet
 from nofx.settings import get_settings
+from nofx.shutdown import StopOnSignals
 from nofx.stack import Stack
 from nofx.temporal import exit_process
 from pilot.fleet import Fleet, FleetSpec, GroupSpec, ServiceSpec, free_port
@@ -51,8 +56,11 @@ def say(message: str) -> None:
     print(f"[{datetime.now().astimezone():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
-def new_fleet(home: Path, database_url: str, engine: Engine, size: int) -> Fleet:
-    """`size` services in replica groups of two, each group behind the fleet's HAProxy."""
+def new_fleet(
+    home: Path, database_url: str, engine: Engine, size: int, cleanup: StopOnSignals
+) -> Fleet:
+    """`size` services in replica groups of two, each group behind the fleet's HAProxy,
+    retired when `cleanup` exits."""
     tag = f"c{int(time.time()) % 100000:05d}"
     groups = [GroupSpec(name=f"{tag}-g{i}", port=free_port()) for i in range((size + 1) // 2)]
     fleet = Fleet(
@@ -68,9 +76,22 @@ def new_fleet(home: Path, database_url: str, engine: Engine, size: int) -> Fleet
         ),
         database_url=database_url,
     )
+    retire_on_exit(cleanup, fleet, engine)
     fleet.start(timeout=90)
     register_fleet(engine, fleet)  # once up: the monitor must not take a starting one for dead
     return fleet
+
+
+async def cancel_suites(since: datetime) -> None:
+    """Cancel the chaos suites started since `since` that still run (this run's, on a stop)."""
+    query = (
+        "WorkflowType = 'ChaosSuiteWorkflow' AND ExecutionStatus = 'Running'"
+        f" AND StartTime >= '{since.isoformat()}'"
+    )
+    async with NofxClient.connect(get_settings()) as nofx:
+        async for running in nofx.temporal.list_workflows(query):
+            say(f"cancelling {running.id}")
+            await nofx.temporal.get_workflow_handle(running.id).cancel()
 
 
 async def run_suite(request: ChaosSuiteInput) -> list[ChaosResult]:
@@ -94,37 +115,34 @@ def main() -> None:
 
     stack = Stack(get_settings())
     database_url = stack.running_database_url()
-    engine = make_engine(database_url)
-    with engine.connect() as conn:
-        policy = read_controls(conn).policy
     faults = chaos.suite_faults(args.suite)
     begun = datetime.now(UTC)
-    fleet = new_fleet(stack.home, database_url, engine, args.services)
-    names = [s.name for s in fleet.spec.services]
-    load = LoadGenerator([fleet.url(n, "/") for n in names], concurrency=8, rate=LOAD_RPS)
-    load.start()
-    try:
+    with StopOnSignals() as cleanup:
+        engine = make_engine(database_url)
+        cleanup.callback(engine.dispose)
+        with engine.connect() as conn:
+            policy = read_controls(conn).policy
+        fleet = new_fleet(stack.home, database_url, engine, args.services, cleanup)
+        names = [s.name for s in fleet.spec.services]
+        load = LoadGenerator([fleet.url(n, "/") for n in names], concurrency=8, rate=LOAD_RPS)
+        load.start()
+        cleanup.callback(load.stop)
         say(f"fleet {', '.join(names)} under load; warming up {args.warm_up:g}s")
         time.sleep(args.warm_up)
         say(f"suite {args.suite}: {len(faults)} experiments, {args.parallel} at a time")
-        results = asyncio.run(
-            run_suite(
-                ChaosSuiteInput(
-                    suite=args.suite,
-                    services=names,
-                    faults=faults,
-                    rto_seconds=args.rto,
-                    parallel=args.parallel,
-                )
-            )
+        suite = ChaosSuiteInput(
+            suite=args.suite,
+            services=names,
+            faults=faults,
+            rto_seconds=args.rto,
+            parallel=args.parallel,
         )
-    finally:
-        load.stop()
-        for name in names:
-            clear_recorded(fleet, engine, name)
-        unregister(engine, names)
-        fleet.stop()
-        engine.dispose()
+        try:
+            results = asyncio.run(run_suite(suite))
+        except BaseException:
+            # the suite would go on injecting faults into a fleet that is about to go
+            asyncio.run(cancel_suites(begun))
+            raise
 
     summary = chaos.summarise(results)
     print(chaos.table(summary))

@@ -8,7 +8,9 @@ service passing its health checks (recover). Prints each run, then medians, and 
 
 Killing the same service again within the guardrails' cooldown is what a crash loop looks like,
 and the platform rightly asks a person before restarting it once more; the benchmark measures
-recovery, so it sets the cooldown to 0 after the first run and restores it at the end.
+recovery, so it sets the cooldown to 0 after the first run and restores it at the end — also
+when a run fails or the benchmark is stopped by SIGTERM or SIGINT, which first stops the demo
+in flight (with SIGTERM, so that a stack it is starting is undone) and exits 128 + the signal.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nofx.shutdown import StopOnSignals
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+DEMO_TIMEOUT_S = 300
+STOP_GRACE_S = 60  # what `nofx demo` may take to undo a stack it was starting
+
+
 def run_demo(fault: str, service: str) -> dict[str, object]:
-    completed = subprocess.run(
+    """One `nofx demo --json`; stopped gently (SIGTERM, then SIGKILL) if this process stops."""
+    with subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -41,14 +50,22 @@ def run_demo(fault: str, service: str) -> dict[str, object]:
             service,
         ],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise SystemExit(f"demo failed ({completed.returncode}): {completed.stderr.strip()[-500:]}")
-    summary: dict[str, object] = json.loads(completed.stdout.strip().splitlines()[-1])
+    ) as demo:
+        try:
+            stdout, stderr = demo.communicate(timeout=DEMO_TIMEOUT_S)
+        except BaseException:
+            demo.terminate()
+            try:
+                demo.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+            raise
+    if demo.returncode != 0:
+        raise SystemExit(f"demo failed ({demo.returncode}): {stderr.strip()[-500:]}")
+    summary: dict[str, object] = json.loads(stdout.strip().splitlines()[-1])
     return summary
 
 
@@ -79,20 +96,18 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = []
-    cooldown: float | None = None
-    for index in range(1, args.runs + 1):
-        if index == 2:
-            cooldown = set_cooldown(0.0)
-        summary = run_demo(args.fault, args.service)
-        runs.append(summary)
-        print(
-            f"run {index}: detect {summary['time_to_detect_s']}s  recover"
-            f" {summary['time_to_recover_s']}s  (demo command {summary['demo_seconds']}s)",
-            flush=True,
-        )
-        time.sleep(1)
-    if cooldown is not None:
-        set_cooldown(cooldown)
+    with StopOnSignals() as cleanup:
+        for index in range(1, args.runs + 1):
+            if index == 2:
+                cleanup.callback(set_cooldown, set_cooldown(0.0))
+            summary = run_demo(args.fault, args.service)
+            runs.append(summary)
+            print(
+                f"run {index}: detect {summary['time_to_detect_s']}s  recover"
+                f" {summary['time_to_recover_s']}s  (demo command {summary['demo_seconds']}s)",
+                flush=True,
+            )
+            time.sleep(1)
     detect = [float(r["time_to_detect_s"]) for r in runs]  # type: ignore[arg-type]
     recover = [float(r["time_to_recover_s"]) for r in runs]  # type: ignore[arg-type]
     result = {

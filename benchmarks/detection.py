@@ -13,6 +13,10 @@
 Per fault type it reports: detected, time to detect (injection -> incident detected_at, p50/p95),
 pattern named correctly, root cause ranked first (for config pushes: the configuration). Ground
 truth comes from `fault_injections`; the figures from `healing_incidents`. Writes JSON.
+
+Stopped by SIGTERM or SIGINT (a `timeout`, Ctrl-C), it stops the load, clears the faults on its
+fleet, takes the fleet out of the inventory and stops it, before it exits with status 128 + the
+signal.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _cleanup import retire_on_exit  # benchmarks/, beside this script
 from sqlalchemy.engine import Engine
 
 from nofx.db import make_engine
@@ -39,8 +44,9 @@ from nofx.faults import (
     incidents_opened,
     inject_recorded,
 )
-from nofx.inventory import register_fleet, unregister
+from nofx.inventory import register_fleet
 from nofx.settings import get_settings
+from nofx.shutdown import StopOnSignals
 from nofx.stack import Stack
 from nofx.temporal import exit_process
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
@@ -57,7 +63,10 @@ def say(message: str) -> None:
     print(f"[{datetime.now().astimezone():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
-def new_fleet(home: Path, database_url: str, engine: Engine) -> tuple[Fleet, LoadGenerator]:
+def new_fleet(
+    home: Path, database_url: str, engine: Engine, cleanup: StopOnSignals
+) -> tuple[Fleet, LoadGenerator]:
+    """A fleet of one service per fault role under steady load, retired when `cleanup` exits."""
     tag = uuid.uuid4().hex[:5]
     fleet = Fleet(
         home / f"bench-{tag}",
@@ -68,6 +77,7 @@ def new_fleet(home: Path, database_url: str, engine: Engine) -> tuple[Fleet, Loa
         ),
         database_url=database_url,
     )
+    retire_on_exit(cleanup, fleet, engine)
     fleet.start(timeout=90)
     # registered once up: the monitor must not take a starting service for a dead one
     register_fleet(engine, fleet)
@@ -75,16 +85,8 @@ def new_fleet(home: Path, database_url: str, engine: Engine) -> tuple[Fleet, Loa
         [fleet.url(s.name, "/") for s in fleet.spec.services], concurrency=8, rate=LOAD_RPS
     )
     load.start()
+    cleanup.callback(load.stop)
     return fleet, load
-
-
-def retire(fleet: Fleet, load: LoadGenerator, engine: Engine) -> None:
-    load.stop()
-    names = [s.name for s in fleet.spec.services]
-    for name in names:
-        clear_recorded(fleet, engine, name)
-    unregister(engine, names)
-    fleet.stop()
 
 
 def role_service(fleet: Fleet, role: str) -> str:
@@ -189,30 +191,35 @@ def main() -> None:
     parser.add_argument("--quiet-minutes", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/detection.json")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: at least one round is needed")
 
     stack = Stack(get_settings())
     database_url = stack.running_database_url()
-    engine = make_engine(database_url)
     begun = datetime.now(UTC)
-    say(f"fault-free run: {args.quiet_minutes:g} min of steady load on a fresh fleet")
-    fleet, load = new_fleet(stack.home, database_url, engine)
-    quiet_since = datetime.now(UTC)
-    time.sleep(args.quiet_minutes * 60)
-    names = [s.name for s in fleet.spec.services]
-    false_incidents = incidents_opened(engine, names, quiet_since)
-    say(f"fault-free run: {len(false_incidents)} incident(s) opened on {len(names)} services")
-
     results: list[dict[str, Any]] = []
-    for round_no in range(1, args.rounds + 1):
-        if round_no > 1:
-            retire(fleet, load, engine)
-            fleet, load = new_fleet(stack.home, database_url, engine)
-            say(f"round {round_no}: fresh fleet, warming up {WARM_UP_SECONDS}s")
-            time.sleep(WARM_UP_SECONDS)
-        results += run_stage(fleet, engine, ANOMALY_STAGE, round_no)
-        results += run_stage(fleet, engine, PROBE_STAGE, round_no)
-    retire(fleet, load, engine)
-    engine.dispose()
+    with StopOnSignals() as cleanup:
+        engine = make_engine(database_url)
+        cleanup.callback(engine.dispose)
+        for round_no in range(1, args.rounds + 1):
+            # each round's fleet is retired when the round ends (or the run is stopped)
+            with StopOnSignals() as round_cleanup:
+                fleet, _ = new_fleet(stack.home, database_url, engine, round_cleanup)
+                if round_no == 1:
+                    say(f"fault-free run: {args.quiet_minutes:g} min of steady load")
+                    quiet_since = datetime.now(UTC)
+                    time.sleep(args.quiet_minutes * 60)
+                    names = [s.name for s in fleet.spec.services]
+                    false_incidents = incidents_opened(engine, names, quiet_since)
+                    say(
+                        f"fault-free run: {len(false_incidents)} incident(s) opened"
+                        f" on {len(names)} services"
+                    )
+                else:
+                    say(f"round {round_no}: fresh fleet, warming up {WARM_UP_SECONDS}s")
+                    time.sleep(WARM_UP_SECONDS)
+                results += run_stage(fleet, engine, ANOMALY_STAGE, round_no)
+                results += run_stage(fleet, engine, PROBE_STAGE, round_no)
 
     table = summarise(results)
     print(

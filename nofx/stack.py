@@ -52,6 +52,7 @@ from nofx.settings import (
     TASK_QUEUE_MAINTENANCE,
     Settings,
 )
+from nofx.shutdown import StopOnSignals
 from nofx.temporal import connect
 from pilot.fleet import Fleet, FleetError, FleetSpec, port_in_use
 
@@ -172,9 +173,21 @@ class Stack:
     # ---- up ---------------------------------------------------------------------------------
 
     def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
-        """Start every part that is not running yet; on failure stop what this call started."""
+        """Start every part that is not running yet; on failure stop what this call started.
+
+        A SIGTERM or SIGINT while starting is a failure too: the parts run in sessions of their
+        own (they outlive the command once it is done), so without this a `nofx up` or
+        `nofx demo` stopped halfway would leave them running. A second signal does not cut the
+        undoing short; the command then exits with status 128 + the signal.
+        """
         for directory in (self.home, self.settings.logs_dir, self.settings.run_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        with StopOnSignals() as undo:
+            undo.callback(self._undo_started)
+            self._start_parts(progress)
+            undo.pop_all()  # up: what was started keeps running
+
+    def _start_parts(self, progress: Callable[[str], None]) -> None:
         try:
             self._check_ports()
             progress("temporal: starting dev server")
@@ -207,7 +220,6 @@ class Stack:
             log.info("stack up", started=list(self.started), ui=self.ui_url)
         except BaseException as err:
             log.error("stack start failed", error=str(err), undoing=list(self.started))
-            self._undo_started()
             if isinstance(err, StackError | FleetError | psycopg.Error | OSError):
                 raise StackError(str(err).splitlines()[0]) from err
             raise

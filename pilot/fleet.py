@@ -93,7 +93,11 @@ _MAX_SOCKET_PATH = 107
 # Where free_port looks: above the well-known services, below the ephemeral range.
 _LISTEN_PORTS = (20000, 32000)
 _STOP_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
-_TAKE_HOLD_S = 5.0
+_TAKE_HOLD_S = 10.0
+# How long a call waits for a pilot that is starting (or being restarted) to serve. supervisord
+# calls a process RUNNING `startsecs` after spawning it, which on a busy machine comes before the
+# pilot has imported its modules and bound its port.
+_SERVE_WAIT_S = 30.0
 _MIB = 1024 * 1024
 
 log = get_logger("pilot.fleet")
@@ -101,6 +105,10 @@ log = get_logger("pilot.fleet")
 
 class FleetError(RuntimeError):
     """The fleet cannot do what was asked; the one-line message names the culprit."""
+
+
+class _PilotUnreachable(FleetError):
+    """A pilot did not answer at all (as opposed to refusing what it was asked)."""
 
 
 class ServiceSpec(BaseModel):
@@ -1047,12 +1055,38 @@ class Fleet:
         return done
 
     def _start_process(self, name: str) -> str:
+        """Start `name` and return once it serves: whoever cleared a kill asks it next."""
         try:
             self._supervisor(timeout=30.0).startProcess(name, True)
         except xmlrpc.client.Fault as exc:
             if "ALREADY_STARTED" not in exc.faultString:
                 raise FleetError(f"cannot start {name}: {exc.faultString}") from None
-        return f"started {name} (pid {self.pid(name)})"
+        return f"started {name} (pid {self.wait_serving(name)})"
+
+    def wait_serving(self, name: str, timeout: float = _SERVE_WAIT_S) -> int:
+        """Wait until a process of `name` runs, is not frozen and answers /health; its pid.
+
+        Waiting on supervisord's RUNNING alone races the pilot's own start (see
+        `_SERVE_WAIT_S`); a process that is being restarted is waited for the same way.
+
+        Raises:
+            FleetError: no such service, the start failed (FATAL, BACKOFF), or no process
+                served within `timeout` seconds; the message quotes the state and the last line
+                of the service's error log.
+        """
+        self.spec.get(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self._process_info(name)
+            state, pid = info["statename"], int(info["pid"])
+            if state == "RUNNING" and pid and not is_frozen(pid) and self.answers_health(name):
+                return pid
+            failed = state in ("FATAL", "BACKOFF")
+            if failed or time.monotonic() > deadline:
+                detail = _last_line(self.logs_dir / f"{name}.err.log") or info["description"]
+                waited = "" if failed else f" within {timeout:g}s"
+                raise FleetError(f"{name} did not serve{waited} (supervisord {state}): {detail}")
+            time.sleep(0.1)
 
     def _clear_in_process(self, name: str, kinds: set[str], *, explicit: str | None) -> list[str]:
         """Ask the pilot to drop its in-process faults; delete a dead pilot's fill files."""
@@ -1084,7 +1118,7 @@ class Fleet:
                 outcome = self._pilot_call("DELETE", name, target)
                 if outcome.get("cleared"):
                     done.append(f"{target}: {_describe_clear(outcome)}")
-        except FleetError:
+        except _PilotUnreachable:
             # Healing may restart the process while we ask: a new process holds none of the old
             # one's in-process faults, so only the files are left to delete.
             if self._wait_for_new_pid(name, pid) is None:
@@ -1196,25 +1230,33 @@ class Fleet:
     def _pilot_call(
         self, method: str, name: str, kind: str | None, params: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Call the pilot's /faults endpoint; refusals and silence become FleetErrors."""
+        """Call the pilot's /faults endpoint; refusals and silence become FleetErrors.
+
+        A refused connection never reached a pilot: the process is still starting, or being
+        restarted (by healing, say). The call then waits for a process that serves and asks it,
+        once: what it answers is the truth about the process that runs now.
+        """
         url = self.url(name, "/faults" if kind is None else f"/faults/{kind}")
+        body = dict(params) if params is not None else None
         try:
-            response = httpx.request(
-                method, url, json=dict(params) if params is not None else None, timeout=10.0
-            )
+            try:
+                response = httpx.request(method, url, json=body, timeout=10.0)
+            except httpx.ConnectError:
+                self.wait_serving(name)
+                response = httpx.request(method, url, json=body, timeout=10.0)
         except httpx.HTTPError as exc:
-            raise FleetError(
+            raise _PilotUnreachable(
                 f"{name} does not answer {method} {url}: {exc.__class__.__name__}"
             ) from None
         try:
-            body: dict[str, Any] = response.json()
+            answer: dict[str, Any] = response.json()
         except ValueError:
-            body = {"error": response.text[:200]}
+            answer = {"error": response.text[:200]}
         if response.status_code >= 400:
             action = "inject" if method == "POST" else "clear" if method == "DELETE" else "list"
             what = kind or "faults"
-            raise FleetError(f"{name} refused to {action} {what}: {body.get('error', body)}")
-        return body
+            raise FleetError(f"{name} refused to {action} {what}: {answer.get('error', answer)}")
+        return answer
 
     def _load_process(self, name: str) -> psutil.Process | None:
         """The running load generator of `name`, checked against its record (pid reuse)."""

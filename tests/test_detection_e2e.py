@@ -10,6 +10,7 @@ monitor must open no incident at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from models.detection import TrainDetectorInput
-from models.healing import IncidentState, MonitorInput
+from models.healing import TERMINAL_STATES, IncidentState, MonitorInput
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import make_engine
 from nofx.diagnosis.evidence import DetectorCache, derive_series
@@ -117,19 +118,70 @@ async def wait_incident(client: Client, workflow_id: str, since: datetime) -> Wo
 
 
 async def healing_done(client: Client, fleet: Fleet, timeout: float = 180) -> None:
-    """Wait until no incident heals a service of `fleet` and every service answers again."""
+    """Wait until no incident acts on a service of `fleet` and every service answers again.
+
+    An incident that waits for a person (`approve`) does nothing until one comes, which no test
+    sends: it is not healing, and waiting for it would only wait out its hour.
+    """
     names = [s.name for s in fleet.spec.services]
     query = "WorkflowType = 'HealingIncidentWorkflow' AND ExecutionStatus = 'Running'"
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        running = [
-            w.id async for w in client.list_workflows(query) if any(n in w.id for n in names)
-        ]
+        acting = {}
+        async for execution in client.list_workflows(query):
+            if any(n in execution.id for n in names):
+                handle = client.get_workflow_handle(execution.id)
+                with contextlib.suppress(RPCError):  # it ended since it was listed
+                    status = await handle.query(HealingIncidentWorkflow.status)
+                    if status.state not in (IncidentState.AWAITING_APPROVAL, *TERMINAL_STATES):
+                        acting[execution.id] = (status.state.value, status.timeline[-2:])
         down = [n for n in names if not fleet.answers_health(n)]
-        if not running and not down:
+        if not acting and not down:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"still healing {running}, still down {down}")
+            raise AssertionError(f"still healing {acting}, still down {down}")
+        await asyncio.sleep(1.0)
+
+
+# The grid the detectors' series are derived on: one scrape per step is what they learn from.
+GRID_SECONDS = 2.0
+
+
+async def observed_for(
+    engine: Engine, services: list[str], since: datetime, seconds: float, timeout: float = 240
+) -> None:
+    """Wait until the monitor has scraped every service of `services` for `seconds` from `since`,
+    once per grid step at least.
+
+    What the learned detector learns from is what was scraped, not what the wall clock says: on
+    a busy machine the monitor's ticks run late, and a fault cleared after a fixed sleep may
+    have left too few samples to be an episode.
+    """
+    query = text(
+        "SELECT service, count(DISTINCT ts), max(ts) FROM metric_samples"
+        " WHERE service = ANY(:s) AND metric = 'process_resident_memory_bytes' AND ts >= :since"
+        " GROUP BY service"
+    )
+    needed = int(seconds / GRID_SECONDS)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"s": services, "since": since}).all()
+        seen = {row[0]: (row[1], row[2]) for row in rows}
+        short = {
+            name: seen.get(name)
+            for name in services
+            if name not in seen
+            or seen[name][0] < needed
+            or (seen[name][1] - since).total_seconds() < seconds
+        }
+        if not short:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"{seconds:g}s from {since:%H:%M:%S} not scraped within {timeout:g}s"
+                f" (samples, last): {short}"
+            )
         await asyncio.sleep(1.0)
 
 
@@ -222,7 +274,7 @@ FAULT_SECONDS = 35
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # it waits on scraped samples, which a busy machine delivers late
 async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
     client: Client,
     monitored: tuple[Fleet, Engine, WorkflowHandle[object, object]],
@@ -231,8 +283,8 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
     fleet, engine, _ = monitored
     everyone = [s.name for s in fleet.spec.services]
     started = datetime.now(UTC)
-    await asyncio.sleep(60)  # a baseline of normal behaviour under load
-    rounds = []
+    await observed_for(engine, everyone, started, 60)  # a baseline of normal behaviour under load
+    rounds, cleared = [], []
     for _ in range(2):
         await healing_done(client, fleet)  # healing is on: a restart may still be under way
         rounds.append(datetime.now(UTC))
@@ -246,10 +298,12 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
                 actor="pytest",
                 **params,
             )
-        await asyncio.sleep(FAULT_SECONDS)
-        for role in TRAINING_FAULTS:
-            clear_recorded(fleet, engine, service(fleet, role))
-        await asyncio.sleep(SETTLE_SECONDS + 10)
+        faulted = [service(fleet, role) for role in TRAINING_FAULTS]
+        await observed_for(engine, faulted, rounds[-1], FAULT_SECONDS)
+        for name in faulted:
+            clear_recorded(fleet, engine, name)
+        cleared.append(datetime.now(UTC))
+        await observed_for(engine, everyone, cleared[-1], SETTLE_SECONDS + 10)
     until = datetime.now(UTC)
     try:
         report = await NofxClient(client).train_detector(
@@ -305,7 +359,9 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
         cache.use_model(detector)
         firings = cache.feed(leaking, "rss_bytes", rss["rss_bytes"])
         learned = [f for f in firings if "lightgbm" in f[2]]
-        leak_on = [(r.timestamp(), r.timestamp() + FAULT_SECONDS + 20) for r in rounds]
+        leak_on = [
+            (r.timestamp(), c.timestamp() + 20) for r, c in zip(rounds, cleared, strict=True)
+        ]
         assert learned, firings
         assert all(any(a <= f[0] <= b for a, b in leak_on) for f in learned), (leak_on, learned)
     finally:

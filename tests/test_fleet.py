@@ -27,7 +27,7 @@ API = "pilot-api"
 ORDERS = "pilot-orders"
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     """Poll `predicate` until it holds; supervisord learns of a death asynchronously."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -121,6 +121,8 @@ def test_killed_service_is_restarted_once_per_incident(
     outcome = provider.restart(API, not_before=not_before)
     assert outcome.restarted
     assert outcome.new_pid not in (None, killed)
+    # RUNNING to supervisord is not serving yet: the new process may still be binding its port.
+    assert fleet.wait_serving(API) == outcome.new_pid
     assert health(fleet, API)["pid"] == outcome.new_pid
     assert len(fleet.starts(API)) == 2
 
@@ -150,6 +152,7 @@ def test_hung_service_is_seen_frozen_and_restarted(
     assert outcome.restarted
     assert outcome.old_pid == hung
     assert not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE
+    assert fleet.wait_serving(ORDERS) == outcome.new_pid
     assert health(fleet, ORDERS)["pid"] == outcome.new_pid
     assert not provider.process_state(ORDERS).frozen
     assert len(fleet.starts(ORDERS)) == 2
