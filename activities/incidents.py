@@ -5,16 +5,31 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.healing import IncidentState, OpenIncidentInput, OpenIncidentResult
 from nofx.client import incident_workflow_id, start_incident
+from nofx.logging import get_logger
 from nofx.temporal import STATUS
+
+log = get_logger(__name__)
 
 UNHEALED = {IncidentState.FAILED.value, IncidentState.ESCALATED.value}
 # Seen by the probes as they are now (no window lags behind a fix): never held back to settle.
 PROBED_PATTERNS = frozenset({"service_down", "service_hung"})
+# A run whose workflow task has failed this many attempts less one in a row cannot progress by
+# itself (Temporal retries a failed task forever, about every 10 s). One failure is not enough:
+# a task failed once by the deadlock detector on a busy machine succeeds on its next attempt.
+STUCK_AFTER_ATTEMPTS = 3
+_TASK_OUTCOMES = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+}
 
 
 class IncidentActivities:
@@ -77,22 +92,83 @@ class IncidentActivities:
             )
         return None
 
-    async def _busy_with_another(self, service: str, workflow_id: str) -> str | None:
+    async def _busy_with_another(
+        self, service: str, workflow_id: str, replaced: list[str]
+    ) -> str | None:
         """One incident per service at a time: while one heals it (a restart takes it down for a
-        moment, a hang is ended by a kill), what the probes see is that incident's doing."""
+        moment, a hang is ended by a kill), what the probes see is that incident's doing. One
+        that cannot progress heals nothing: it is ended (see `_end_if_stuck`), not waited on."""
         query = (
             f"WorkflowType = 'HealingIncidentWorkflow' AND ExecutionStatus = 'Running'"
             f" AND NofxService = '{service}'"
         )
         async for running in self._client.list_workflows(query, limit=5):
-            if running.id != workflow_id:
+            if running.id != workflow_id and not await self._end_if_stuck(running.id, replaced):
                 return f"incident {running.id} is healing {service}"
         return None
+
+    async def _stuck_reason(self, workflow_id: str) -> tuple[str, str] | None:
+        """The run id and why, when the running workflow `workflow_id` cannot make progress:
+        its workflow task has failed `STUCK_AFTER_ATTEMPTS - 1` attempts in a row (the last
+        task outcome in its history is a failure, not a timeout: a timed-out task is a worker
+        that died, which a restarted worker resumes)."""
+        try:
+            described = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        raw = described.raw_description
+        if described.status != WorkflowExecutionStatus.RUNNING or not raw.HasField(
+            "pending_workflow_task"
+        ):
+            return None
+        attempt = raw.pending_workflow_task.attempt
+        if attempt < STUCK_AFTER_ATTEMPTS:
+            return None
+        history = await self._client.workflow_service.get_workflow_execution_history_reverse(
+            GetWorkflowExecutionHistoryReverseRequest(
+                namespace=self._client.namespace,
+                execution=WorkflowExecution(workflow_id=workflow_id, run_id=described.run_id),
+                maximum_page_size=50,
+            )
+        )
+        last = next((e for e in history.history.events if e.event_type in _TASK_OUTCOMES), None)
+        if last is None or last.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            return None
+        failure = last.workflow_task_failed_event_attributes.failure
+        detail = failure.message + (f": {failure.cause.message}" if failure.cause.message else "")
+        return described.run_id, (
+            f"its workflow task failed {attempt - 1} times in a row"
+            f" ({detail.splitlines()[0][:300] if detail else 'no message'})"
+        )
+
+    async def _end_if_stuck(self, workflow_id: str, replaced: list[str]) -> bool:
+        """Terminate the running `workflow_id` when it cannot progress, so a new run can heal;
+        the reason is kept in its history (the terminate reason) and in the log."""
+        stuck = await self._stuck_reason(workflow_id)
+        if stuck is None:
+            return False
+        run_id, why = stuck
+        reason = f"nofx-monitor: replaced by a new run, this one cannot progress: {why}"
+        try:
+            await self._client.get_workflow_handle(workflow_id, run_id=run_id).terminate(
+                reason=reason
+            )
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:  # it ended meanwhile: nothing to end
+                raise
+        log.warning(
+            "stuck incident run terminated", workflow_id=workflow_id, run_id=run_id, reason=why
+        )
+        replaced.append(f"{workflow_id}/{run_id}")
+        return True
 
     @activity.defn
     async def open_incident(self, inp: OpenIncidentInput) -> OpenIncidentResult:
         """Start `HealingIncidentWorkflow`, join the one already running for this failure, or
-        hold back while a recent attempt that failed or escalated is cooling down."""
+        hold back while a recent attempt that failed or escalated is cooling down. A running one
+        that cannot progress is never joined: it is terminated and a fresh run started."""
         incident = inp.incident
         workflow_id = incident_workflow_id(incident.service, incident.incident_type)
         onsets = [
@@ -101,8 +177,10 @@ class IncidentActivities:
             if isinstance(a, dict) and a.get("onset")
         ]
         onset = min(onsets, default=None)
+        replaced: list[str] = []
+        await self._end_if_stuck(workflow_id, replaced)  # never joined: it would heal nothing
         reason = (
-            await self._busy_with_another(incident.service, workflow_id)
+            await self._busy_with_another(incident.service, workflow_id, replaced)
             or await self._recently_unhealed(workflow_id, inp, onset)
             or await self._tail_of_last_heal(incident.service, onset)
         )
@@ -113,8 +191,12 @@ class IncidentActivities:
                 run_id=None,
                 joined_existing=False,
                 suppressed_reason=reason,
+                replaced_stuck_runs=replaced,
             )
         handle, started = await start_incident(self._client, incident)
         return OpenIncidentResult(
-            workflow_id=handle.id, run_id=handle.result_run_id, joined_existing=not started
+            workflow_id=handle.id,
+            run_id=handle.result_run_id,
+            joined_existing=not started,
+            replaced_stuck_runs=replaced,
         )

@@ -125,6 +125,11 @@ class OpenIncidentResult(Contract):
     run_id: str | None
     joined_existing: bool
     suppressed_reason: str | None = None
+    replaced_stuck_runs: list[str] = Field(
+        default_factory=list,
+        description="runs (`workflow_id/run_id`) whose workflow task kept failing, so they could"
+        " never progress: terminated before this incident was opened, never joined",
+    )
 
 
 class PlaybookStep(Contract):

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from nofx.db import make_engine
 from nofx.logging import configure_logging, get_logger
+from nofx.payloads import ContractWorkflowRunner, contract_data_converter
 from nofx.settings import Settings, get_settings
 from nofx.temporal import connect, metrics_runtime
 
@@ -39,14 +40,22 @@ ActivityFactory = Callable[[Dependencies], Sequence[Callable[..., object]]]
 def build_worker(
     deps: Dependencies, task_queue: str, workflows: Sequence[type], activities: ActivityFactory
 ) -> Worker:
-    """A Worker for one track; sync activities run on a pool sized to the activity slots."""
+    """A Worker for one track; sync activities run on a pool sized to the activity slots.
+
+    Its workflows refuse input that does not fit their contract (`nofx.payloads`): a malformed
+    start fails the run at once with a typed `InvalidInput` naming each field, rather than
+    failing its workflow task forever and holding the workflow id.
+    """
+    config = deps.client.config()
+    config["data_converter"] = contract_data_converter(deps.client.data_converter)
     return Worker(
-        deps.client,
+        Client(**config),
         task_queue=task_queue,
         workflows=list(workflows),
         activities=list(activities(deps)),
         activity_executor=ThreadPoolExecutor(ACTIVITY_CONCURRENCY),
         max_concurrent_activities=ACTIVITY_CONCURRENCY,
+        workflow_runner=ContractWorkflowRunner(),
     )
 
 
