@@ -223,7 +223,7 @@ def test_concurrent_migrate_calls_apply_each_file_once(pg_admin_url: str) -> Non
         assert migration_status(url).up_to_date
         with psycopg.connect(to_libpq_url(url)) as conn:
             playbooks = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-        assert playbooks == (11,)  # 008, 013, 015 and 016 seed 2 + 6 + 2 + 1
+        assert playbooks == (27,)  # 008, 013, 015, 016 and 018 seed 2 + 6 + 2 + 1 + 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,10 +432,11 @@ def test_seed_playbooks_are_not_duplicated_when_rerun(fresh_database_url: str) -
             "008_seed_playbooks.sql",
             "013_seed_strategy_playbooks.sql",
             "016_traffic_playbooks.sql",
+            "018_candidate_playbooks.sql",
         ):
             conn.execute((SQL_DIR / seed).read_text().encode())
         count = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-    assert count == (11,)
+    assert count == (27,)
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,9 +83,11 @@ def test_playbooks_are_created_updated_disabled_and_bad_input_is_refused_field_b
     assert refused.exit_code == 1
     for field in ("playbook_name", "automation_level", "recovery_steps.0", "params.factor"):
         assert field in refused.output, (field, refused.output)
-    # nothing half-written: only the seeded traffic playbook (016) is there
+    # nothing half-written: only the seeded playbooks (016, 018) are there
     assert [p["playbook_name"] for p in ops.list_playbooks(engine, "overload")] == [
-        "shift-traffic-off-overloaded-replica"
+        "shift-traffic-off-overloaded-replica",
+        "grow-pool-under-overload",
+        "restart-overloaded-service",
     ]
 
     good = {
@@ -224,7 +226,11 @@ async def test_the_python_client_offers_the_same_operations(
 
     nofx = NofxClient(client, db_engine)
     books = await nofx.healing_playbooks("service_down")
-    assert [b["playbook_name"] for b in books] == ["restart-service"]
+    assert [b["playbook_name"] for b in books] == [
+        "restart-service",
+        "drain-and-restart-dead-replica",
+        "shift-traffic-off-dead-replica",
+    ]
     plan = await nofx.healing_simulate("restart-service", live_fleet.spec.services[0].name)
     assert plan["touched"] == "nothing"
     assert {p["problem_signature"] for p in await nofx.healing_patterns()} >= {"service_down"}
