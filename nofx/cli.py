@@ -26,12 +26,14 @@ from temporalio.service import RPCError
 
 from activities.store import list_fleet_targets
 from models.chaos import ChaosSuiteInput
+from models.decisions import Operator
 from models.detection import TrainDetectorInput
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from nofx import chaos
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
+from nofx.decisions import store as decision_store
 from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
 from nofx.healing import operations as ops
@@ -70,6 +72,12 @@ guardrails_app.add_typer(freeze_app, name="freeze")
 app.add_typer(healing_app, name="healing")
 healing_app.add_typer(playbooks_app, name="playbooks")
 app.add_typer(chaos_app, name="chaos")
+operators_app = typer.Typer(help="People who may approve, reject or override decisions.")
+autonomous_app = typer.Typer(help="The decision engine: its mode and policy.")
+mode_app = typer.Typer(help="observe | assist | autonomous, globally or per service.")
+app.add_typer(operators_app, name="operators")
+app.add_typer(autonomous_app, name="autonomous")
+autonomous_app.add_typer(mode_app, name="mode")
 
 
 def fail(message: str) -> typer.Exit:
@@ -856,3 +864,73 @@ def run() -> None:
             typer.echo(done.code, err=True)
             code = 1
     exit_process(code)
+
+
+# ---- operators and the decision engine's mode -------------------------------------------
+
+
+@operators_app.command("add")
+def operators_add(
+    name: Annotated[str, typer.Argument(help="the name they approve with, e.g. alice")],
+    permission: Annotated[
+        list[str], typer.Option("--permission", "-p", help="e.g. healing:restart, healing:*, *")
+    ],
+    display_name: Annotated[str | None, typer.Option(help="a readable name")] = None,
+) -> None:
+    """Add an operator (or replace an operator's permissions)."""
+    try:
+        operator = Operator(name=name, permissions=permission, display_name=display_name)
+    except ValidationError as err:
+        raise fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())) from None
+    with _engine() as engine:
+        decision_store.add_operator(engine, operator, actor=getpass.getuser())
+    typer.echo(f"operator {operator.name}: {', '.join(operator.permissions) or 'no permission'}")
+
+
+@operators_app.command("list")
+def operators_list() -> None:
+    """Operators and their permissions."""
+    with _engine() as engine:
+        for operator in decision_store.list_operators(engine):
+            typer.echo(f"{operator.name:<20} {', '.join(operator.permissions)}")
+
+
+@operators_app.command("remove")
+def operators_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove an operator: their later answers are refused."""
+    with _engine() as engine:
+        try:
+            decision_store.remove_operator(engine, name)
+        except decision_store.DecisionStoreError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"removed operator {name}")
+
+
+@mode_app.command("show")
+def mode_show() -> None:
+    """The global mode, the thresholds, and the services with a mode of their own."""
+    with _engine() as engine:
+        policy = decision_store.get_policy(engine)
+        modes = decision_store.service_modes(engine)
+    typer.echo(
+        f"global mode: {policy.mode} (autonomous asks at risk >= {policy.ask_at_risk} or"
+        f" confidence < {policy.min_confidence}; critical always asks two people)"
+    )
+    for service, mode in sorted(modes.items()):
+        typer.echo(f"{service}: {mode}")
+
+
+@mode_app.command("set")
+def mode_set(
+    mode: Annotated[str, typer.Argument(help="observe | assist | autonomous")],
+    service: Annotated[str | None, typer.Option(help="only this service")] = None,
+) -> None:
+    """Set the global mode, or one service's (the strictest of the two applies)."""
+    if mode not in ("observe", "assist", "autonomous"):
+        raise fail(f"mode: {mode!r} is not one of observe, assist, autonomous")
+    with _engine() as engine:
+        try:
+            decision_store.set_mode(engine, mode, service=service)  # type: ignore[arg-type]
+        except decision_store.DecisionStoreError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"mode {mode}" + (f" for {service}" if service else " (global)"))

@@ -292,3 +292,24 @@ async def test_observe_mode_decides_and_never_acts(
     done = await (await start(client, queue, context("tier-0"), [RESTART, ROLLBACK])).result()
     assert (done.status, done.act, done.chosen) == ("observed", False, "rollback-config")
     assert not done.approval.required
+
+
+def test_operators_and_modes_from_the_cli(nofx_cli: Any, fresh_database_url: str) -> None:
+    added = nofx_cli(fresh_database_url, "operators", "add", "dana", "-p", "healing:*")
+    assert added.exit_code == 0, added.output
+    listed = nofx_cli(fresh_database_url, "operators", "list")
+    assert "dana" in listed.output
+    assert "healing:*" in listed.output
+    bad = nofx_cli(fresh_database_url, "operators", "add", "no spaces", "-p", "x")
+    assert bad.exit_code == 1
+    assert "name:" in bad.output
+    assert nofx_cli(fresh_database_url, "autonomous", "mode", "set", "assist").exit_code == 0
+    shown = nofx_cli(fresh_database_url, "autonomous", "mode", "show")
+    assert "global mode: assist" in shown.output
+    wrong = nofx_cli(fresh_database_url, "autonomous", "mode", "set", "yolo")
+    assert wrong.exit_code == 1
+    assert "mode: 'yolo'" in wrong.output
+    unknown = nofx_cli(fresh_database_url, "autonomous", "mode", "set", "observe", "--service", "x")
+    assert "service: 'x' is not in the inventory" in unknown.output
+    assert nofx_cli(fresh_database_url, "operators", "remove", "dana").exit_code == 0
+    assert nofx_cli(fresh_database_url, "operators", "remove", "dana").exit_code == 1
