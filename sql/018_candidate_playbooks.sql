@@ -78,3 +78,19 @@ WHERE NOT EXISTS (
   SELECT 1 FROM recovery_playbooks p
   WHERE p.incident_type = v.incident_type AND p.playbook_name = v.playbook_name
 );
+
+-- A leaking service outgrows any pool: growing it only postpones the exhaustion, and the action
+-- matrix's 20-second judge cannot tell the two apart (it scored it 2/2). Shipped disabled, so the
+-- engine does not prefer a postponement over ending the stuck sessions; an operator may enable it.
+UPDATE recovery_playbooks SET enabled = false
+WHERE incident_type = 'db_pool_exhaustion' AND playbook_name = 'grow-connection-pool'
+  AND updated_at IS NULL;
+
+-- Neither a bigger pool nor a restart relieves an overload (the load is still there, and the
+-- limit is worker slots, not connections). The matrix's overload cells are unreliable: the fault
+-- lifts p95 only just over the judge's 200 ms, so their successes are chance. Shipped disabled:
+-- where no traffic can be shifted, an overload still goes to a person.
+UPDATE recovery_playbooks SET enabled = false
+WHERE incident_type = 'overload'
+  AND playbook_name IN ('grow-pool-under-overload', 'restart-overloaded-service')
+  AND updated_at IS NULL;

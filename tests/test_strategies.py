@@ -299,6 +299,17 @@ async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
         (f"test-restart-{tag}", 2, [{"action": "restart_service"}, {"action": "validate_health"}]),
     ]
     with db_engine.begin() as conn:
+        # Only this test's two rungs are candidates: the seeded overload playbooks step aside.
+        others = (
+            conn.execute(
+                text(
+                    "UPDATE recovery_playbooks SET enabled = false WHERE incident_type = 'overload'"
+                    " AND enabled RETURNING playbook_name"
+                )
+            )
+            .scalars()
+            .all()
+        )
         for name, rank, steps in ladder:
             conn.execute(
                 text(
@@ -340,6 +351,13 @@ async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
             conn.execute(
                 text("DELETE FROM recovery_playbooks WHERE playbook_name = ANY(:n)"),
                 {"n": [name for name, _, _ in ladder]},
+            )
+            conn.execute(
+                text(
+                    "UPDATE recovery_playbooks SET enabled = true WHERE incident_type = 'overload'"
+                    " AND playbook_name = ANY(:n)"
+                ),
+                {"n": others},
             )
 
 
