@@ -19,10 +19,10 @@ from models.decisions import (
     Prediction,
     SystemState,
 )
-from models.healing import PlaybookStep
 from nofx.decisions import approval, risk, scoring
 from nofx.decisions.explain import explain
 from nofx.decisions.success import BetaSuccessModel, Prior
+from tests.decision_cases import RESTART, ROLLBACK, SHIFT
 
 ALL_BUT_TRAFFIC = [
     "process.restart",
@@ -34,23 +34,8 @@ ALL_BUT_TRAFFIC = [
     "probe.http",
 ]
 
-ROLLBACK = Candidate(
-    name="rollback-slow-config",
-    steps=[PlaybookStep(action="rollback_config"), PlaybookStep(action="validate_requests")],
-    required_permissions=["healing:config"],
-)
-RESTART = Candidate(
-    name="restart-service",
-    steps=[PlaybookStep(action="restart_service"), PlaybookStep(action="validate_health")],
-    required_permissions=["healing:restart"],
-)
-SHIFT = Candidate(
-    name="shift-traffic",
-    steps=[PlaybookStep(action="shift_weight"), PlaybookStep(action="validate_requests")],
-    required_permissions=["healing:traffic"],
-)
 PRIORS = [
-    Prior("latency_regression", "configuration", "rollback-slow-config", 2, 2, 12.0),
+    Prior("latency_regression", "configuration", "rollback-config", 2, 2, 12.0),
     Prior("latency_regression", "configuration", "restart-service", 2, 0, None),
     Prior("latency_regression", "self", "restart-service", 2, 2, 6.0),
 ]
@@ -84,8 +69,8 @@ def context(**changes: object) -> DecisionContext:
 
 def test_scores_match_the_hand_computed_weighted_sum() -> None:
     result = scoring.score(context(), [RESTART, SHIFT, ROLLBACK], MODEL)
-    assert result.chosen == "rollback-slow-config"
-    rollback = result.find("rollback-slow-config")
+    assert result.chosen == "rollback-config"
+    rollback = result.find("rollback-config")
     restart = result.find("restart-service")
     assert rollback is not None
     assert rollback.scores is not None
@@ -114,7 +99,7 @@ def test_the_root_cause_selects_the_prior_and_history_adds_to_it() -> None:
     by_self = scoring.score(
         context(cause="self", config_change_rollbackable=False), [RESTART, ROLLBACK], MODEL
     )
-    assert by_config.chosen == "rollback-slow-config"
+    assert by_config.chosen == "rollback-config"
     assert by_self.chosen == "restart-service"
     seen = context(outcomes=[OutcomeCount(playbook="restart-service", resolved=6, failed=0)])
     restart = scoring.score(seen, [RESTART], MODEL).find("restart-service")
@@ -279,10 +264,10 @@ def test_the_explanation_names_why_each_alternative_lost() -> None:
     assert set(text.why_not) == {"restart-service", "shift-traffic"}
     assert "mostly on success probability" in text.why_not["restart-service"]
     assert text.why_not["shift-traffic"].startswith("pruned: capability")
-    assert "Chose rollback-slow-config" in text.text
+    assert "Chose rollback-config" in text.text
     assert "Not shift-traffic: pruned: capability" in text.text
     assert [row["candidate"] for row in text.criteria] == [
-        "rollback-slow-config",
+        "rollback-config",
         "restart-service",
         "shift-traffic",
     ]

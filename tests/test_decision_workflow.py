@@ -31,29 +31,14 @@ from models.decisions import (
     Reject,
     SystemState,
 )
-from models.healing import PlaybookStep
 from nofx.decisions import store
 from nofx.settings import get_settings
+from tests.decision_cases import RESTART, ROLLBACK, SHIFT
 from workers import decisions
 from workers.common import Dependencies, build_worker
 from workflows.decisions import DecisionWorkflow
 
 CAPS = ["process.restart", "config.rollback", "config.adjust", "traffic.weight", "probe.http"]
-ROLLBACK = Candidate(
-    name="rollback-config",
-    steps=[PlaybookStep(action="rollback_config"), PlaybookStep(action="validate_requests")],
-    required_permissions=["healing:config"],
-)
-SHIFT = Candidate(
-    name="shift-traffic",
-    steps=[PlaybookStep(action="shift_weight"), PlaybookStep(action="validate_requests")],
-    required_permissions=["healing:traffic"],
-)
-RESTART = Candidate(
-    name="restart-service",
-    steps=[PlaybookStep(action="restart_service"), PlaybookStep(action="validate_health")],
-    required_permissions=["healing:restart"],
-)
 
 
 @pytest.fixture
