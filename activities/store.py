@@ -28,37 +28,21 @@ from models.healing import (
 from nofx.audit import append_audit, verify_chain
 from nofx.healing.actions import capabilities
 from nofx.healing.operations import refresh_pattern
+from nofx.inventory import find_target, list_targets
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def list_fleet_targets(engine: Engine) -> list[FleetTarget]:
-    """Services of the inventory that have a health endpoint to probe."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT name, endpoint, provider, metadata FROM services "
-                "WHERE endpoint IS NOT NULL ORDER BY name"
-            )
-        ).mappings()
-        return [
-            FleetTarget(
-                service=r["name"],
-                endpoint=r["endpoint"],
-                provider=r["provider"],
-                metadata=r["metadata"] or {},
-            )
-            for r in rows
-        ]
+list_fleet_targets = list_targets
 
 
 def get_fleet_target(engine: Engine, service: str) -> FleetTarget:
     """The inventory entry of one service, or a non-retryable NotFound naming it."""
-    for target in list_fleet_targets(engine):
-        if target.service == service:
-            return target
+    target = find_target(engine, service)
+    if target is not None:
+        return target
     raise not_found(f"service {service!r} is not in the inventory (table services)")
 
 

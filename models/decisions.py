@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from models.actions import Capability
 from models.common import Contract
-from models.detection import Diagnosis
+from models.detection import Diagnosis, Pattern
 from models.healing import PlaybookStep
 
 DecisionType = Literal["healing", "maintenance", "optimization"]
@@ -450,3 +450,64 @@ class DecisionWaiting(Contract):
     decision_id: str
     why: list[str] = Field(default_factory=list)
     risk: RiskLevel | None = None
+
+
+# ---- operations (nofx.operations.autonomous: the CLI, the client, later the HTTP API) ---------
+
+Cause = Literal["configuration", "dependency", "self"]
+
+
+class DecideRequest(Contract):
+    """`nofx autonomous decide`: ask the engine about a service's problem now."""
+
+    service: str = Field(min_length=1, description="a service of the inventory")
+    incident_type: Pattern = Field(description="the problem pattern to decide about")
+    cause: Cause | None = Field(
+        default=None, description="the root-cause kind, when known (else none is assumed)"
+    )
+    decision_type: DecisionType = "healing"
+    requested_by: str = Field(default="nofx", min_length=1)
+    require_approval: str | None = Field(
+        default=None, description="ask a person whatever the risk, with this reason"
+    )
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    wait_seconds: float = Field(
+        default=60, gt=0, le=600, description="how long to wait for the decision to be made"
+    )
+
+
+class SimulateRequest(Contract):
+    """`nofx autonomous simulate`: score and explain against the current state; nothing runs."""
+
+    service: str = Field(min_length=1)
+    incident_type: Pattern
+    cause: Cause | None = None
+    candidates: list[str] | None = Field(
+        default=None, description="only these playbooks (default: every enabled one)"
+    )
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class Simulation(Contract):
+    """What the engine would decide now and why; nothing was recorded or run."""
+
+    service: str
+    incident_type: str
+    mode: Mode
+    mode_why: list[str] = Field(default_factory=list)
+    chosen: str | None
+    confidence: float = Field(ge=0, le=1)
+    would_act: bool = Field(description="acts without a person in this mode and risk")
+    approval: ApprovalRecord
+    ranked: list[ScoredCandidate]
+    explanation: Explanation
+    context: DecisionContext
+
+
+class DecisionRecord(DecisionResult):
+    """A decision as the platform holds it: the engine's result and what became of it."""
+
+    running: bool = Field(description="its workflow still runs (it may still wait for a person)")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    actual_outcome: dict[str, Any] | None = None

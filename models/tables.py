@@ -133,6 +133,8 @@ class AutonomousDecision(SQLModel, table=True):
     explanation: Any | None = _column(_JSONB, nullable=True)
     approval: Any | None = _column(_JSONB, nullable=True)
     updated_at: datetime | None = _timestamptz()
+    # sql/020_decision_result.sql
+    result: Any | None = _column(_JSONB, nullable=True)
 
 
 class DecisionModel(SQLModel, table=True):
@@ -467,9 +469,7 @@ class PlatformControl(SQLModel, table=True):
     changed_by: str | None = _column(Text, nullable=True)
     changed_at: datetime | None = _timestamptz(nullable=False, server_default=True)
     policy: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
-    decision_policy: JsonObject | None = _column(
-        _JSONB, nullable=False, server_default=_EMPTY_JSON
-    )
+    decision_policy: JsonObject | None = _column(_JSONB, nullable=False, server_default=_EMPTY_JSON)
 
 
 class ChangeFreeze(SQLModel, table=True):
@@ -532,9 +532,7 @@ class OperatorRow(SQLModel, table=True):
     """A person who may approve, reject or override decisions, and the permissions they hold."""
 
     __tablename__ = "operators"
-    __table_args__ = (
-        CheckConstraint("name ~ '^[A-Za-z0-9_.@+-]+$'", name="operators_name_check"),
-    )
+    __table_args__ = (CheckConstraint("name ~ '^[A-Za-z0-9_.@+-]+$'", name="operators_name_check"),)
 
     name: str = Field(sa_column=Column(Text, primary_key=True))
     display_name: str | None = _column(Text, nullable=True)

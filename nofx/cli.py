@@ -24,9 +24,18 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 
-from activities.store import list_fleet_targets
 from models.chaos import ChaosSuiteInput
-from models.decisions import Operator
+from models.decisions import (
+    Approve,
+    DecideRequest,
+    DecisionRecord,
+    Operator,
+    Override,
+    Reject,
+    SimulateRequest,
+    Simulation,
+    VerdictAck,
+)
 from models.detection import TrainDetectorInput
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from nofx import chaos
@@ -45,7 +54,10 @@ from nofx.healing.guardrails import (
     set_paused,
     set_policy,
 )
+from nofx.inventory import list_targets
 from nofx.logging import configure_logging
+from nofx.operations.errors import OperationError
+from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.stack import Stack, StackError
 from nofx.temporal import exit_process, temporal_client
@@ -73,7 +85,9 @@ app.add_typer(healing_app, name="healing")
 healing_app.add_typer(playbooks_app, name="playbooks")
 app.add_typer(chaos_app, name="chaos")
 operators_app = typer.Typer(help="People who may approve, reject or override decisions.")
-autonomous_app = typer.Typer(help="The decision engine: its mode and policy.")
+autonomous_app = typer.Typer(
+    help="The decision engine: decide, simulate, explain, approve, reject, override; its mode."
+)
 mode_app = typer.Typer(help="observe | assist | autonomous, globally or per service.")
 app.add_typer(operators_app, name="operators")
 app.add_typer(autonomous_app, name="autonomous")
@@ -817,7 +831,7 @@ def chaos_run(
     except ValueError as err:
         raise fail(str(err)) from None
     with _engine() as engine:
-        fleet = [t.service for t in list_fleet_targets(engine) if t.metadata.get("fleet_home")]
+        fleet = [t.service for t in list_targets(engine) if t.metadata.get("fleet_home")]
     services = service or fleet
     unknown = sorted(set(services) - set(fleet))
     if unknown:
@@ -934,3 +948,191 @@ def mode_set(
         except decision_store.DecisionStoreError as err:
             raise fail(str(err)) from None
     typer.echo(f"mode {mode}" + (f" for {service}" if service else " (global)"))
+
+
+# ---- the decision engine's operations ------------------------------------------------------
+
+DecisionArg = Annotated[str, typer.Argument(help="a decision id, or its workflow's id")]
+AsOption = Annotated[str | None, typer.Option("--as", help="approver name (default: you)")]
+CauseOption = Annotated[
+    str | None, typer.Option(help="the root-cause kind, if known: configuration|dependency|self")
+]
+
+
+def _decisions(call: Any) -> Any:
+    """Run one decision operation; its typed errors end the command in one line each."""
+
+    async def go() -> Any:
+        async with NofxClient.connect(settings()) as nofx:
+            if nofx.engine is None:
+                raise fail("no database: set NOFX_DATABASE_URL or run `nofx up`")
+            return await call(nofx)
+
+    try:
+        return asyncio.run(go())
+    except OperationError as err:
+        raise fail(str(err)) from None
+    except RPCError as err:
+        raise fail(f"cannot reach Temporal ({err.message}): is the stack up? (`nofx up`)") from None
+
+
+def _request(model: type[Any], **fields: Any) -> Any:
+    try:
+        return model(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as err:
+        lines = [line.partition(":") for line in field_errors(err)]
+        raise fail("; ".join(f"--{f.replace('_', '-')}:{rest}" for f, _, rest in lines)) from None
+
+
+def _decision_lines(record: DecisionRecord) -> list[str]:
+    risk = record.risk.level if record.risk else "n/a"
+    approval = record.approval
+    lines = [
+        f"decision {record.decision_id} (workflow {record.workflow_id})",
+        f"  {record.subject} / {record.problem}: {record.status}, mode {record.mode},"
+        f" chosen {record.chosen or 'none'} (confidence {record.confidence:.2f}, risk {risk})",
+    ]
+    if record.engine_choice and record.engine_choice != record.chosen:
+        lines.append(f"  the engine chose {record.engine_choice}; a person overrode it")
+    if approval.required:
+        lines.append(
+            f"  approval: {approval.outcome}, {approval.approvers_needed} approver(s) with"
+            f" {', '.join(approval.required_permissions) or 'no permission'}:"
+            f" {'; '.join(approval.why)}"
+        )
+        for v in approval.verdicts:
+            refused = "" if v.accepted else f" REFUSED ({v.refused_because})"
+            lines.append(f"    {v.kind} by {v.approver} via {v.via}{refused}: {v.reason}")
+    if record.rollback_plan:
+        lines.append(f"  rollback plan: {' -> '.join(record.rollback_plan)}")
+    if record.actual_outcome:
+        lines.append(f"  outcome: {json.dumps(record.actual_outcome, default=str)}")
+    lines += ["", *record.explanation.text.splitlines()]
+    return lines
+
+
+def _show(model: Any, as_json: bool, lines: list[str]) -> None:
+    _emit(model.model_dump(mode="json"), as_json, lines)
+
+
+@autonomous_app.command("decide")
+def autonomous_decide(
+    service: Annotated[str, typer.Option(help="a service of the inventory")],
+    incident_type: Annotated[str, typer.Option(help="the problem pattern, e.g. service_down")],
+    cause: CauseOption = None,
+    require_approval: Annotated[
+        str | None, typer.Option(help="ask a person whatever the risk, with this reason")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask the engine now (DecisionWorkflow): recorded and explained; it may wait for a person."""
+    request = _request(
+        DecideRequest,
+        service=service,
+        incident_type=incident_type,
+        cause=cause,
+        require_approval=require_approval,
+        requested_by=getpass.getuser(),
+    )
+    record: DecisionRecord = _decisions(lambda nofx: nofx.decide(request))
+    _show(record, as_json, _decision_lines(record))
+
+
+@autonomous_app.command("simulate")
+def autonomous_simulate(
+    service: Annotated[str, typer.Option(help="a service of the inventory")],
+    incident_type: Annotated[str, typer.Option(help="the problem pattern")],
+    cause: CauseOption = None,
+    candidate: Annotated[
+        list[str] | None, typer.Option("--candidate", help="only these playbooks")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score and explain against the current state: nothing is recorded, nothing runs."""
+    request = _request(
+        SimulateRequest,
+        service=service,
+        incident_type=incident_type,
+        cause=cause,
+        candidates=candidate,
+    )
+    result: Simulation = _decisions(lambda nofx: nofx.simulate(request))
+    acts = "would act on its own" if result.would_act else "would ask a person"
+    if result.mode == "observe":
+        acts = "would only record (observe mode)"
+    lines = [
+        f"{service} / {incident_type}: {result.chosen or 'no usable option'} (confidence"
+        f" {result.confidence:.2f}, mode {result.mode}): {acts}",
+        *(f"  {why}" for why in result.approval.why),
+        "",
+        *result.explanation.text.splitlines(),
+    ]
+    _show(result, as_json, lines)
+
+
+@autonomous_app.command("explain")
+def autonomous_explain(decision: DecisionArg, as_json: JsonOption = False) -> None:
+    """A decision: the criteria of every candidate, the rules, the risk, why the others lost."""
+    record: DecisionRecord = _decisions(lambda nofx: nofx.explain(decision))
+    _show(record, as_json, _decision_lines(record))
+
+
+@autonomous_app.command("pending")
+def autonomous_pending(as_json: JsonOption = False) -> None:
+    """Decisions waiting for a person, oldest first."""
+    waiting: list[DecisionRecord] = _decisions(lambda nofx: nofx.pending())
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in waiting], indent=2))
+        return
+    if not waiting:
+        typer.echo("nothing waits for a person")
+    for r in waiting:
+        risk = r.risk.level if r.risk else "n/a"
+        typer.echo(
+            f"{r.decision_id}  {r.subject} / {r.problem}: {r.chosen} (risk {risk}),"
+            f" since {r.created_at:%Y-%m-%d %H:%M:%S} — {'; '.join(r.approval.why)}"
+            if r.created_at
+            else f"{r.decision_id}  {r.subject} / {r.problem}: {r.chosen} (risk {risk})"
+        )
+
+
+def _answer(operation: str, model: type[Any], decision: str, **fields: Any) -> None:
+    """approve | reject | override `decision` as the caller (or `--as`), and say what it is now."""
+    fields["approver"] = fields.get("approver") or getpass.getuser()
+    answer = _request(model, **fields)
+    ack: VerdictAck = _decisions(lambda nofx: getattr(nofx, operation)(decision, answer))
+    typer.echo(
+        f"{operation}: decision {ack.decision_id} is {ack.status} ({ack.outcome}; chosen"
+        f" {ack.chosen}; {ack.approvals}/{max(1, ack.approvers_needed)} approval(s))"
+    )
+
+
+@autonomous_app.command("approve")
+def autonomous_approve(
+    decision: DecisionArg,
+    approver: AsOption = None,
+    reason: Annotated[str, typer.Option(help="why (kept with the decision)")] = "",
+) -> None:
+    """Approve a waiting decision (refused unless you are an operator with its permissions)."""
+    _answer("approve", Approve, decision, approver=approver, reason=reason)
+
+
+@autonomous_app.command("reject")
+def autonomous_reject(
+    decision: DecisionArg,
+    reason: Annotated[str, typer.Option(help="why not (learnt from)")],
+    approver: AsOption = None,
+) -> None:
+    """Reject a waiting decision: the incident escalates to a person with the decision."""
+    _answer("reject", Reject, decision, approver=approver, reason=reason)
+
+
+@autonomous_app.command("override")
+def autonomous_override(
+    decision: DecisionArg,
+    action: Annotated[str, typer.Option(help="the candidate playbook to run instead")],
+    reason: Annotated[str, typer.Option(help="why (learnt from)")],
+    approver: AsOption = None,
+) -> None:
+    """Run another candidate instead of the engine's choice, through the same guardrails."""
+    _answer("override", Override, decision, approver=approver, action=action, reason=reason)

@@ -19,10 +19,21 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from models.chaos import ChaosResult, ChaosSuiteInput, ChaosSuiteProgress
 from models.common import AbortRequest, ApprovalRequest
+from models.decisions import (
+    Approve,
+    DecideRequest,
+    DecisionRecord,
+    Override,
+    Reject,
+    SimulateRequest,
+    Simulation,
+    VerdictAck,
+)
 from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
 from nofx.db import make_engine
 from nofx.healing import operations as ops
+from nofx.operations.autonomous import AutonomousOperations
 from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
 from nofx.temporal import SERVICE, STATUS, TRACK, connect
 
@@ -107,6 +118,42 @@ class NofxClient:
                 " operations"
             )
         return await asyncio.to_thread(operation, self.engine, *args, **kwargs)
+
+    # ---- the decision engine (same names as `nofx autonomous ...`) ------------------------
+
+    def _decisions(self) -> AutonomousOperations:
+        if self.engine is None:
+            raise RuntimeError(
+                "no platform database: set NOFX_DATABASE_URL (or run `nofx up`) for decision"
+                " operations"
+            )
+        return AutonomousOperations(self.temporal, self.engine)
+
+    async def decide(self, request: DecideRequest) -> DecisionRecord:
+        """Ask the engine about a service's problem; returns once it has decided."""
+        return await self._decisions().decide(request)
+
+    async def simulate(self, request: SimulateRequest) -> Simulation:
+        """What the engine would decide now, and why; nothing is recorded or run."""
+        return await self._decisions().simulate(request)
+
+    async def explain(self, decision: str) -> DecisionRecord:
+        """A decision by its id or its workflow's id, with its explanation."""
+        return await self._decisions().explain(decision)
+
+    async def pending(self) -> list[DecisionRecord]:
+        """Decisions waiting for a person."""
+        return await self._decisions().pending()
+
+    async def approve(self, decision: str, answer: Approve) -> VerdictAck:
+        return await self._decisions().approve(decision, answer)
+
+    async def reject(self, decision: str, answer: Reject) -> VerdictAck:
+        return await self._decisions().reject(decision, answer)
+
+    async def override(self, decision: str, answer: Override) -> VerdictAck:
+        """Run `answer.action` instead of the engine's choice (recorded as an override)."""
+        return await self._decisions().override(decision, answer)
 
     # ---- healing operations (same names as `nofx healing ...`) ----------------------------
 

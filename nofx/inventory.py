@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from models.healing import FleetTarget
 from pilot.config import application_name, cache_prefix, data_dir
 from pilot.fleet import Fleet
 
@@ -61,3 +62,28 @@ def unregister(engine: Engine, names: list[str]) -> None:
             text("DELETE FROM config_versions WHERE service = ANY(:names)"), {"names": names}
         )
         conn.execute(text("DELETE FROM services WHERE name = ANY(:names)"), {"names": names})
+
+
+def list_targets(engine: Engine) -> list[FleetTarget]:
+    """Services of the inventory that have a health endpoint to probe."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT name, endpoint, provider, metadata FROM services "
+                "WHERE endpoint IS NOT NULL ORDER BY name"
+            )
+        ).mappings()
+        return [
+            FleetTarget(
+                service=r["name"],
+                endpoint=r["endpoint"],
+                provider=r["provider"],
+                metadata=r["metadata"] or {},
+            )
+            for r in rows
+        ]
+
+
+def find_target(engine: Engine, service: str) -> FleetTarget | None:
+    """The inventory entry of one service, None when it has none (or no endpoint)."""
+    return next((t for t in list_targets(engine) if t.service == service), None)

@@ -416,7 +416,10 @@ class DecisionWorkflow:
             refused = self._refusal(verdict)
             record = self._evaluation.approval
             judged = verdict.model_copy(
-                update={"accepted": refused is None, "refused_because": refused}
+                update={
+                    "accepted": refused is None,
+                    "refused_because": None if refused is None else str(refused),
+                }
             )
             record = record.model_copy(update={"verdicts": [*record.verdicts, judged]})
             if refused is not None:
@@ -481,19 +484,24 @@ class DecisionWorkflow:
         self._inbox.append(verdict)
         return verdict
 
-    def _refusal(self, verdict: HumanVerdict) -> str | None:
+    def _refusal(self, verdict: HumanVerdict) -> approval.Refusal | None:
         if self._evaluation is None:
-            return "the decision is still being scored; try again in a moment"
+            return approval.Refusal(
+                "not_waiting", "the decision is still being scored; try again in a moment"
+            )
         return approval.refusal(
             verdict, self._evaluation.approval, self._operators, self._evaluation.scoring.ranked
         )
 
     def _validate(self, verdict: HumanVerdict) -> None:
+        """Refuse before history, typed by the refusal's kind (ApplicationError.type)."""
         if self._status != "awaiting_approval":
-            raise ValueError(f"decision is {self._status}: nothing to {verdict.kind}")
+            raise ApplicationError(
+                f"decision is {self._status}: nothing to {verdict.kind}", type="not_waiting"
+            )
         refused = self._refusal(verdict)
         if refused is not None:
-            raise ValueError(refused)
+            raise ApplicationError(str(refused), type=refused.kind)
 
     async def _answer(self, verdict: HumanVerdict) -> VerdictAck:
         assert self._evaluation is not None

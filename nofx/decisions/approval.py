@@ -95,32 +95,57 @@ def requirement(
     )
 
 
+class Refusal(str):
+    """Why a verdict does not count, with its kind, so every face can type the error:
+    `not_waiting`, `not_operator`, `not_permitted`, `not_a_candidate`, `cannot_run`,
+    `already_answered`."""
+
+    kind: str
+
+    def __new__(cls, kind: str, message: str) -> Refusal:
+        made = super().__new__(cls, message)
+        made.kind = kind
+        return made
+
+
 def refusal(
     verdict: HumanVerdict,
     record: ApprovalRecord,
     operators: dict[str, list[str]],
     candidates: list[ScoredCandidate],
-) -> str | None:
+) -> Refusal | None:
     """Why `verdict` does not count (None: it counts). `operators`: name → permissions."""
     if record.outcome != "pending":
-        return f"the decision is not waiting for a person (it is {record.outcome})"
+        return Refusal(
+            "not_waiting", f"the decision is not waiting for a person (it is {record.outcome})"
+        )
     if verdict.approver not in operators:
-        return f"{verdict.approver!r} is not an operator (nofx operators add)"
+        return Refusal(
+            "not_operator", f"{verdict.approver!r} is not an operator (nofx operators add)"
+        )
     needed = record.required_permissions
     if verdict.kind == "override":
         picked = next((c for c in candidates if c.candidate.name == verdict.action), None)
         if picked is None:
             names = ", ".join(c.candidate.name for c in candidates) or "none"
-            return f"action: {verdict.action!r} is not a candidate of this decision ({names})"
+            return Refusal(
+                "not_a_candidate",
+                f"action: {verdict.action!r} is not a candidate of this decision ({names})",
+            )
         unusable = [p for p in picked.pruned_by if not p.startswith("already_failed")]
         if any(p.startswith(("capability", "unknown_service")) for p in unusable):
-            return f"action: {verdict.action!r} cannot run here: {'; '.join(unusable)}"
+            return Refusal(
+                "cannot_run", f"action: {verdict.action!r} cannot run here: {'; '.join(unusable)}"
+            )
         needed = picked.candidate.required_permissions
     lacking = [p for p in dict.fromkeys(needed) if not holds(operators[verdict.approver], p)]
     if lacking:
-        return f"{verdict.approver} lacks permission {', '.join(lacking)}"
+        return Refusal("not_permitted", f"{verdict.approver} lacks permission {', '.join(lacking)}")
     if any(v.accepted and v.approver == verdict.approver for v in record.verdicts):
-        return f"{verdict.approver} has already answered this decision; another approver is needed"
+        return Refusal(
+            "already_answered",
+            f"{verdict.approver} has already answered this decision; another approver is needed",
+        )
     return None
 
 

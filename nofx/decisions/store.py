@@ -45,14 +45,16 @@ def save_decision(engine: Engine, result: DecisionResult, context: DecisionConte
                 "INSERT INTO autonomous_decisions (id, decision_type, context_data,"
                 " chosen_action, alternatives_considered, confidence_score, risk_assessment,"
                 " expected_outcome, workflow_id, subject, problem, status, decided_by,"
-                " explanation, approval, updated_at) VALUES (:id, :type, CAST(:ctx AS jsonb),"
-                " :action, CAST(:alts AS jsonb), :conf, CAST(:risk AS jsonb),"
-                " CAST(:expected AS jsonb), :wf, :subject, :problem, :status, :by,"
-                " CAST(:explanation AS jsonb), CAST(:approval AS jsonb), now())"
+                " explanation, approval, result, updated_at) VALUES (:id, :type,"
+                " CAST(:ctx AS jsonb), :action, CAST(:alts AS jsonb), :conf,"
+                " CAST(:risk AS jsonb), CAST(:expected AS jsonb), :wf, :subject, :problem,"
+                " :status, :by, CAST(:explanation AS jsonb), CAST(:approval AS jsonb),"
+                " CAST(:result AS jsonb), now())"
                 " ON CONFLICT (id) DO UPDATE SET chosen_action = EXCLUDED.chosen_action,"
                 " status = EXCLUDED.status, decided_by = EXCLUDED.decided_by,"
                 " approval = EXCLUDED.approval, risk_assessment = EXCLUDED.risk_assessment,"
-                " expected_outcome = EXCLUDED.expected_outcome, updated_at = now()"
+                " expected_outcome = EXCLUDED.expected_outcome, result = EXCLUDED.result,"
+                " updated_at = now()"
             ),
             {
                 "id": result.decision_id,
@@ -75,6 +77,7 @@ def save_decision(engine: Engine, result: DecisionResult, context: DecisionConte
                 "by": result.decided_by,
                 "explanation": _json(result.explanation.model_dump(mode="json")),
                 "approval": _json(result.approval.model_dump(mode="json")),
+                "result": _json(result.model_dump(mode="json")),
             },
         )
 
