@@ -588,7 +588,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _refused(err: ValidationError) -> typer.Exit:
-    for line in ops.field_errors(err):
+    for line in field_errors(err):
         typer.secho(f"  {line}", err=True)
     return fail(f"playbook refused: {len(err.errors())} field(s) wrong")
 

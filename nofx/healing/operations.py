@@ -23,10 +23,7 @@ from models.guardrails import GuardrailCheck
 from models.healing import FleetTarget, PlaybookStep
 from nofx.healing.actions import ACTIONS, capabilities
 from nofx.healing.guardrails import check_guardrails
-
-
-class OperationError(ValueError):
-    """A request that names something that does not exist, or breaks a rule (message says which)."""
+from nofx.operations.errors import OperationError
 
 
 class PlaybookSpec(Contract):
@@ -47,13 +44,6 @@ class PlaybookSpec(Contract):
                 f" ({', '.join(PATTERNS)})"
             )
         return self
-
-
-def field_errors(err: ValidationError) -> list[str]:
-    """One line per wrong field: `recovery_steps.0.params.factor: Input should be ...`."""
-    return [
-        f"{'.'.join(str(p) for p in e['loc']) or '(playbook)'}: {e['msg']}" for e in err.errors()
-    ]
 
 
 # ---- status ---------------------------------------------------------------------------------
