@@ -238,9 +238,12 @@ def test_demo_in_assist_mode_waits_for_a_person_heals_after_the_approval_and_put
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(ln) for ln in demo.stdout or []], daemon=True
-    ).start()
+
+    def read() -> None:
+        for line in demo.stdout or []:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + 180
     while not any(line.startswith("          nofx autonomous approve") for line in seen):
