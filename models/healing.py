@@ -287,6 +287,11 @@ class IncidentStatus(Contract):
     state: IncidentState
     playbook: str | None = None
     decision_id: str | None = None
+    awaiting_decision: str | None = Field(
+        default=None,
+        description="workflow id of the decision waiting for a person: approve, reject or"
+        " override it there (or here: the incident forwards them)",
+    )
     actions: list[ActionOutcome] = Field(default_factory=list)
     rollback_plan: list[str] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)

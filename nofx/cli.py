@@ -12,16 +12,21 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import sqlalchemy.exc
 import typer
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError
 
 from models.chaos import ChaosSuiteInput
@@ -29,6 +34,8 @@ from models.decisions import (
     Approve,
     DecideRequest,
     DecisionRecord,
+    DecisionResult,
+    Mode,
     Operator,
     Override,
     Reject,
@@ -42,6 +49,8 @@ from nofx import chaos
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
+from nofx.decisions import approval
+from nofx.decisions import context as decision_context
 from nofx.decisions import store as decision_store
 from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
@@ -59,6 +68,7 @@ from nofx.logging import configure_logging
 from nofx.operations.errors import OperationError
 from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
+from nofx.shutdown import StopOnSignals
 from nofx.stack import Stack, StackError
 from nofx.temporal import exit_process, temporal_client
 from pilot.fleet import FAULT_KINDS, FleetError
@@ -155,17 +165,44 @@ def print_status(stack: Stack) -> None:
 
 # ---- demo ----------------------------------------------------------------------------------
 
+DEMO_MODES = ("observe", "assist", "autonomous")
+DEMO_APPROVAL_REASON = "approved by nofx demo --approve-as"
+
 
 @app.command()
 def demo(
     service: Annotated[str, typer.Option(help="pilot service to break")] = "pilot-api",
     fault: Annotated[str, typer.Option(help="kill (SIGKILL) or hang (SIGSTOP)")] = "kill",
-    timeout: Annotated[float, typer.Option(help="seconds to wait for recovery")] = 110.0,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for recovery (a wait for a person not counted)")
+    ] = 110.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary line")] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="observe | assist | autonomous for the demo's service only, put back when the"
+            " demo ends (default: the mode configured)"
+        ),
+    ] = None,
+    approve_as: Annotated[
+        str | None,
+        typer.Option(
+            "--approve-as",
+            metavar="NAME",
+            help="approve a decision that waits for a person as this operator, once shown",
+        ),
+    ] = None,
 ) -> None:
     """Break a pilot service for real and watch NOFX Autonomy heal it, live."""
     if fault not in ("kill", "hang"):
         raise fail(f"--fault {fault!r}: expected kill or hang")
+    if mode is not None and mode not in DEMO_MODES:
+        raise fail(f"--mode {mode!r}: expected {', '.join(DEMO_MODES)}")
+    if approve_as is not None:
+        try:
+            Operator(name=approve_as)
+        except ValidationError as err:
+            raise fail(f"--approve-as {approve_as!r}: {err.errors()[0]['msg']}") from None
     stack = Stack(settings())
     begun = time.monotonic()
     if not as_json:
@@ -178,46 +215,93 @@ def demo(
     names = [s.name for s in fleet.spec.services]
     if service not in names:
         raise fail(f"--service {service!r}: not in the fleet ({', '.join(names)})")
+    engine = make_engine(stack.recorded()["database_url"])
     try:
-        summary = asyncio.run(_run_demo(stack, service, fault, timeout, quiet=as_json))
+        # A Ctrl-C or SIGTERM unwinds through here too: the service's own mode is put back.
+        with StopOnSignals() as undo:
+            if mode is not None:
+                undo.callback(_set_demo_mode(engine, service, cast("Mode", mode), quiet=as_json))
+            summary = asyncio.run(
+                _run_demo(
+                    stack,
+                    service,
+                    fault,
+                    timeout,
+                    quiet=as_json,
+                    engine=engine,
+                    approve_as=approve_as,
+                )
+            )
     except FleetError as err:
         raise fail(str(err)) from None
+    finally:
+        engine.dispose()
     summary["demo_seconds"] = round(time.monotonic() - begun, 2)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         typer.echo("")
+        if summary["state"] != "resolved":
+            typer.echo(f"not healed: {summary['error']}")
         typer.echo(
             f"time to detect {summary['time_to_detect_s']}s, time to recover"
             f" {summary['time_to_recover_s']}s (fault injected → service healthy and incident"
             f" {summary['state']})"
         )
+        if summary["waited_for_people_s"]:
+            typer.echo(f"of which {summary['waited_for_people_s']}s waiting for a person")
         typer.echo(f"Web UI: {summary['web_ui']}")
         typer.echo("the stack keeps running: `nofx status`, `nofx down` to stop it")
     if summary["state"] != "resolved":
         raise typer.Exit(1)
 
 
+def _set_demo_mode(engine: Engine, service: str, mode: Mode, *, quiet: bool) -> Callable[[], None]:
+    """Give the demo's service a mode of its own; return what puts the previous one back."""
+    previous = cast("Mode | None", decision_context.service_mode(engine, service))
+    decision_store.set_mode(engine, mode, service=service)
+    effective, why = approval.effective_mode(decision_store.get_policy(engine).mode, mode, None)
+    before = f"mode {previous}" if previous else "no mode of its own"
+    if not quiet:
+        say(f"{service}: mode {mode} during the demo, {before} afterwards")
+        say(f"mode in force: {effective} ({' and '.join(why)})")
+
+    def put_back() -> None:
+        decision_store.set_mode(engine, previous, service=service)
+        if not quiet:
+            say(f"{service}: {before} again")
+
+    return put_back
+
+
 async def _run_demo(
-    stack: Stack, service: str, fault: str, timeout: float, *, quiet: bool
+    stack: Stack,
+    service: str,
+    fault: str,
+    timeout: float,
+    *,
+    quiet: bool,
+    engine: Engine,
+    approve_as: str | None = None,
 ) -> dict[str, object]:
     fleet = stack.fleet()
     incident_type = "service_down" if fault == "kill" else "service_hung"
     workflow_id = incident_workflow_id(service, incident_type)
     async with temporal_client(stack.settings) as client:
+        people = _PersonWait(client, stack, engine, approve_as=approve_as, quiet=quiet)
+        people.prepare(service)
         fleet.start()  # only waits for health when it is running already
         injected_at = datetime.now(UTC)
-        engine = make_engine(stack.recorded()["database_url"])
-        try:
-            outcome = inject_recorded(
-                fleet, engine, fault, service, source="cli", actor=f"nofx-demo:{getpass.getuser()}"
-            )
-        finally:
-            engine.dispose()
+        outcome = inject_recorded(
+            fleet, engine, fault, service, source="cli", actor=f"nofx-demo:{getpass.getuser()}"
+        )
         pid = outcome.get("pid")
         if not quiet:
             typer.echo(f"\n{_clock(injected_at)}  +0.0s  fault   {fault} {service} (pid {pid})")
-        status = await _follow_incident(client, workflow_id, injected_at, timeout, quiet=quiet)
+        status = await _follow_incident(
+            client, workflow_id, injected_at, timeout, quiet=quiet, people=people
+        )
+        decisions = await people.outcomes()
     recovered = status.resolved_at or datetime.now(UTC)
     return {
         "service": service,
@@ -225,21 +309,213 @@ async def _run_demo(
         "workflow_id": workflow_id,
         "incident_id": status.incident_id,
         "state": status.state.value,
+        "error": status.error,
         "time_to_detect_s": round((status.detected_at - injected_at).total_seconds(), 2),
         "time_to_recover_s": round((recovered - injected_at).total_seconds(), 2),
+        "waited_for_people_s": round(people.waited_seconds, 2),
         "resolution_time_ms": status.resolution_time_ms,
-        "web_ui": f"{stack.ui_url}/namespaces/{stack.settings.temporal_namespace}"
-        f"/workflows/{workflow_id}",
+        "decisions": decisions,
+        "web_ui": stack_workflow_url(stack, workflow_id),
     }
 
 
+def stack_workflow_url(stack: Stack, workflow_id: str) -> str:
+    """Where a workflow of the local stack opens in its Web UI."""
+    return f"{stack.ui_url}/namespaces/{stack.settings.temporal_namespace}/workflows/{workflow_id}"
+
+
+class _PersonWait:
+    """What `nofx demo` does when the incident's decision waits for a person: show the
+    decision and exactly how to answer it, make sure somebody may, and — with `--approve-as` —
+    approve it through the decision's `approve_decision` update."""
+
+    def __init__(
+        self,
+        client: Client,
+        stack: Stack,
+        engine: Engine,
+        *,
+        approve_as: str | None,
+        quiet: bool,
+    ) -> None:
+        self._client = client
+        self._stack = stack
+        self._engine = engine
+        self._approve_as = approve_as
+        self._quiet = quiet
+        self._shown: dict[str, DecisionResult] = {}  # decision workflow id → as shown
+        self._began: float | None = None
+        self._added_late = False  # an operator added once a decision already waited
+        self.waited_seconds = 0.0
+
+    @property
+    def answering(self) -> bool:
+        """Someone will answer: the demo itself, or a person watching the console."""
+        return self._approve_as is not None or not self._quiet
+
+    async def wait_on(self, decision_wf: str) -> None:
+        """The incident waits for `decision_wf`: show it (and answer it) once; time the wait."""
+        if self._began is None:
+            self._began = time.monotonic()
+        if decision_wf not in self._shown:
+            await self._show(decision_wf)
+
+    def done_waiting(self) -> None:
+        if self._began is not None:
+            self.waited_seconds += time.monotonic() - self._began
+            self._began = None
+
+    async def _show(self, decision_wf: str) -> None:
+        handle = self._client.get_workflow_handle(decision_wf)
+        shown: DecisionResult = await handle.query("explain", result_type=DecisionResult)
+        self._shown[decision_wf] = shown
+        name = self._approver(shown)
+        if not self._quiet:
+            self._print(shown, name)
+        if self._approve_as is None:
+            return
+        verdict = Approve(approver=self._approve_as, reason=DEMO_APPROVAL_REASON)
+        try:
+            ack: VerdictAck = await handle.execute_update(
+                "approve_decision", verdict, result_type=VerdictAck
+            )
+        except WorkflowUpdateFailedError as err:
+            refused = f"approval as {self._approve_as} refused: {_root_cause(err)}"
+            if self._quiet:  # nobody else is watching: do not wait an hour for nothing
+                raise fail(refused) from None
+            self._echo(f"{refused}; the decision keeps waiting for a person")
+            return
+        self._echo(
+            f"approved as {self._approve_as} (update approve_decision): decision {ack.status},"
+            f" {ack.approvals} of {ack.approvers_needed} approval(s)"
+        )
+
+    async def outcomes(self) -> list[dict[str, object]]:
+        """How each decision shown ended (its final result)."""
+        ended = []
+        for decision_wf, shown in self._shown.items():
+            handle = self._client.get_workflow_handle(decision_wf, result_type=DecisionResult)
+            try:
+                result = await asyncio.wait_for(handle.result(), timeout=10)
+            except (WorkflowFailureError, TimeoutError):
+                result = shown
+            ended.append(
+                {
+                    "decision_id": result.decision_id,
+                    "workflow_id": decision_wf,
+                    "waited_because": shown.approval.why,
+                    "status": result.status,
+                    "decided_by": result.decided_by,
+                }
+            )
+        return ended
+
+    def prepare(self, service: str) -> None:
+        """Before the fault: when the decision will wait (assist mode, or `--approve-as`),
+        make sure somebody may answer it — a decision reads its operators as it starts to wait,
+        so one added later is seen by a signal (re-read then) but refused by the update."""
+        policy = decision_store.get_policy(self._engine)
+        own = decision_context.service_mode(self._engine, service)
+        mode, _ = approval.effective_mode(policy.mode, cast("Mode | None", own), None)
+        if mode == "assist" or self._approve_as is not None:
+            self._ensure_operator()
+
+    def _ensure_operator(self) -> dict[str, list[str]]:
+        """The operators; with none at all nobody could approve: the approver-to-be
+        (`--approve-as`, else the current user) is added with `healing:*`, and told so."""
+        operators = decision_store.operator_permissions(self._engine)
+        if operators:
+            return operators
+        me = getpass.getuser()
+        added = Operator(name=self._approve_as or me, permissions=["healing:*"])
+        decision_store.add_operator(self._engine, added, actor=f"nofx-demo:{me}")
+        self._added_late = self._began is not None
+        self._echo(
+            f"  no operator could approve: added operator {added.name} with healing:*"
+            f" (`nofx operators remove {added.name}` takes it away)"
+        )
+        return {added.name: added.permissions}
+
+    def _approver(self, shown: DecisionResult) -> str:
+        """Who may approve: the `--approve-as` operator, else one holding the permissions the
+        decision needs (the current user first)."""
+        me = getpass.getuser()
+        operators = self._ensure_operator()
+        if self._approve_as is not None:
+            return self._approve_as
+        needed = shown.approval.required_permissions
+        able = [
+            name
+            for name in sorted(operators, key=lambda name: (name != me, name))
+            if all(approval.holds(operators[name], p) for p in needed)
+        ]
+        return able[0] if able else "<operator>"
+
+    def _print(self, shown: DecisionResult, name: str) -> None:
+        record = shown.approval
+        risk = f"risk {shown.risk.level} ({shown.risk.score:.2f})" if shown.risk else "risk ?"
+        steps = " → ".join(s.action for s in shown.steps) or "none"
+        undo = ", ".join(shown.rollback_plan) or "nothing to undo"
+        wf = shown.workflow_id
+        body = json.dumps({"approver": name, "reason": "looks right"})
+        settings = self._stack.settings
+        where = ""
+        if settings.temporal_address not in ("127.0.0.1:7233", "localhost:7233"):
+            where += f" --address {settings.temporal_address}"
+        if settings.temporal_namespace != "default":
+            where += f" --namespace {settings.temporal_namespace}"
+        lines = [
+            "",
+            f"waiting for a person: decision {shown.decision_id} (workflow {wf})",
+            f"  chose {shown.chosen}: {risk}, confidence {shown.confidence:.2f}, mode {shown.mode}",
+            f"  why it waits: {'; '.join(record.why) or '?'}",
+            f"  plan: {steps}; rollback plan: {undo}",
+            f"  {shown.explanation.text.splitlines()[0] if shown.explanation.text else ''}",
+            f"approve it as an operator holding {', '.join(record.required_permissions) or 'any'}"
+            f" ({record.approvers_needed or 1} approval(s); they cover this decision only):",
+            f"  Web UI: {stack_workflow_url(self._stack, wf)}",
+            f"          Signal `approve` with {body}",
+            f"  CLI:    temporal workflow signal{where} --workflow-id {wf} --name approve"
+            f" --input '{body}'",
+            f"          nofx autonomous approve {shown.decision_id}",
+            *(
+                [
+                    f"  ({name} was added after the decision read its operators: approve by"
+                    " signal, which it checks against a fresh read; an update would be refused)"
+                ]
+                if self._added_late
+                else []
+            ),
+            f'  (or `reject` with {{"approver": ..., "reason": ...}}; nobody answering within'
+            f" {timedelta(seconds=record.timeout_seconds or 3600)} rejects)",
+        ]
+        for line in lines:
+            typer.echo(line)
+
+    def _echo(self, message: str) -> None:
+        if not self._quiet:
+            typer.echo(message)
+
+
 async def _follow_incident(
-    client: Client, workflow_id: str, since: datetime, timeout: float, *, quiet: bool
+    client: Client,
+    workflow_id: str,
+    since: datetime,
+    timeout: float,
+    *,
+    quiet: bool,
+    people: _PersonWait | None = None,
 ) -> IncidentStatus:
-    """Print the incident's timeline as it grows, until it ends or the time runs out."""
+    """Print the incident's timeline as it grows, until it ends or the time runs out.
+
+    While its decision waits for a person the clock stops: `people` shows the decision and how
+    to answer it (and answers it with `--approve-as`); the demo follows on until the incident
+    ends, healed after the approval or handed over after a rejection or a timeout.
+    """
     handle = client.get_workflow_handle(workflow_id)
     deadline = time.monotonic() + timeout
     shown = 0
+    answered = False  # the last look found a decision waiting for a person
     while time.monotonic() < deadline:
         try:
             described = await handle.describe()
@@ -261,13 +537,26 @@ async def _follow_incident(
                     f"{_clock(entry.at)}  +{offset:.1f}s  {entry.state.value:<8} {entry.message}"
                 )
         shown = len(status.timeline)
-        if status.state is IncidentState.AWAITING_APPROVAL:
+        waits_for = status.awaiting_decision
+        awaiting = status.state is IncidentState.AWAITING_APPROVAL
+        if waits_for is None and people is not None:
+            people.done_waiting()
+        if awaiting and waits_for is None and answered:
+            await asyncio.sleep(0.1)  # the decision just ended; the incident moves on from it
+            continue
+        if awaiting and (people is None or waits_for is None or not people.answering):
             why = status.timeline[-1].message if status.timeline else "approval"
             raise fail(
                 f"incident {workflow_id} waits for a person ({why}). Approve it from the Web UI"
                 f' (signal `approve` with {{"approver": "you", "reason": "..."}}),'
                 " or see `nofx guardrails show`"
             )
+        answered = awaiting
+        if awaiting and people is not None and waits_for is not None:
+            await people.wait_on(waits_for)
+            deadline = time.monotonic() + timeout  # a person's time is not the platform's
+            await asyncio.sleep(0.25)
+            continue
         if status.state in TERMINAL_STATES and described.status != WorkflowExecutionStatus.RUNNING:
             return status
         if status.state in TERMINAL_STATES:
@@ -571,7 +860,7 @@ def playbooks_show(name: str) -> None:
     with _engine() as engine:
         try:
             book = ops.get_playbook(engine, name)
-        except ops.OperationError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     typer.echo(json.dumps(book, default=str, indent=2))
 
@@ -605,7 +894,7 @@ def playbooks_create(
     with _engine() as engine:
         try:
             book = ops.create_playbook(engine, spec)
-        except ops.OperationError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     typer.echo(f"created {book['playbook_name']} for {book['incident_type']} ({book['id']})")
 
@@ -622,7 +911,7 @@ def playbooks_update(
             book = ops.update_playbook(engine, name, changes)
         except ValidationError as err:
             raise _refused(err) from None
-        except ops.OperationError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     typer.echo(f"updated {book['playbook_name']}")
 
@@ -643,7 +932,7 @@ def _set_enabled(name: str, enabled: bool) -> None:
     with _engine() as engine:
         try:
             book = ops.set_playbook_enabled(engine, name, enabled)
-        except ops.OperationError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     typer.echo(f"{book['playbook_name']}: {'enabled' if book['enabled'] else 'disabled'}")
 
@@ -658,7 +947,7 @@ def healing_simulate(
     with _engine() as engine:
         try:
             plan = ops.simulate(engine, playbook, service)
-        except ops.OperationError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     lines = [
         f"{plan['playbook']} on {plan['service']} ({plan['incident_type']}, "

@@ -23,22 +23,16 @@ from models.decisions import (
     DecisionContext,
     DecisionRequest,
     DecisionResult,
-    HistoricalMetrics,
-    OperationalConstraints,
     Operator,
-    OutcomeCount,
     Override,
     Reject,
-    SystemState,
 )
 from nofx.decisions import store
 from nofx.settings import get_settings
-from tests.decision_cases import RESTART, ROLLBACK, SHIFT
+from tests.decision_cases import RESTART, ROLLBACK, SHIFT, context
 from workers import decisions
 from workers.common import Dependencies, build_worker
 from workflows.decisions import DecisionWorkflow
-
-CAPS = ["process.restart", "config.rollback", "config.adjust", "traffic.weight", "probe.http"]
 
 
 @pytest.fixture
@@ -55,35 +49,6 @@ async def queue(client: Client, fresh_engine: Engine) -> AsyncIterator[str]:
     )
     async with worker:
         yield name
-
-
-def context(
-    tier: str = "tier-2", *, freeze: str | None = None, healthy: bool = True, replicas: int = 2
-) -> DecisionContext:
-    return DecisionContext(
-        current_state=SystemState.model_validate(
-            {
-                "service": "svc",
-                "tier": tier,
-                "pattern": "latency_regression",
-                "cause": "configuration",
-                "healthy": healthy,
-                "replicas": replicas,
-                "serving_replicas": replicas,
-            }
-        ),
-        constraints=OperationalConstraints.model_validate(
-            {"capabilities": CAPS, "change_freeze": freeze, "max_blast_radius": 0.5}
-        ),
-        historical_data=HistoricalMetrics(
-            config_change_rollbackable=True,
-            outcomes=[
-                OutcomeCount(playbook="rollback-config", resolved=8),
-                OutcomeCount(playbook="restart-service", resolved=2, failed=2),
-                OutcomeCount(playbook="shift-traffic", resolved=5),
-            ],
-        ),
-    )
 
 
 async def start(

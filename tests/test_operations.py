@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 
 from nofx.healing import operations as ops
 from nofx.healing.guardrails import set_paused
+from nofx.operations.errors import OperationError
 from pilot.fleet import Fleet
 
 
@@ -235,7 +236,7 @@ async def test_the_python_client_offers_the_same_operations(
     assert plan["touched"] == "nothing"
     assert {p["problem_signature"] for p in await nofx.healing_patterns()} >= {"service_down"}
     assert "table" in await nofx.healing_metrics()
-    with pytest.raises(ops.OperationError, match="no playbook named"):
+    with pytest.raises(OperationError, match="no playbook named"):
         await nofx.healing_playbook("nope")
     without_db = NofxClient(client)
     with pytest.raises(RuntimeError, match="NOFX_DATABASE_URL"):

@@ -114,6 +114,7 @@ class HealingIncidentWorkflow:
             state=self._state,
             playbook=self._choice.playbook_name if self._choice else None,
             decision_id=self._choice.decision_id if self._choice else None,
+            awaiting_decision=self._decision_wf,
             actions=list(self._actions),
             rollback_plan=self._saga.rollback_plan,
             timeline=list(self._timeline),

@@ -193,8 +193,10 @@ def get_policy(engine: Engine) -> DecisionPolicy:
         return read_policy(conn)
 
 
-def set_mode(engine: Engine, mode: Mode, *, service: str | None = None) -> None:
-    """The global mode, or one service's (None clears a service's own mode)."""
+def set_mode(engine: Engine, mode: Mode | None, *, service: str | None = None) -> None:
+    """The global mode, or one service's (mode None clears a service's own mode)."""
+    if mode is None and service is None:
+        raise DecisionStoreError("mode: the global mode cannot be cleared")
     with engine.begin() as conn:
         if service is None:
             policy = read_policy(conn).model_copy(update={"mode": mode})
