@@ -428,6 +428,12 @@ class FeedbackInput(Contract):
     adjustments: dict[str, Any] = Field(default_factory=dict)
 
 
+class OperatorsChanged(Contract):
+    """Signal `operators_changed`: the operators table changed; read it again before judging."""
+
+    by: str = ""
+
+
 class OperatorsSnapshot(Contract):
     permissions: dict[str, list[str]] = Field(default_factory=dict)
 

@@ -250,3 +250,20 @@ async def test_the_cli_decides_lists_and_approves(
         )
         assert bad.exit_code == 1
         assert "--incident-type:" in bad.output
+
+
+async def test_someone_made_an_operator_during_the_wait_can_approve_by_update(
+    ops: AutonomousOperations, fresh_engine: Engine
+) -> None:
+    store.set_mode(fresh_engine, "assist")
+    made = await ops.decide(DecideRequest(service=SERVICE, incident_type="service_down"))
+    with pytest.raises(NotPermitted, match="'dana' is not an operator"):
+        await ops.approve(made.decision_id, Approve(approver="dana"))
+    store.add_operator(fresh_engine, Operator(name="dana", permissions=["healing:*"]), actor="test")
+    ack = await ops.approve(made.decision_id, Approve(approver="dana", reason="new on call"))
+    assert (ack.status, ack.outcome) == ("approved", "approved")
+    closed = await until_closed(ops, made.decision_id)
+    assert closed.decided_by == "dana"
+    # The refused answer never reached history; the accepted one did, once.
+    verdicts = [v for v in closed.approval.verdicts if v.approver == "dana"]
+    assert [(v.accepted, v.via) for v in verdicts] == [(True, "update")]

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         Explanation,
         FeedbackInput,
         HumanVerdict,
+        OperatorsChanged,
         OperatorsSnapshot,
         Override,
         PlanInput,
@@ -236,6 +237,7 @@ class DecisionWorkflow:
         self._inbox: list[HumanVerdict] = []
         self._received = 0
         self._operators: dict[str, list[str]] = {}
+        self._operators_stale = False
         self._result: DecisionResult | None = None
         self._audit_seq = 0
 
@@ -263,6 +265,12 @@ class DecisionWorkflow:
     @workflow.signal
     def override(self, request: Override) -> None:
         self._queue("override", request.approver, request.reason, request.action, "signal")
+
+    @workflow.signal
+    def operators_changed(self, notice: OperatorsChanged) -> None:
+        """Someone was made an operator while this waits: read the operators again, so their
+        update is judged against the table as it is now."""
+        self._operators_stale = True
 
     # ---- updates (SDK, CLI): refused before history -------------------------------------
 
@@ -348,12 +356,7 @@ class DecisionWorkflow:
         record = evaluation.approval
         if record.required and evaluation.mode != "observe":
             # Who may answer, known before anyone is told the decision waits for them.
-            snapshot: OperatorsSnapshot = await workflow.execute_activity_method(
-                DecisionActivities.load_operators,
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-            )
-            self._operators = snapshot.permissions
+            await self._load_operators()
         if evaluation.mode == "observe":
             self._status = "observed"
         elif record.required:
@@ -393,10 +396,15 @@ class DecisionWorkflow:
                     await self._time_out(timeout)
                     break
                 try:
-                    await workflow.wait_condition(lambda: bool(self._inbox), timeout=left)
+                    await workflow.wait_condition(
+                        lambda: bool(self._inbox) or self._operators_stale, timeout=left
+                    )
                 except TimeoutError:
                     await self._time_out(timeout)
                     break
+                if self._operators_stale:
+                    self._operators_stale = False
+                    await self._load_operators()
                 await self._drain()
         finally:
             self._attributes(awaiting=False)
@@ -407,12 +415,7 @@ class DecisionWorkflow:
             verdict = self._inbox.pop(0)
             if verdict.approver not in self._operators:
                 # Added since the wait began? Look once more before refusing.
-                fresh: OperatorsSnapshot = await workflow.execute_activity_method(
-                    DecisionActivities.load_operators,
-                    start_to_close_timeout=STORE_TIMEOUT,
-                    retry_policy=STORE_RETRY,
-                )
-                self._operators = fresh.permissions
+                await self._load_operators()
             refused = self._refusal(verdict)
             record = self._evaluation.approval
             judged = verdict.model_copy(
@@ -446,6 +449,14 @@ class DecisionWorkflow:
             await self._save()
             if settled.outcome != "pending":
                 return
+
+    async def _load_operators(self) -> None:
+        snapshot: OperatorsSnapshot = await workflow.execute_activity_method(
+            DecisionActivities.load_operators,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        self._operators = snapshot.permissions
 
     async def _time_out(self, timeout: timedelta) -> None:
         assert self._evaluation is not None

@@ -41,6 +41,7 @@ from models.decisions import (
     DecisionRecord,
     DecisionRequest,
     DecisionResult,
+    OperatorsChanged,
     Override,
     Reject,
     SimulateRequest,
@@ -48,6 +49,7 @@ from models.decisions import (
     VerdictAck,
 )
 from models.detection import Diagnosis, PatternMatch, RootCauseCandidate
+from nofx.decisions import store
 from nofx.decisions.engine import DecisionEngine, NoCandidate
 from nofx.operations.errors import InvalidRequest, NotFound, NotPermitted, RuleConflict
 from nofx.payloads import field_errors
@@ -55,6 +57,9 @@ from nofx.settings import TASK_QUEUE_DECISIONS
 
 WAITING = ("deciding", "awaiting_approval")
 _POLL_SECONDS = 0.5
+# How long an answer from someone made an operator during the wait waits for the decision to
+# read the operators again.
+_RELOAD_SECONDS = 30.0
 # What each kind of refusal (nofx.decisions.approval.Refusal) is to a caller.
 _NOT_PERMITTED = frozenset({"not_operator", "not_permitted"})
 _RULES = {
@@ -251,10 +256,31 @@ class AutonomousOperations:
                 f"decision {row['id']} is {row['status']}: nothing to {kind}", rule="not_waiting"
             )
         handle = self.temporal.get_workflow_handle(row["workflow_id"])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_SECONDS
+        told = False
         try:
-            ack: VerdictAck = await handle.execute_update(update, answer, result_type=VerdictAck)
-        except WorkflowUpdateFailedError as err:
-            raise _refused(err.cause, kind) from None
+            while True:
+                try:
+                    ack: VerdictAck = await handle.execute_update(
+                        update, answer, result_type=VerdictAck
+                    )
+                    return ack
+                except WorkflowUpdateFailedError as err:
+                    cause = err.cause
+                    newcomer = (
+                        isinstance(cause, ApplicationError)
+                        and cause.type == "not_operator"
+                        and loop.time() < deadline
+                        and await asyncio.to_thread(self._is_operator, answer.approver)
+                    )
+                    if not newcomer:
+                        raise _refused(cause, kind) from None
+                # Made an operator after the decision read the table: it reads it again.
+                if not told:
+                    await handle.signal("operators_changed", OperatorsChanged(by=answer.approver))
+                    told = True
+                await asyncio.sleep(_POLL_SECONDS)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise RuleConflict(
@@ -262,7 +288,6 @@ class AutonomousOperations:
                     rule="not_waiting",
                 ) from None
             raise
-        return ack
 
     # ---- the database and the workflow ---------------------------------------------------
 
@@ -273,6 +298,9 @@ class AutonomousOperations:
             raise NotFound(
                 f"service: {service!r} is not in the inventory ({', '.join(names) or 'empty'})"
             )
+
+    def _is_operator(self, name: str) -> bool:
+        return name in store.operator_permissions(self.engine)
 
     def _row(self, ref: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
