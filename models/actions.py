@@ -147,6 +147,13 @@ ACTION_CAPABILITY: dict[str, Capability] = {
 CHECKS = frozenset({"validate_health", "validate_requests"})
 
 
+def compensation(action: str, service: str) -> str:
+    """The name of the step that undoes `action` on `service`, as a rollback plan lists it:
+    a restart is undone by making sure the service runs again, the rest by their own undo."""
+    name = "restore_service_running" if action == "restart_service" else f"undo_{action}"
+    return f"{name}({service})"
+
+
 class ActionRequest(Contract):
     """One state-changing step on one service, idempotent under `idempotency_key`."""
 

@@ -88,7 +88,7 @@ async def test_autonomous_low_risk_needs_nobody_and_is_recorded(
     result = await handle.result()
     assert (result.status, result.act, result.chosen) == ("approved", True, "rollback-config")
     assert result.approval.outcome == "not_needed"
-    assert result.rollback_plan == ["undo_rollback_config"]
+    assert result.rollback_plan == ["undo_rollback_config(svc)"]
     assert "restart-service" in result.explanation.why_not
     with fresh_engine.connect() as conn:
         row = conn.execute(

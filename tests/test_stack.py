@@ -175,7 +175,7 @@ def test_demo_in_assist_mode_waits_for_a_person_heals_after_the_approval_and_put
     # What the demo showed: the choice, why it waits, the rollback plan and how to approve.
     assert f"chose {decision['chosen_action']}: risk " in out
     assert "why it waits: assist mode: every action waits for a person" in out
-    assert "rollback plan: undo_" in out
+    assert "rollback plan: restore_service_running(" in out
     body = json.dumps({"approver": me, "reason": "looks right"})
     ui = f"http://127.0.0.1:{env['NOFX_TEMPORAL_UI_PORT']}/namespaces/default/workflows"
     assert f"Web UI: {ui}/{decision_wf}" in out

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
     from activities.decisions import DecisionActivities
     from activities.store import StoreActivities
-    from models.actions import CHECKS, ServiceCapabilities
+    from models.actions import CHECKS, ServiceCapabilities, compensation
     from models.common import AuditEventInput
     from models.decisions import (
         Approve,
@@ -218,9 +218,10 @@ STORE_TIMEOUT = timedelta(seconds=30)
 SCORE_TIMEOUT = timedelta(seconds=60)
 
 
-def rollback_plan(steps: list[PlaybookStep]) -> list[str]:
-    """The compensations the steps would register, in the order they would run."""
-    return [f"undo_{s.action}" for s in reversed(steps) if s.action not in CHECKS]
+def rollback_plan(steps: list[PlaybookStep], service: str) -> list[str]:
+    """The compensations the steps would register, in the order they would run (the names the
+    incident's own rollback plan shows)."""
+    return [compensation(s.action, service) for s in reversed(steps) if s.action not in CHECKS]
 
 
 @workflow.defn
@@ -594,7 +595,7 @@ class DecisionWorkflow:
             alternatives=[c for c in evaluation.scoring.ranked if c.candidate.name != chosen],
             approval=record,
             explanation=evaluation.explanation,
-            rollback_plan=rollback_plan(steps),
+            rollback_plan=rollback_plan(steps, request.subject),
             decided_by=", ".join(people)
             if people and record.outcome != "timed_out"
             else "nofx-decisions",

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.guardrails import GuardrailActivities
     from activities.infra import InfraActivities
     from activities.store import StoreActivities
-    from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
+    from models.actions import CHECKS, ActionRequest, ValidateRequestsParams, compensation
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput, Contract
     from models.decisions import (
         Approve,
@@ -632,7 +632,7 @@ class HealingIncidentWorkflow:
                 update={"idempotency_key": f"{key}/undo", "step": f"{action.step}/undo"}
             )
             self._saga.register(
-                f"restore_service_running({self._inp.service})",
+                compensation(step.action, self._inp.service),
                 lambda: self._compensate(InfraActivities.restore_service_running, undo),
             )
             outcome = await workflow.execute_activity_method(
@@ -691,7 +691,7 @@ class HealingIncidentWorkflow:
         """A state-changing action: its undo is registered first, then it runs once."""
         request = self._action_request(index, step, key)
         self._saga.register(
-            f"undo_{step.action}({self._inp.service})",
+            compensation(step.action, self._inp.service),
             lambda: self._undo(request),
         )
         outcome = await workflow.execute_activity_method(
