@@ -35,6 +35,9 @@ from nofx.providers.supervisor import (
     UnknownTargetError,
 )
 
+# How long the restart compensation waits for the service to answer before it judges.
+RESTORE_WAIT_SECONDS = 20.0
+
 
 def supervisor_for(target: FleetTarget) -> tuple[SupervisorProvider, str]:
     """The provider and process name for an inventory entry managed by supervisord."""
@@ -148,15 +151,30 @@ class InfraActivities:
 
         A restart that stopped the process and then failed to start it would leave the service
         worse than before; this starts it again when it is not running, and does nothing if it is.
+        It then waits (heartbeating) up to RESTORE_WAIT_SECONDS for the service to answer
+        /health; a process that died again meanwhile (say its port was still taken) is not
+        restored: the attempt fails and Temporal retries it with backoff.
         """
         started_at = datetime.now(UTC)
-        provider, process = supervisor_for(get_fleet_target(self._engine, inp.service))
+        target = get_fleet_target(self._engine, inp.service)
+        provider, process = supervisor_for(target)
         state = provider.process_state(process)
         performed = False
-        if state.state != "RUNNING":
-            provider.restart(process, not_before=math.floor(time.time()))
-            performed = True
+        with heartbeating(step=inp.step):
+            if state.state != "RUNNING":
+                provider.restart(process, not_before=math.floor(time.time()))
+                performed = True
+            deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+            healthy, seen, _ = check_health(target.endpoint, 2.0)
+            while not healthy and time.monotonic() < deadline:
+                time.sleep(0.5)
+                healthy, seen, _ = check_health(target.endpoint, 2.0)
         after = provider.process_state(process).state
+        if after != "RUNNING":
+            raise ApplicationError(
+                f"{inp.service} not restored yet: its process is {after} ({seen})",
+                type="NotRestored",
+            )
         self._log_action(
             inp, "restore_service_running", "compensated", {"state_before": state.model_dump()}
         )
@@ -167,7 +185,7 @@ class InfraActivities:
             detail={
                 "state_before": state.state,
                 "prior_state_restored": after == "RUNNING",
-                "prior_state_check": f"process {after}",
+                "prior_state_check": f"process {after}, health {seen}",
             },
             started_at=started_at,
             finished_at=datetime.now(UTC),
