@@ -19,14 +19,20 @@ its side effects, and restore: undo the traffic and disk actions from their capt
 state, clear the fault (`Fleet.clear`), put the pre-fault configuration back and wait for the
 steady state again.
 
-The judge is one configuration for every fault: the replica answers /health; 20 real requests
-through what its users reach (the group's frontend) come back with at most 5% errors, p95 within
-`JUDGE.max_p95_ms` and no stale cache read (nofx.healing.probes, the code of
+The judge is one configuration for every fault, and its steady state is the replica itself
+fixed and back in service: the replica answers /health; it is in rotation (its HAProxy admin
+state is ready and its weight above 0 — a lowered weight still serves, drain, maintenance or
+weight 0 do not); a round of 20 real requests straight to the replica's own endpoint and one
+through what its users reach (the group's frontend) each come back with at most 5% errors, p95
+within `JUDGE.max_p95_ms` and no stale cache read (nofx.healing.probes, the code of
 `validate_requests`); the replica's resident memory and data directory are no more than
-`RESOURCE_MARGIN_MIB` above what they were before the fault. A run succeeds when the judge
-passes for `HOLD_SECONDS` in a row, the streak beginning within the RTO of the candidate's first
-step; its recovery time is from that first step to the streak's first passing round. A run
-whose action is refused or whose fault cannot be injected is a failed run with its error.
+`RESOURCE_MARGIN_MIB` above what they were before the fault. So a mitigation that leaves the
+replica out of rotation (drain, weight 0) is not a recovery, however well the frontend answers
+on the other replica: the replica is still broken, or at best idle, and the group runs at half
+capacity. A run succeeds when the judge passes for `HOLD_SECONDS` in a row, the streak beginning
+within the RTO of the candidate's first step; its recovery time is from that first step to the
+streak's first passing round. A run whose action is refused or whose fault cannot be injected is
+a failed run with its error.
 
 Scenarios run on `--lanes` groups at once (each scenario's runs in order on one group). Prints a
 line per run (stderr) and the matrix; writes the matrix to `--out` and, with `--priors`, the
@@ -70,7 +76,7 @@ from nofx.db import make_engine, migrate, scratch_database
 from nofx.healing.actions import ACTIONS, Action, ActionContext, capabilities
 from nofx.healing.probes import check_health, request_round
 from nofx.inventory import register_fleet, unregister
-from nofx.providers.haproxy import HAProxyRuntime
+from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.providers.supervisor import SupervisorProvider
 from pilot.config import cache_prefix, config_path, read_config
 from pilot.fleet import Fleet, FleetError, FleetSpec, GroupSpec, ServiceSpec, free_port
@@ -251,16 +257,38 @@ class Footprint:
         )
 
 
+def traffic(target: FleetTarget) -> tuple[int, str]:
+    """The replica's HAProxy runtime weight and admin state."""
+    meta = target.metadata
+    state = HAProxyRuntime(Path(meta["haproxy_socket"])).server(
+        str(meta["haproxy_backend"]), str(meta["haproxy_server"])
+    )
+    return state.weight, state.admin_state
+
+
 def judge(target: FleetTarget, before: Footprint, client: httpx.Client) -> list[str]:
     """What keeps `target` from its steady state now (module doc); empty when it is steady."""
     healthy, seen, _ = check_health(target.endpoint, HEALTH_TIMEOUT_SECONDS)
     if not healthy:
         return [f"health: {seen}"]
     problems = []
-    endpoint = str(target.metadata.get("haproxy_frontend") or target.endpoint)
-    check = request_round(client, endpoint, target.service, JUDGE, 1)
-    if not check.passed:
-        problems.append(f"requests: {check.detail}")
+    try:
+        weight, state = traffic(target)
+    except (HAProxyError, UnknownServerError) as err:
+        problems.append(f"rotation unreadable: {err}")
+    else:
+        # A lowered weight still serves; drain, maintenance or weight 0 takes no new requests.
+        if state != "ready" or weight <= 0:
+            problems.append(f"out of rotation ({state}, weight {weight})")
+    # The replica itself, then what its users reach (with the replica out of rotation the
+    # frontend alone would pass on the other replica).
+    for where, endpoint in (
+        ("replica", target.endpoint),
+        ("frontend", str(target.metadata["haproxy_frontend"])),
+    ):
+        check = request_round(client, endpoint, target.service, JUDGE, 1)
+        if not check.passed:
+            problems.append(f"{where} requests: {check.detail}")
     try:
         now = Footprint.of(target.endpoint)
     except httpx.HTTPError as err:
@@ -314,11 +342,6 @@ class Lane:
                 pause(ROUND_SECONDS)
         return problems
 
-    def traffic(self) -> tuple[int, str]:
-        meta = self.target.metadata
-        state = HAProxyRuntime(Path(meta["haproxy_socket"])).server(self.group, self.service)
-        return state.weight, state.admin_state
-
     def running_config(self) -> dict[str, Any]:
         """The configuration the pilot runs now (its file, which the fleet keeps current)."""
         versioned = read_config(config_path(self.fleet.state_dir, self.service))
@@ -337,7 +360,7 @@ class Lane:
                 result.error = f"not steady before the fault: {'; '.join(problems)}"
                 return result
             before = Footprint.of(self.target.endpoint)
-            traffic_before = self.traffic()
+            traffic_before = traffic(self.target)
             config_before = self.running_config()
             injected = self.load.stats()
             try:
@@ -477,7 +500,7 @@ class Lane:
         """
         changes = []
         try:
-            weight, state = self.traffic()
+            weight, state = traffic(self.target)
             now = self.running_config()
         except Exception as err:  # noqa: BLE001 - what could not be read is said so
             return [f"state after the run unreadable: {type(err).__name__}"]
