@@ -1,7 +1,8 @@
 """Which candidate playbook actually fixes which fault: every pilot fault against every candidate.
 
-    python benchmarks/action_matrix.py --runs 2 --rto 90 [--faults kill,hang] [--out F.json]
-        [--priors nofx/decisions/action_priors.json] [--database-url URL] [--lanes 4]
+    python benchmarks/action_matrix.py --runs 2 --rto 90 [--hold 60] [--faults kill,hang]
+        [--out F.json] [--priors nofx/decisions/action_priors.json] [--database-url URL]
+        [--lanes 4]
 
 The benchmark builds everything it uses: a platform database of its own (a scratch database on
 `--database-url`, else `NOFX_TEST_DATABASE_URL`, else an embedded pgserver; migrations applied),
@@ -29,10 +30,11 @@ within `JUDGE.max_p95_ms` and no stale cache read (nofx.healing.probes, the code
 `RESOURCE_MARGIN_MIB` above what they were before the fault. So a mitigation that leaves the
 replica out of rotation (drain, weight 0) is not a recovery, however well the frontend answers
 on the other replica: the replica is still broken, or at best idle, and the group runs at half
-capacity. A run succeeds when the judge passes for `HOLD_SECONDS` in a row, the streak beginning
-within the RTO of the candidate's first step; its recovery time is from that first step to the
-streak's first passing round. A run whose action is refused or whose fault cannot be injected is
-a failed run with its error.
+capacity. Neither is a postponement: a run succeeds when the judge passes for `--hold` seconds
+in a row (default `HOLD_SECONDS`, long enough for a leak that a bigger pool only delays to come
+back), the streak beginning within the RTO of the candidate's first step; its recovery time is
+from that first step to the streak's first passing round. A run whose action is refused or whose
+fault cannot be injected is a failed run with its error.
 
 Scenarios run on `--lanes` groups at once (each scenario's runs in order on one group). Prints a
 line per run (stderr) and the matrix; writes the matrix to `--out` and, with `--priors`, the
@@ -93,7 +95,7 @@ JUDGE = ValidateRequestsParams(
 )
 HEALTH_TIMEOUT_SECONDS = 2.0
 RESOURCE_MARGIN_MIB = 32
-HOLD_SECONDS = 20.0
+HOLD_SECONDS = 60.0  # the default of --hold
 ROUND_SECONDS = 1.0
 # Deadlines around a run: the fault must show within EFFECT_SECONDS of its injection; the steady
 # state must hold STEADY_ROUNDS rounds in a row within STEADY_SECONDS before a run and after it.
@@ -167,6 +169,14 @@ def say(message: str) -> None:
 def pause(seconds: float) -> None:
     if STOPPING.wait(seconds):
         raise Interrupted
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """A run's: the success streak begins within `rto` of the first step, holds for `hold`."""
+
+    rto: float
+    hold: float
 
 
 @dataclass(frozen=True)
@@ -349,7 +359,7 @@ class Lane:
 
     # -- one run -------------------------------------------------------------------------------
 
-    def run(self, scenario: Scenario, candidate: Candidate, rto: float) -> RunResult:
+    def run(self, scenario: Scenario, candidate: Candidate, deadlines: Deadlines) -> RunResult:
         result = RunResult()
         applied: list[tuple[Action, ActionContext, Any]] = []
         config_before: dict[str, Any] | None = None
@@ -385,7 +395,7 @@ class Lane:
             if _worse(injected, acting, self.load.stats()):
                 result.side_effects.append("steady-load errors rose during the action")
             if result.error is None:
-                self._judge_recovery(result, before, started, rto)
+                self._judge_recovery(result, before, started, deadlines)
             result.side_effects += self._lasting_changes(
                 traffic_before, config_before, config_faulted
             )
@@ -463,9 +473,10 @@ class Lane:
         return notes
 
     def _judge_recovery(
-        self, result: RunResult, before: Footprint, started: float, rto: float
+        self, result: RunResult, before: Footprint, started: float, deadlines: Deadlines
     ) -> None:
-        """Judge until the steady state held HOLD_SECONDS, or no streak began within the RTO."""
+        """Judge until the steady state held for the hold, or no streak began within the RTO."""
+        rto = deadlines.rto
         streak_began: float | None = None
         with judge_client() as client:
             while True:
@@ -481,7 +492,7 @@ class Lane:
                         if round_began - started > rto:
                             return
                         streak_began = round_began
-                    if time.monotonic() - streak_began >= HOLD_SECONDS:
+                    if time.monotonic() - streak_began >= deadlines.hold:
                         result.success = True
                         result.recovery_seconds = round(streak_began - started, 2)
                         return
@@ -635,14 +646,14 @@ def load_candidates(engine: Engine, scenario: Scenario) -> list[Candidate]:
     return found
 
 
-def run_scenario(lane: Lane, cells: list[Cell], runs: int, rto: float) -> None:
+def run_scenario(lane: Lane, cells: list[Cell], runs: int, deadlines: Deadlines) -> None:
     for cell in cells:
         for index in range(runs):
             if STOPPING.is_set():
                 return
             began = time.monotonic()
             try:
-                result = lane.run(cell.scenario, cell.candidate, rto)
+                result = lane.run(cell.scenario, cell.candidate, deadlines)
             except Interrupted:
                 return
             except Exception as err:  # noqa: BLE001 - a run never ends the matrix
@@ -743,13 +754,19 @@ def new_fleet(home: Path, database_url: str, groups: int) -> Fleet:
     )
 
 
-def run_lanes(lanes: list[Lane], plan: list[list[list[Cell]]], runs: int, rto: float) -> None:
+def run_lanes(
+    lanes: list[Lane], plan: list[list[list[Cell]]], runs: int, deadlines: Deadlines
+) -> None:
     """Each lane's scenarios in order, the lanes at once; on an interrupt, let them restore."""
+
+    def lane_work(lane: Lane, work: list[list[Cell]]) -> None:
+        for cells in work:
+            run_scenario(lane, cells, runs, deadlines)
+
     threads = [
         threading.Thread(
-            target=lambda lane=lane, work=work: [
-                run_scenario(lane, cells, runs, rto) for cells in work
-            ],
+            target=lane_work,
+            args=(lane, work),
             name=f"lane-{lane.group}",
             daemon=True,
         )
@@ -778,6 +795,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per cell")
     parser.add_argument("--rto", type=float, default=90.0, help="recovery-time objective, s")
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=HOLD_SECONDS,
+        help="seconds the steady state must hold for a run to succeed",
+    )
     parser.add_argument("--faults", default="", help="comma-separated scenario names; all")
     parser.add_argument("--lanes", type=int, default=4, help="replica groups run at once")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/action_matrix.json")
@@ -794,8 +817,8 @@ def main() -> None:
     unknown = [f for f in wanted if f not in known]
     if unknown:
         parser.error(f"--faults: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    if args.runs < 1 or args.rto <= 0 or args.lanes < 1:
-        parser.error("--runs and --lanes must be at least 1 and --rto positive")
+    if args.runs < 1 or args.rto <= 0 or args.hold <= 0 or args.lanes < 1:
+        parser.error("--runs and --lanes must be at least 1, --rto and --hold positive")
     if haproxy_binary() is None:
         parser.error("haproxy is not installed (Debian package haproxy): traffic actions need it")
     signal.signal(signal.SIGTERM, _interrupt)
@@ -829,12 +852,13 @@ def main() -> None:
                     lanes.append(Lane(fleet, engine, database_url, group, f"{group}-r0", load))
                 say(
                     f"{len(everything)} cells x {args.runs} runs over {lanes_count} lanes;"
-                    f" RTO {args.rto:g}s"
+                    f" RTO {args.rto:g}s, hold {args.hold:g}s"
                 )
                 shared = [(sc, cells) for sc, cells in planned if not sc.exclusive]
                 alone = [cells for sc, cells in planned if sc.exclusive]
-                run_lanes(lanes, spread(shared, lanes_count), args.runs, args.rto)
-                run_lanes(lanes[:1], [alone], args.runs, args.rto)
+                deadlines = Deadlines(rto=args.rto, hold=args.hold)
+                run_lanes(lanes, spread(shared, lanes_count), args.runs, deadlines)
+                run_lanes(lanes[:1], [alone], args.runs, deadlines)
             finally:
                 for load in loads:
                     load.stop()
@@ -866,7 +890,7 @@ def write_results(
                 include={"requests", "max_error_ratio", "max_p95_ms", "fresh_cache"}
             ),
             "resource_margin_mib": RESOURCE_MARGIN_MIB,
-            "hold_seconds": HOLD_SECONDS,
+            "hold_seconds": args.hold,
         },
         "incomplete_cells": missing,
         "cells": rows,
