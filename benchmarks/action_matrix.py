@@ -10,8 +10,9 @@ a fleet of `--lanes` replica groups of two behind the fleet's HAProxy (so the tr
 apply), registered in that database's inventory, each group under steady load through its
 frontend. No platform workers run: nothing decides and no guardrail waits.
 
-For each fault scenario, each enabled candidate playbook (`recovery_playbooks`) of the patterns
-the fault can be diagnosed as, `--runs` times, on the first replica of a group: check the steady
+For each fault scenario, each candidate playbook (`recovery_playbooks`) of the patterns the
+fault can be diagnosed as — the ones shipped disabled too, marked so, to show whether they would
+fix it — `--runs` times, on the first replica of a group: check the steady
 state, inject the fault for real, wait until the judge sees it, apply the candidate's
 state-changing steps directly through the platform's own action code (nofx.healing.actions'
 capture/perform, the supervisord provider's restart — what the activities call; the validate_*
@@ -185,6 +186,9 @@ class Candidate:
     cause: str
     playbook: str
     steps: tuple[PlaybookStep, ...]
+    # Shipped disabled (the engine does not offer it); measured all the same, to show whether
+    # it deserves enabling.
+    enabled: bool = True
 
 
 @dataclass
@@ -225,6 +229,7 @@ class Cell:
             "pattern": self.candidate.pattern,
             "cause": self.candidate.cause,
             "playbook": self.candidate.playbook,
+            "enabled": self.candidate.enabled,
             "runs": len(self.runs),
             "successes": successes,
             "success_rate": round(successes / len(self.runs), 3) if self.runs else None,
@@ -625,23 +630,28 @@ def _worse(injected: LoadStats, acting: LoadStats, acted: LoadStats) -> bool:
 
 
 def load_candidates(engine: Engine, scenario: Scenario) -> list[Candidate]:
-    """The enabled playbooks of each pattern the scenario can be diagnosed as, ladder order."""
+    """The playbooks of each pattern the scenario can be diagnosed as, ladder order; the
+    disabled ones too (marked), so the matrix says whether they would fix it."""
     found = []
     with engine.connect() as conn:
         for pattern, cause in scenario.diagnoses:
             rows = conn.execute(
                 text(
-                    "SELECT playbook_name, recovery_steps FROM recovery_playbooks"
-                    " WHERE incident_type = :t AND enabled"
+                    "SELECT playbook_name, recovery_steps, enabled FROM recovery_playbooks"
+                    " WHERE incident_type = :t"
                     " ORDER BY escalation_rank, created_at, playbook_name"
                 ),
                 {"t": pattern},
             ).all()
             found += [
                 Candidate(
-                    pattern, cause, name, tuple(PlaybookStep.model_validate(s) for s in steps)
+                    pattern,
+                    cause,
+                    name,
+                    tuple(PlaybookStep.model_validate(s) for s in steps),
+                    enabled,
                 )
-                for name, steps in rows
+                for name, steps, enabled in rows
             ]
     return found
 
@@ -684,6 +694,7 @@ def best_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             best[row["fault"]] = {
                 "playbook": row["playbook"],
                 "pattern": row["pattern"],
+                "enabled": row["enabled"],
                 "success_rate": row["success_rate"],
                 "recovery_seconds_p50": row["recovery_seconds_p50"],
                 "_key": key,
@@ -697,7 +708,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         p50 = row["recovery_seconds_p50"]
         lines.append(
-            f"{row['fault']:<19} {row['pattern'] + '/' + row['cause']:<40} {row['playbook']:<36}"
+            f"{row['fault']:<19} {row['pattern'] + '/' + row['cause']:<40}"
+            f" {row['playbook'] + ('' if row['enabled'] else ' (off)'):<36}"
             f" {str(row['successes']) + '/' + str(row['runs']):>5}"
             f" {'-' if p50 is None else f'{p50:.1f}':>6}"
         )
