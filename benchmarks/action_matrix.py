@@ -1,7 +1,8 @@
 """Which candidate playbook actually fixes which fault: every pilot fault against every candidate.
 
-    python benchmarks/action_matrix.py --runs 2 --rto 90 [--faults kill,hang] [--out F.json]
-        [--priors nofx/decisions/action_priors.json] [--database-url URL] [--lanes 4]
+    python benchmarks/action_matrix.py --runs 2 --rto 90 [--hold 60] [--faults kill,hang]
+        [--out F.json] [--priors nofx/decisions/action_priors.json] [--database-url URL]
+        [--lanes 4]
 
 The benchmark builds everything it uses: a platform database of its own (a scratch database on
 `--database-url`, else `NOFX_TEST_DATABASE_URL`, else an embedded pgserver; migrations applied),
@@ -9,8 +10,9 @@ a fleet of `--lanes` replica groups of two behind the fleet's HAProxy (so the tr
 apply), registered in that database's inventory, each group under steady load through its
 frontend. No platform workers run: nothing decides and no guardrail waits.
 
-For each fault scenario, each enabled candidate playbook (`recovery_playbooks`) of the patterns
-the fault can be diagnosed as, `--runs` times, on the first replica of a group: check the steady
+For each fault scenario, each candidate playbook (`recovery_playbooks`) of the patterns the
+fault can be diagnosed as — the ones shipped disabled too, marked so, to show whether they would
+fix it — `--runs` times, on the first replica of a group: check the steady
 state, inject the fault for real, wait until the judge sees it, apply the candidate's
 state-changing steps directly through the platform's own action code (nofx.healing.actions'
 capture/perform, the supervisord provider's restart — what the activities call; the validate_*
@@ -19,14 +21,21 @@ its side effects, and restore: undo the traffic and disk actions from their capt
 state, clear the fault (`Fleet.clear`), put the pre-fault configuration back and wait for the
 steady state again.
 
-The judge is one configuration for every fault: the replica answers /health; 20 real requests
-through what its users reach (the group's frontend) come back with at most 5% errors, p95 within
-`JUDGE.max_p95_ms` and no stale cache read (nofx.healing.probes, the code of
+The judge is one configuration for every fault, and its steady state is the replica itself
+fixed and back in service: the replica answers /health; it is in rotation (its HAProxy admin
+state is ready and its weight above 0 — a lowered weight still serves, drain, maintenance or
+weight 0 do not); a round of 20 real requests straight to the replica's own endpoint and one
+through what its users reach (the group's frontend) each come back with at most 5% errors, p95
+within `JUDGE.max_p95_ms` and no stale cache read (nofx.healing.probes, the code of
 `validate_requests`); the replica's resident memory and data directory are no more than
-`RESOURCE_MARGIN_MIB` above what they were before the fault. A run succeeds when the judge
-passes for `HOLD_SECONDS` in a row, the streak beginning within the RTO of the candidate's first
-step; its recovery time is from that first step to the streak's first passing round. A run
-whose action is refused or whose fault cannot be injected is a failed run with its error.
+`RESOURCE_MARGIN_MIB` above what they were before the fault. So a mitigation that leaves the
+replica out of rotation (drain, weight 0) is not a recovery, however well the frontend answers
+on the other replica: the replica is still broken, or at best idle, and the group runs at half
+capacity. Neither is a postponement: a run succeeds when the judge passes for `--hold` seconds
+in a row (default `HOLD_SECONDS`, long enough for a leak that a bigger pool only delays to come
+back), the streak beginning within the RTO of the candidate's first step; its recovery time is
+from that first step to the streak's first passing round. A run whose action is refused or whose
+fault cannot be injected is a failed run with its error.
 
 Scenarios run on `--lanes` groups at once (each scenario's runs in order on one group). Prints a
 line per run (stderr) and the matrix; writes the matrix to `--out` and, with `--priors`, the
@@ -70,7 +79,7 @@ from nofx.db import make_engine, migrate, scratch_database
 from nofx.healing.actions import ACTIONS, Action, ActionContext, capabilities
 from nofx.healing.probes import check_health, request_round
 from nofx.inventory import register_fleet, unregister
-from nofx.providers.haproxy import HAProxyRuntime
+from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.providers.supervisor import SupervisorProvider
 from pilot.config import cache_prefix, config_path, read_config
 from pilot.fleet import Fleet, FleetError, FleetSpec, GroupSpec, ServiceSpec, free_port
@@ -87,7 +96,7 @@ JUDGE = ValidateRequestsParams(
 )
 HEALTH_TIMEOUT_SECONDS = 2.0
 RESOURCE_MARGIN_MIB = 32
-HOLD_SECONDS = 20.0
+HOLD_SECONDS = 60.0  # the default of --hold
 ROUND_SECONDS = 1.0
 # Deadlines around a run: the fault must show within EFFECT_SECONDS of its injection; the steady
 # state must hold STEADY_ROUNDS rounds in a row within STEADY_SECONDS before a run and after it.
@@ -164,11 +173,22 @@ def pause(seconds: float) -> None:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """A run's: the success streak begins within `rto` of the first step, holds for `hold`."""
+
+    rto: float
+    hold: float
+
+
+@dataclass(frozen=True)
 class Candidate:
     pattern: str
     cause: str
     playbook: str
     steps: tuple[PlaybookStep, ...]
+    # Shipped disabled (the engine does not offer it); measured all the same, to show whether
+    # it deserves enabling.
+    enabled: bool = True
 
 
 @dataclass
@@ -209,6 +229,7 @@ class Cell:
             "pattern": self.candidate.pattern,
             "cause": self.candidate.cause,
             "playbook": self.candidate.playbook,
+            "enabled": self.candidate.enabled,
             "runs": len(self.runs),
             "successes": successes,
             "success_rate": round(successes / len(self.runs), 3) if self.runs else None,
@@ -251,16 +272,38 @@ class Footprint:
         )
 
 
+def traffic(target: FleetTarget) -> tuple[int, str]:
+    """The replica's HAProxy runtime weight and admin state."""
+    meta = target.metadata
+    state = HAProxyRuntime(Path(meta["haproxy_socket"])).server(
+        str(meta["haproxy_backend"]), str(meta["haproxy_server"])
+    )
+    return state.weight, state.admin_state
+
+
 def judge(target: FleetTarget, before: Footprint, client: httpx.Client) -> list[str]:
     """What keeps `target` from its steady state now (module doc); empty when it is steady."""
     healthy, seen, _ = check_health(target.endpoint, HEALTH_TIMEOUT_SECONDS)
     if not healthy:
         return [f"health: {seen}"]
     problems = []
-    endpoint = str(target.metadata.get("haproxy_frontend") or target.endpoint)
-    check = request_round(client, endpoint, target.service, JUDGE, 1)
-    if not check.passed:
-        problems.append(f"requests: {check.detail}")
+    try:
+        weight, state = traffic(target)
+    except (HAProxyError, UnknownServerError) as err:
+        problems.append(f"rotation unreadable: {err}")
+    else:
+        # A lowered weight still serves; drain, maintenance or weight 0 takes no new requests.
+        if state != "ready" or weight <= 0:
+            problems.append(f"out of rotation ({state}, weight {weight})")
+    # The replica itself, then what its users reach (with the replica out of rotation the
+    # frontend alone would pass on the other replica).
+    for where, endpoint in (
+        ("replica", target.endpoint),
+        ("frontend", str(target.metadata["haproxy_frontend"])),
+    ):
+        check = request_round(client, endpoint, target.service, JUDGE, 1)
+        if not check.passed:
+            problems.append(f"{where} requests: {check.detail}")
     try:
         now = Footprint.of(target.endpoint)
     except httpx.HTTPError as err:
@@ -314,11 +357,6 @@ class Lane:
                 pause(ROUND_SECONDS)
         return problems
 
-    def traffic(self) -> tuple[int, str]:
-        meta = self.target.metadata
-        state = HAProxyRuntime(Path(meta["haproxy_socket"])).server(self.group, self.service)
-        return state.weight, state.admin_state
-
     def running_config(self) -> dict[str, Any]:
         """The configuration the pilot runs now (its file, which the fleet keeps current)."""
         versioned = read_config(config_path(self.fleet.state_dir, self.service))
@@ -326,7 +364,7 @@ class Lane:
 
     # -- one run -------------------------------------------------------------------------------
 
-    def run(self, scenario: Scenario, candidate: Candidate, rto: float) -> RunResult:
+    def run(self, scenario: Scenario, candidate: Candidate, deadlines: Deadlines) -> RunResult:
         result = RunResult()
         applied: list[tuple[Action, ActionContext, Any]] = []
         config_before: dict[str, Any] | None = None
@@ -337,7 +375,7 @@ class Lane:
                 result.error = f"not steady before the fault: {'; '.join(problems)}"
                 return result
             before = Footprint.of(self.target.endpoint)
-            traffic_before = self.traffic()
+            traffic_before = traffic(self.target)
             config_before = self.running_config()
             injected = self.load.stats()
             try:
@@ -362,7 +400,7 @@ class Lane:
             if _worse(injected, acting, self.load.stats()):
                 result.side_effects.append("steady-load errors rose during the action")
             if result.error is None:
-                self._judge_recovery(result, before, started, rto)
+                self._judge_recovery(result, before, started, deadlines)
             result.side_effects += self._lasting_changes(
                 traffic_before, config_before, config_faulted
             )
@@ -440,9 +478,10 @@ class Lane:
         return notes
 
     def _judge_recovery(
-        self, result: RunResult, before: Footprint, started: float, rto: float
+        self, result: RunResult, before: Footprint, started: float, deadlines: Deadlines
     ) -> None:
-        """Judge until the steady state held HOLD_SECONDS, or no streak began within the RTO."""
+        """Judge until the steady state held for the hold, or no streak began within the RTO."""
+        rto = deadlines.rto
         streak_began: float | None = None
         with judge_client() as client:
             while True:
@@ -458,7 +497,7 @@ class Lane:
                         if round_began - started > rto:
                             return
                         streak_began = round_began
-                    if time.monotonic() - streak_began >= HOLD_SECONDS:
+                    if time.monotonic() - streak_began >= deadlines.hold:
                         result.success = True
                         result.recovery_seconds = round(streak_began - started, 2)
                         return
@@ -477,7 +516,7 @@ class Lane:
         """
         changes = []
         try:
-            weight, state = self.traffic()
+            weight, state = traffic(self.target)
             now = self.running_config()
         except Exception as err:  # noqa: BLE001 - what could not be read is said so
             return [f"state after the run unreadable: {type(err).__name__}"]
@@ -591,35 +630,40 @@ def _worse(injected: LoadStats, acting: LoadStats, acted: LoadStats) -> bool:
 
 
 def load_candidates(engine: Engine, scenario: Scenario) -> list[Candidate]:
-    """The enabled playbooks of each pattern the scenario can be diagnosed as, ladder order."""
+    """The playbooks of each pattern the scenario can be diagnosed as, ladder order; the
+    disabled ones too (marked), so the matrix says whether they would fix it."""
     found = []
     with engine.connect() as conn:
         for pattern, cause in scenario.diagnoses:
             rows = conn.execute(
                 text(
-                    "SELECT playbook_name, recovery_steps FROM recovery_playbooks"
-                    " WHERE incident_type = :t AND enabled"
+                    "SELECT playbook_name, recovery_steps, enabled FROM recovery_playbooks"
+                    " WHERE incident_type = :t"
                     " ORDER BY escalation_rank, created_at, playbook_name"
                 ),
                 {"t": pattern},
             ).all()
             found += [
                 Candidate(
-                    pattern, cause, name, tuple(PlaybookStep.model_validate(s) for s in steps)
+                    pattern,
+                    cause,
+                    name,
+                    tuple(PlaybookStep.model_validate(s) for s in steps),
+                    enabled,
                 )
-                for name, steps in rows
+                for name, steps, enabled in rows
             ]
     return found
 
 
-def run_scenario(lane: Lane, cells: list[Cell], runs: int, rto: float) -> None:
+def run_scenario(lane: Lane, cells: list[Cell], runs: int, deadlines: Deadlines) -> None:
     for cell in cells:
         for index in range(runs):
             if STOPPING.is_set():
                 return
             began = time.monotonic()
             try:
-                result = lane.run(cell.scenario, cell.candidate, rto)
+                result = lane.run(cell.scenario, cell.candidate, deadlines)
             except Interrupted:
                 return
             except Exception as err:  # noqa: BLE001 - a run never ends the matrix
@@ -650,6 +694,7 @@ def best_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             best[row["fault"]] = {
                 "playbook": row["playbook"],
                 "pattern": row["pattern"],
+                "enabled": row["enabled"],
                 "success_rate": row["success_rate"],
                 "recovery_seconds_p50": row["recovery_seconds_p50"],
                 "_key": key,
@@ -663,7 +708,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         p50 = row["recovery_seconds_p50"]
         lines.append(
-            f"{row['fault']:<19} {row['pattern'] + '/' + row['cause']:<40} {row['playbook']:<36}"
+            f"{row['fault']:<19} {row['pattern'] + '/' + row['cause']:<40}"
+            f" {row['playbook'] + ('' if row['enabled'] else ' (off)'):<36}"
             f" {str(row['successes']) + '/' + str(row['runs']):>5}"
             f" {'-' if p50 is None else f'{p50:.1f}':>6}"
         )
@@ -720,13 +766,19 @@ def new_fleet(home: Path, database_url: str, groups: int) -> Fleet:
     )
 
 
-def run_lanes(lanes: list[Lane], plan: list[list[list[Cell]]], runs: int, rto: float) -> None:
+def run_lanes(
+    lanes: list[Lane], plan: list[list[list[Cell]]], runs: int, deadlines: Deadlines
+) -> None:
     """Each lane's scenarios in order, the lanes at once; on an interrupt, let them restore."""
+
+    def lane_work(lane: Lane, work: list[list[Cell]]) -> None:
+        for cells in work:
+            run_scenario(lane, cells, runs, deadlines)
+
     threads = [
         threading.Thread(
-            target=lambda lane=lane, work=work: [
-                run_scenario(lane, cells, runs, rto) for cells in work
-            ],
+            target=lane_work,
+            args=(lane, work),
             name=f"lane-{lane.group}",
             daemon=True,
         )
@@ -755,6 +807,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per cell")
     parser.add_argument("--rto", type=float, default=90.0, help="recovery-time objective, s")
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=HOLD_SECONDS,
+        help="seconds the steady state must hold for a run to succeed",
+    )
     parser.add_argument("--faults", default="", help="comma-separated scenario names; all")
     parser.add_argument("--lanes", type=int, default=4, help="replica groups run at once")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/action_matrix.json")
@@ -771,8 +829,8 @@ def main() -> None:
     unknown = [f for f in wanted if f not in known]
     if unknown:
         parser.error(f"--faults: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    if args.runs < 1 or args.rto <= 0 or args.lanes < 1:
-        parser.error("--runs and --lanes must be at least 1 and --rto positive")
+    if args.runs < 1 or args.rto <= 0 or args.hold <= 0 or args.lanes < 1:
+        parser.error("--runs and --lanes must be at least 1, --rto and --hold positive")
     if haproxy_binary() is None:
         parser.error("haproxy is not installed (Debian package haproxy): traffic actions need it")
     signal.signal(signal.SIGTERM, _interrupt)
@@ -806,12 +864,13 @@ def main() -> None:
                     lanes.append(Lane(fleet, engine, database_url, group, f"{group}-r0", load))
                 say(
                     f"{len(everything)} cells x {args.runs} runs over {lanes_count} lanes;"
-                    f" RTO {args.rto:g}s"
+                    f" RTO {args.rto:g}s, hold {args.hold:g}s"
                 )
                 shared = [(sc, cells) for sc, cells in planned if not sc.exclusive]
                 alone = [cells for sc, cells in planned if sc.exclusive]
-                run_lanes(lanes, spread(shared, lanes_count), args.runs, args.rto)
-                run_lanes(lanes[:1], [alone], args.runs, args.rto)
+                deadlines = Deadlines(rto=args.rto, hold=args.hold)
+                run_lanes(lanes, spread(shared, lanes_count), args.runs, deadlines)
+                run_lanes(lanes[:1], [alone], args.runs, deadlines)
             finally:
                 for load in loads:
                     load.stop()
@@ -843,7 +902,7 @@ def write_results(
                 include={"requests", "max_error_ratio", "max_p95_ms", "fresh_cache"}
             ),
             "resource_margin_mib": RESOURCE_MARGIN_MIB,
-            "hold_seconds": HOLD_SECONDS,
+            "hold_seconds": args.hold,
         },
         "incomplete_cells": missing,
         "cells": rows,
