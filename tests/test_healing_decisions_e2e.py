@@ -41,6 +41,27 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in conn.execute(text(sql), params)]
 
 
+async def feedback_kinds(
+    engine: Engine, decision_id: str, *, until_has: str, timeout: float = 60
+) -> list[str]:
+    """The decision's feedback rows in order, once one of kind `until_has` is there (the outcome
+    is recorded just after the incident ends)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        kinds = [
+            r[0]
+            for r in rows(
+                engine,
+                "SELECT feedback_type FROM learning_feedback WHERE decision_id = :d"
+                " ORDER BY created_at",
+                d=decision_id,
+            )
+        ]
+        if until_has in kinds or asyncio.get_running_loop().time() > deadline:
+            return kinds
+        await asyncio.sleep(0.2)
+
+
 async def open_incident(client: Client, service: str, incident_type: str) -> Any:
     handle, started = await start_incident(
         client,
@@ -86,12 +107,8 @@ async def test_assist_mode_waits_and_a_web_ui_signal_approves_then_it_heals(
         assert (await http.get(live_fleet.health_url(service), timeout=2)).status_code == 200
     made: DecisionResult = await decision.result()
     assert (made.status, made.decided_by, made.act) == ("approved", operator, True)
-    feedback = rows(
-        db_engine,
-        "SELECT feedback_type FROM learning_feedback WHERE decision_id = :d ORDER BY created_at",
-        d=made.decision_id,
-    )
-    assert [f[0] for f in feedback] == ["approval", "outcome"]
+    kinds = await feedback_kinds(db_engine, made.decision_id, until_has="outcome")
+    assert kinds == ["approval", "outcome"]
     audited = rows(
         db_engine,
         "SELECT action, actor FROM audit_events WHERE entity_id = :d ORDER BY id",
@@ -141,14 +158,17 @@ async def test_an_override_runs_through_the_guardrails_and_the_next_rung_asks_ag
         w=incident.id,
     )
     assert [g[0] for g in guarded] == ["restart_service", "invalidate_cache"]
-    feedback = rows(
+    assert await feedback_kinds(db_engine, made.decision_id, until_has="outcome") == [
+        "override",
+        "outcome",
+    ]
+    lessons = rows(
         db_engine,
-        "SELECT feedback_type, lessons_learned FROM learning_feedback WHERE decision_id = :d"
-        " ORDER BY created_at",
+        "SELECT lessons_learned FROM learning_feedback WHERE decision_id = :d"
+        " AND feedback_type = 'override'",
         d=made.decision_id,
     )
-    assert [f[0] for f in feedback] == ["override", "outcome"]
-    assert feedback[0][1]["engine_choice"] == "invalidate-cache"
+    assert lessons[0][0]["engine_choice"] == "invalidate-cache"
 
 
 async def test_observe_mode_decides_and_records_but_never_acts(
