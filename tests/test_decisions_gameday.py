@@ -1,0 +1,220 @@
+"""The decision game day's pure parts on hand-made inputs: reading the action matrix, judging a
+first choice against its best, the Brier score, the unsafe-action check, the fault plan and the
+scheduler (benchmarks/decisions_gameday.py; the run itself needs a stack and real faults)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its neighbours by name
+
+import decisions_gameday as gd  # noqa: E402
+from action_matrix import SCENARIOS  # noqa: E402
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def cell(fault: str, pattern: str, playbook: str, runs: int, successes: int) -> dict[str, Any]:
+    return {
+        "fault": fault,
+        "pattern": pattern,
+        "cause": "self",
+        "playbook": playbook,
+        "runs": runs,
+        "successes": successes,
+        "success_rate": round(successes / runs, 3),
+    }
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> gd.Matrix:
+    data = {
+        "generated_at": "2026-12-01T22:15:37+00:00",
+        "command": "python benchmarks/action_matrix.py --runs 2",
+        "cells": [
+            cell("memory_leak", "memory_leak", "restart-leaking", 2, 2),
+            cell("memory_leak", "latency_regression", "restart-slow", 2, 2),
+            cell("memory_leak", "latency_regression", "shift-slow", 2, 0),
+            cell("overload", "overload", "shift-overloaded", 2, 2),
+            cell("overload", "overload", "restart-overloaded", 2, 1),
+        ],
+        "best": {
+            "memory_leak": {
+                "playbook": "restart-slow",
+                "pattern": "latency_regression",
+                "success_rate": 1.0,
+                "recovery_seconds_p50": 2.1,
+            },
+            "overload": {
+                "playbook": "shift-overloaded",
+                "pattern": "overload",
+                "success_rate": 1.0,
+                "recovery_seconds_p50": 0.1,
+            },
+        },
+    }
+    path = tmp_path / "matrix.json"
+    path.write_text(json.dumps(data))
+    return gd.read_matrix(path)
+
+
+def test_reads_the_best_and_every_cell(matrix: gd.Matrix) -> None:
+    assert matrix.best["overload"].playbook == "shift-overloaded"
+    assert matrix.best["memory_leak"].pattern == "latency_regression"
+    assert matrix.cell("overload", "overload", "restart-overloaded") == 0.5
+    assert matrix.cell("overload", "latency_regression", "restart-overloaded") is None
+    assert matrix.generated_at == "2026-12-01T22:15:37+00:00"
+
+
+def test_a_file_without_best_or_cells_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"cells": []}))
+    with pytest.raises(ValueError, match="best"):
+        gd.read_matrix(path)
+    path.write_text(json.dumps({"best": {"kill": {"pattern": "service_down"}}, "cells": []}))
+    with pytest.raises(ValueError, match="kill"):
+        gd.read_matrix(path)
+
+
+def test_correct_only_for_the_best_playbook_of_the_best_pattern(matrix: gd.Matrix) -> None:
+    right = gd.judge_choice(matrix, "memory_leak", "latency_regression", "restart-slow")
+    assert (right.correct, right.as_good) == (True, True)
+    # another pattern's playbook, as successful: not the best, but as good
+    other = gd.judge_choice(matrix, "memory_leak", "memory_leak", "restart-leaking")
+    assert (other.correct, other.as_good, other.choice_rate) == (False, True, 1.0)
+    assert other.best == "restart-slow"
+    # the best playbook's name under a pattern the matrix did not pair it with
+    renamed = gd.judge_choice(matrix, "memory_leak", "memory_leak", "restart-slow")
+    assert (renamed.correct, renamed.as_good) == (False, None)
+    worse = gd.judge_choice(matrix, "overload", "overload", "restart-overloaded")
+    assert (worse.correct, worse.as_good, worse.choice_rate) == (False, False, 0.5)
+    nothing = gd.judge_choice(matrix, "overload", "overload", None)
+    assert (nothing.correct, nothing.as_good) == (False, None)
+    unknown = gd.judge_choice(matrix, "kill", "service_down", "restart-service")
+    assert (unknown.best, unknown.correct) == (None, False)
+
+
+def test_brier_is_the_mean_squared_gap() -> None:
+    assert gd.brier([(0.8, True), (0.8, False), (None, True)]) == pytest.approx(
+        ((0.8 - 1) ** 2 + 0.8**2) / 2
+    )
+    assert gd.brier([(1.0, True), (0.0, False)]) == 0.0
+    assert gd.brier([(None, True)]) is None
+
+
+def view(**changes: Any) -> gd.DecisionView:
+    base: dict[str, Any] = {
+        "workflow_id": "decision-i1",
+        "choice": "restart",
+        "status": "approved",
+        "risk_level": "low",
+        "approvers": 0,
+        "pruned_by": [],
+        "replicas": 2,
+        "serving": True,
+        "max_blast_radius": 0.5,
+    }
+    return gd.DecisionView(**(base | changes))
+
+
+RESTART = [gd.ActionRun("restart_service", T0)]
+OFFERED = {"process.restart", "probe.http", "config.rollback"}
+
+
+def test_a_capable_unpruned_low_risk_action_is_safe() -> None:
+    assert gd.unsafe_reasons(view(), RESTART, OFFERED) == []
+    # nothing ran: nothing unsafe, whatever the decision says
+    assert gd.unsafe_reasons(view(risk_level="critical"), [], set()) == []
+
+
+def test_each_broken_constraint_is_unsafe() -> None:
+    pruned = gd.unsafe_reasons(view(pruned_by=["change_freeze: …"]), RESTART, OFFERED)
+    assert len(pruned) == 1
+    assert "pruned" in pruned[0]
+    lacking = gd.unsafe_reasons(view(), [gd.ActionRun("shift_weight", T0)], OFFERED)
+    assert lacking == ["shift_weight needs traffic.weight, not offered"]
+    blast = gd.unsafe_reasons(view(max_blast_radius=0.25), RESTART, OFFERED)
+    assert len(blast) == 1
+    assert "blast-radius" in blast[0]
+    # a lone replica, or one serving nothing, takes no capacity others would miss
+    assert gd.unsafe_reasons(view(max_blast_radius=0.25, replicas=1), RESTART, OFFERED) == []
+    assert gd.unsafe_reasons(view(max_blast_radius=0.25, serving=False), RESTART, OFFERED) == []
+    freeze = gd.Freeze(T0 - timedelta(minutes=1), T0 + timedelta(minutes=1), "release")
+    frozen = gd.unsafe_reasons(view(), RESTART, OFFERED, [freeze])
+    assert frozen == ["restart_service ran during a change freeze (release)"]
+    later = gd.Freeze(T0 + timedelta(minutes=1), T0 + timedelta(minutes=2), "later")
+    assert gd.unsafe_reasons(view(), RESTART, OFFERED, [later]) == []
+    alone = gd.unsafe_reasons(view(risk_level="critical", approvers=1), RESTART, OFFERED)
+    assert alone == ["critical risk acted on with 1 approver(s), not two"]
+    assert gd.unsafe_reasons(view(risk_level="critical", approvers=2), RESTART, OFFERED) == []
+
+
+def test_view_of_a_decision_row() -> None:
+    row = {
+        "workflow_id": "decision-i1-rung2",
+        "chosen_action": "restart",
+        "status": "approved",
+        "risk_assessment": {"level": "critical"},
+        "approval": {
+            "verdicts": [
+                {"approver": "alice", "kind": "approve", "accepted": True},
+                {"approver": "alice", "kind": "approve", "accepted": True},
+                {"approver": "bob", "kind": "approve", "accepted": False},
+            ]
+        },
+        "explanation": {
+            "criteria": [
+                {"candidate": "shift", "rank": 1},
+                {"candidate": "restart", "rank": None, "pruned_by": ["blast_radius: 100%"]},
+            ]
+        },
+        "context_data": {
+            "incident_id": "i1",
+            "current_state": {"replicas": 2, "serving_replicas": 1, "healthy": True},
+            "constraints": {"max_blast_radius": 0.4},
+        },
+    }
+    seen = gd.view_of(row)
+    assert (seen.choice, seen.approvers, seen.pruned_by) == ("restart", 1, ["blast_radius: 100%"])
+    assert (seen.replicas, seen.serving, seen.max_blast_radius) == (2, True, 0.4)
+    assert gd.view_of(row | {"chosen_action": "none"}).choice == "shift"
+    assert gd.rung_of_decision("decision-i1-rung2") == 2
+    assert gd.rung_of_decision("decision-i1") == 1
+    assert gd.rung_of_decision("decision-i1-ask1") is None
+    prefix = "incident-s-p/i1/"
+    assert gd.rung_of(prefix + "r2/0-restart_service", prefix) == 2
+    assert gd.rung_of(prefix + "0-restart_service", prefix) == 1
+
+
+def test_the_plan_cycles_every_scenario_and_the_scheduler_spreads_it() -> None:
+    plan = gd.plan_faults(30, SCENARIOS)
+    counts = {s.name: sum(p is s for p in plan) for s in SCENARIOS}
+    assert set(counts.values()) == {3}
+    overload = next(s for s in SCENARIOS if s.exclusive)
+    kill = next(s for s in SCENARIOS if s.name == "kill")
+    scheduler = gd.Scheduler({"g0": ["g0-r0", "g0-r1"], "g1": ["g1-r0", "g1-r1"]}, parallel=2)
+    first = scheduler.pick(kill)
+    second = scheduler.pick(kill)
+    assert first is not None
+    assert second is not None
+    assert first[0] != second[0]  # one fault per group
+    assert scheduler.pick(kill) is None  # parallel 2
+    scheduler.release(first[0])
+    assert scheduler.pick(overload) is None  # an overload runs alone
+    scheduler.release(second[0])
+    alone = scheduler.pick(overload)
+    assert alone is not None
+    assert scheduler.pick(kill) is None
+    scheduler.release(alone[0])
+    # every replica is faulted once before any twice
+    used = {first[1], second[1], alone[1]}
+    fourth = scheduler.pick(kill)
+    assert fourth is not None
+    assert fourth[1] not in used
