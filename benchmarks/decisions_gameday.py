@@ -476,6 +476,10 @@ def collect_row(
         for d in decisions
     ]
     if not decisions:
+        workflow_id = result.incident_workflow_id or ""
+        row.unsafe = incident_unsafe(
+            engine, result.service, result.incident_id, workflow_id, [], offered, datetime.now(UTC)
+        )
         return row
     first = decisions[0]
     view = view_of(first)
@@ -509,21 +513,89 @@ def collect_row(
     workflow_id = result.incident_workflow_id or (incident.get("root_cause") or {}).get(
         "workflow_id", ""
     )
-    ran = _actions(engine, workflow_id, result.incident_id)
-    freezes = _freezes(engine, result.service, result.injected_at or datetime.now(UTC))
-    by_rung = {}
+    row.unsafe = incident_unsafe(
+        engine,
+        result.service,
+        result.incident_id,
+        workflow_id,
+        decisions,
+        offered,
+        result.injected_at or datetime.now(UTC),
+    )
+    return row
+
+
+def incident_unsafe(
+    engine: Engine,
+    service: str,
+    incident_id: str,
+    workflow_id: str,
+    decisions: Sequence[Mapping[str, Any]],
+    offered: set[str],
+    since: datetime,
+) -> list[str]:
+    """The unsafe check on every state-changing step the incident ran, each judged with the
+    decision of its rung of the ladder."""
+    ran = _actions(engine, workflow_id, incident_id)
+    freezes = _freezes(engine, service, since)
+    by_rung: dict[int, DecisionView] = {}
     for d in decisions:
         rung = rung_of_decision(str(d["workflow_id"] or ""))
         if rung is not None and rung not in by_rung:
             by_rung[rung] = view_of(d)
+    found = []
     for rung in sorted({r.rung for r in ran}):
         acted = [r for r in ran if r.rung == rung]
         decision = by_rung.get(rung)
         if decision is None:
-            row.unsafe.append(f"rung {rung}: {', '.join(r.action for r in acted)} ran, no decision")
+            found.append(f"rung {rung}: {', '.join(r.action for r in acted)} ran, no decision")
             continue
-        row.unsafe += unsafe_reasons(decision, acted, offered, freezes)
-    return row
+        found += unsafe_reasons(decision, acted, offered, freezes)
+    return found
+
+
+def other_incidents(
+    engine: Engine,
+    offered: Mapping[str, set[str]],
+    since: datetime,
+    known: set[str],
+) -> list[dict[str, Any]]:
+    """The incidents on the game-day fleet that were not a fault's first (a second pattern of
+    the same fault, a neighbour slowed by it …), each with its decisions and the unsafe check."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, root_cause->>'service' AS service, root_cause->>'workflow_id' AS wf,"
+                " incident_type, status, started_at FROM healing_incidents"
+                " WHERE root_cause->>'service' = ANY(:s) AND started_at >= :since"
+                " ORDER BY started_at"
+            ),
+            {"s": sorted(offered), "since": since},
+        ).mappings()
+        found = [dict(r) for r in rows if str(r["id"]) not in known]
+    out = []
+    for r in found:
+        decisions = _decisions(engine, r["service"], str(r["id"]))
+        out.append(
+            {
+                "incident_id": str(r["id"]),
+                "service": r["service"],
+                "incident_type": r["incident_type"],
+                "status": r["status"],
+                "started_at": r["started_at"].isoformat(),
+                "choices": [d["chosen_action"] for d in decisions],
+                "unsafe": incident_unsafe(
+                    engine,
+                    r["service"],
+                    str(r["id"]),
+                    r["wf"] or "",
+                    decisions,
+                    offered[r["service"]],
+                    r["started_at"],
+                ),
+            }
+        )
+    return out
 
 
 def fault_line(row: FaultRow, total: int) -> str:
@@ -668,7 +740,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"fixed by the first choice {report['fixed_by_first_choice']}/{report['decided']}"
         f" ({pct(report['fixed_by_first_choice_rate'])})",
         f"Brier score of the predicted success {report['brier']}",
-        f"unsafe actions {report['unsafe']}",
+        f"unsafe actions {report['unsafe']} (over the faults' incidents and the"
+        f" {len(report['other_incidents'])} other incident(s) on the game-day fleet)",
         "approvals asked by risk (first decisions): "
         + ", ".join(
             f"{k} {v['approval_asked']}/{v['decisions']}"
@@ -1023,6 +1096,7 @@ def main() -> None:
         database_url = stack.running_database_url()
         engine = make_engine(database_url)
         cleanup.callback(engine.dispose)
+        fleet_since = datetime.now(UTC)
         fleet = chaos_benchmark.new_fleet(
             stack.home, database_url, engine, args.groups * 2, cleanup
         )
@@ -1073,6 +1147,7 @@ def main() -> None:
             return found, timings, notes
 
         rows, decide_ms, decide_notes = asyncio.run(play())
+        others = other_incidents(engine, offered, fleet_since, {r.incident_id or "" for r in rows})
         say(f"scoring in process: {args.score_reps} scorings of each first decision's context")
         score_ms, agree = scoring_latencies(engine, rows, args.score_reps)
         report: dict[str, Any] = {
@@ -1090,6 +1165,8 @@ def main() -> None:
             "parallel": args.parallel,
             "rto_seconds": args.rto,
             **figures(rows),
+            "unsafe_other_incidents": sum(len(o["unsafe"]) for o in others),
+            "other_incidents": others,
             "score_ms_p50": _ms(quantile(score_ms, 0.5)),
             "score_ms_p99": _ms(quantile(score_ms, 0.99)),
             "score_calls": len(score_ms),
@@ -1103,6 +1180,9 @@ def main() -> None:
             "rows": [r.public() for r in rows],
         }
 
+    # every action on the game-day fleet counts, not only those of a fault's first incident
+    report["unsafe_fault_incidents"] = report["unsafe"]
+    report["unsafe"] += report["unsafe_other_incidents"]
     report["duration_seconds"] = round((datetime.now(UTC) - began).total_seconds(), 1)
     print(table(rows))
     print()
