@@ -108,6 +108,17 @@ SUITE = "decisions-gameday"
 LOAD_RPS_PER_GROUP = 8.0  # through each group's frontend: about 4 requests/s per replica
 MAX_ATTEMPTS = 3  # a fault whose steady state did not hold is queued again, this often in all
 CANCEL_GRACE_SECONDS = 60.0
+RANKED_KEYS = (
+    "candidate",
+    "rank",
+    "total",
+    "success_probability",
+    "expected_recovery_seconds",
+    "risk_score",
+    "cost",
+    "success_source",
+    "pruned_by",
+)
 
 
 def say(message: str) -> None:
@@ -360,6 +371,8 @@ class FaultRow:
     approval_why: list[str] = field(default_factory=list)
     decisions: int = 0
     later_choices: list[str] = field(default_factory=list)
+    # the first decision's criteria table, compact: why the choice won, for the analysis
+    ranked: list[dict[str, Any]] = field(default_factory=list)
     detect_seconds: float | None = None
     recovery_seconds: float | None = None
     unsafe: list[str] = field(default_factory=list)
@@ -492,6 +505,7 @@ def collect_row(
     row.first_decision_status = first["status"]
     criteria = (first["explanation"] or {}).get("criteria") or []
     row.first_choice = next((c.get("candidate") for c in criteria if c.get("rank") == 1), None)
+    row.ranked = [{k: c[k] for k in RANKED_KEYS if k in c} for c in criteria]
     judged = judge_choice(matrix, scenario.name, row.pattern, row.first_choice)
     row.correct, row.as_good, row.choice_success_rate = (
         judged.correct,
