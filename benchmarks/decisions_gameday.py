@@ -91,7 +91,7 @@ from nofx.db import make_engine
 from nofx.decisions import context as decision_context
 from nofx.decisions import scoring, store
 from nofx.decisions.risk import CAPACITY_ACTIONS
-from nofx.decisions.success import BetaSuccessModel, load_priors
+from nofx.decisions.success import PRIORS_PATH, BetaSuccessModel, load_priors
 from nofx.healing.actions import capabilities
 from nofx.healing.guardrails import OPEN_STATES
 from nofx.settings import TASK_QUEUE_DECISIONS, TASK_QUEUE_HEALING, get_settings
@@ -1044,6 +1044,16 @@ def ensure_stack(stack: Stack) -> bool:
     return True
 
 
+def priors_source() -> dict[str, Any]:
+    """Which priors the success model starts from (the packaged file the workers load; a stack
+    started before it changed still holds the older one)."""
+    try:
+        data = json.loads(PRIORS_PATH.read_text())
+    except (OSError, ValueError) as err:
+        return {"path": str(PRIORS_PATH), "error": str(err)}
+    return {"path": str(PRIORS_PATH), "source": data.get("source"), "cells": len(data["priors"])}
+
+
 def describe_fleets(stack: Stack, fleet: Fleet, offered: Mapping[str, set[str]]) -> dict[str, Any]:
     own = stack.fleet().spec
     return {
@@ -1175,6 +1185,7 @@ def main() -> None:
                 "generated_at": matrix.generated_at,
                 "command": matrix.command,
             },
+            "priors": priors_source(),
             "fleet": describe_fleets(stack, fleet, offered),
             "parallel": args.parallel,
             "rto_seconds": args.rto,
