@@ -783,15 +783,16 @@ class Slot:
 
 class Scheduler:
     """Which replica takes the next fault: one fault per group at a time, at most `parallel`
-    at once, an exclusive scenario alone; within the free groups the replica faulted least
-    and longest ago."""
+    at once, an exclusive scenario alone; within the free groups the replica faulted least,
+    in the group left alone longest (a replica a fix took out of rotation is re-admitted
+    before its group is faulted again: the steady state waits for it)."""
 
     def __init__(self, groups: Mapping[str, Sequence[str]], parallel: int) -> None:
         self.groups = {g: list(rs) for g, rs in groups.items()}
         self.parallel = parallel
         self.busy: dict[str, bool] = {}  # group -> running an exclusive scenario
         self.uses: dict[str, int] = {s: 0 for rs in self.groups.values() for s in rs}
-        self.last: dict[str, int] = {s: -1 for s in self.uses}
+        self.last: dict[str, int] = {g: -1 for g in self.groups}
         self._tick = 0
 
     def pick(self, scenario: Scenario) -> tuple[str, str] | None:
@@ -803,10 +804,10 @@ class Scheduler:
         free = [(g, s) for g, rs in self.groups.items() if g not in self.busy for s in rs]
         if not free:
             return None
-        group, service = min(free, key=lambda gs: (self.uses[gs[1]], self.last[gs[1]], gs[1]))
+        group, service = min(free, key=lambda gs: (self.uses[gs[1]], self.last[gs[0]], gs[1]))
         self._tick += 1
         self.uses[service] += 1
-        self.last[service] = self._tick
+        self.last[group] = self._tick
         self.busy[group] = scenario.exclusive
         return group, service
 

@@ -218,3 +218,15 @@ def test_the_plan_cycles_every_scenario_and_the_scheduler_spreads_it() -> None:
     fourth = scheduler.pick(kill)
     assert fourth is not None
     assert fourth[1] not in used
+
+    # one at a time: the next fault goes to the other group, not to the sibling of the replica
+    # just faulted (its group may still be re-admitting it)
+    one = gd.Scheduler({"g0": ["g0-r0", "g0-r1"], "g1": ["g1-r0", "g1-r1"]}, parallel=1)
+    picks = []
+    for _ in range(4):
+        where = one.pick(kill)
+        assert where is not None
+        one.release(where[0])
+        picks.append(where)
+    assert [g for g, _ in picks] == ["g0", "g1", "g0", "g1"]
+    assert len({s for _, s in picks}) == 4
