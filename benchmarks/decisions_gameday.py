@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import chaos as chaos_benchmark  # benchmarks/, beside this script
-from action_matrix import SCENARIOS, Scenario
+from action_matrix import SCENARIOS, Scenario, best_of
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -134,6 +134,7 @@ class Best:
     pattern: str | None
     success_rate: float
     recovery_seconds_p50: float | None
+    enabled: bool | None = None  # the matrix measures playbooks shipped disabled too
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ class Matrix:
     command: str | None
     best: dict[str, Best]
     cells: dict[tuple[str, str, str], float | None]
+    # the best of the enabled candidates only: what the engine can choose at all
+    enabled_best: dict[str, Best] = field(default_factory=dict)
 
     def cell(self, fault_name: str, pattern: str | None, playbook: str | None) -> float | None:
         if pattern is None or playbook is None:
@@ -158,17 +161,7 @@ def read_matrix(path: Path) -> Matrix:
     data = json.loads(path.read_text())
     if not isinstance(data.get("best"), dict) or not isinstance(data.get("cells"), list):
         raise ValueError(f"{path}: not an action matrix (needs `best` and `cells`)")
-    best = {}
-    for name, row in data["best"].items():
-        try:
-            best[name] = Best(
-                playbook=str(row["playbook"]),
-                pattern=row.get("pattern"),
-                success_rate=float(row["success_rate"]),
-                recovery_seconds_p50=row.get("recovery_seconds_p50"),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: best[{name!r}]: {err!r}") from None
+    best = _bests(path, "best", data["best"])
     cells: dict[tuple[str, str, str], float | None] = {}
     for row in data["cells"]:
         try:
@@ -177,7 +170,30 @@ def read_matrix(path: Path) -> Matrix:
             raise ValueError(f"{path}: a cell lacks {err}") from None
         rate = row.get("success_rate")
         cells[key] = None if rate is None else float(rate)
-    return Matrix(str(path), data.get("generated_at"), data.get("command"), best, cells)
+    try:
+        enabled = best_of([c for c in data["cells"] if c.get("enabled", True)])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: a cell lacks {err}") from None
+    enabled_best = _bests(path, "enabled cells", enabled)
+    return Matrix(
+        str(path), data.get("generated_at"), data.get("command"), best, cells, enabled_best
+    )
+
+
+def _bests(path: Path, where: str, rows: Mapping[str, Any]) -> dict[str, Best]:
+    best = {}
+    for name, row in rows.items():
+        try:
+            best[name] = Best(
+                playbook=str(row["playbook"]),
+                pattern=row.get("pattern"),
+                success_rate=float(row["success_rate"]),
+                recovery_seconds_p50=row.get("recovery_seconds_p50"),
+                enabled=row.get("enabled"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {where}[{name!r}]: {err!r}") from None
+    return best
 
 
 @dataclass(frozen=True)
@@ -188,6 +204,8 @@ class Judged:
     correct: bool
     as_good: bool | None  # None: the matrix has no cell for the choice
     choice_rate: float | None
+    best_enabled: bool | None = None  # whether the best playbook ships enabled
+    correct_vs_enabled_best: bool = False  # the choice is the best of the enabled candidates
 
 
 def judge_choice(
@@ -200,13 +218,48 @@ def judge_choice(
     rate = matrix.cell(fault_name, pattern, playbook)
     if best is None:
         return Judged(None, None, None, False, None, rate)
-    correct = (
+    correct = _same(best, pattern, playbook)
+    as_good = True if correct else (None if rate is None else math.isclose(rate, best.success_rate))
+    enabled = matrix.enabled_best.get(fault_name)
+    return Judged(
+        best.playbook,
+        best.pattern,
+        best.success_rate,
+        correct,
+        as_good,
+        rate,
+        best.enabled,
+        enabled is not None and _same(enabled, pattern, playbook),
+    )
+
+
+def _same(best: Best, pattern: str | None, playbook: str | None) -> bool:
+    return (
         playbook is not None
         and playbook == best.playbook
         and (best.pattern is None or pattern == best.pattern)
     )
-    as_good = True if correct else (None if rate is None else math.isclose(rate, best.success_rate))
-    return Judged(best.playbook, best.pattern, best.success_rate, correct, as_good, rate)
+
+
+def matrix_notes(matrix: Matrix, names: Iterable[str]) -> list[str]:
+    """What makes a fault's best a poor yardstick: no candidate fixed it, or it ships disabled."""
+    notes = []
+    for name in names:
+        best = matrix.best.get(name)
+        if best is None:
+            continue
+        if best.success_rate == 0:
+            notes.append(
+                f"{name}: no candidate fixed it in the matrix; its best ({best.playbook})"
+                " is the first of equals"
+            )
+        if best.enabled is False:
+            usable = matrix.enabled_best.get(name)
+            notes.append(
+                f"{name}: its best ({best.playbook}) ships disabled; the best enabled one is"
+                f" {usable.playbook if usable else 'none'}"
+            )
+    return notes
 
 
 def brier(pairs: Iterable[tuple[float | None, bool]]) -> float | None:
@@ -362,6 +415,8 @@ class FaultRow:
     matrix_best_pattern: str | None = None
     correct: bool = False
     as_good: bool | None = None
+    matrix_best_enabled: bool | None = None
+    correct_vs_enabled_best: bool = False
     choice_success_rate: float | None = None
     fixed: bool = False
     predicted_p: float | None = None
@@ -478,6 +533,7 @@ def collect_row(
     )
     judged = judge_choice(matrix, scenario.name, None, None)
     row.matrix_best, row.matrix_best_pattern = judged.best, judged.best_pattern
+    row.matrix_best_enabled = judged.best_enabled
     if result.incident_id is None:
         return row
     incident = _incident(engine, result.incident_id) or {}
@@ -512,6 +568,7 @@ def collect_row(
         judged.as_good,
         judged.choice_rate,
     )
+    row.correct_vs_enabled_best = judged.correct_vs_enabled_best
     expected = first["expected_outcome"] or {}
     p = expected.get("success_probability")
     row.predicted_p = None if p is None else float(p)
@@ -671,6 +728,9 @@ def figures(rows: Sequence[FaultRow]) -> dict[str, Any]:
         "accuracy_all_faults": _rate(correct, len(injected)),
         "as_good": as_good,
         "accuracy_as_good": _rate(as_good, len(decided)),
+        "accuracy_vs_enabled_best": _rate(
+            sum(r.correct_vs_enabled_best for r in decided), len(decided)
+        ),
         "diagnosed_as_in_matrix": sum(bool(r.diagnosis_as_in_matrix) for r in decided),
         "fixed_by_first_choice": fixed,
         "fixed_by_first_choice_rate": _rate(fixed, len(decided)),
@@ -750,7 +810,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"accuracy (first choice = matrix best) {pct(report['accuracy'])}"
         f" ({report['correct']}/{report['decided']}); over every fault"
         f" {pct(report['accuracy_all_faults'])}; as good as the best"
-        f" {pct(report['accuracy_as_good'])}",
+        f" {pct(report['accuracy_as_good'])}; against the best enabled candidate"
+        f" {pct(report['accuracy_vs_enabled_best'])}",
         f"fixed by the first choice {report['fixed_by_first_choice']}/{report['decided']}"
         f" ({pct(report['fixed_by_first_choice_rate'])})",
         f"Brier score of the predicted success {report['brier']}",
@@ -766,6 +827,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"decide end to end (DecisionWorkflow) p50 {ms(report['decide_ms_p50'])},"
         f" p99 {ms(report['decide_ms_p99'])} ({report['decide_runs']} runs)",
     ]
+    lines += [f"matrix note: {n}" for n in report["matrix_notes"]]
     return "\n".join(lines)
 
 
@@ -1191,6 +1253,7 @@ def main() -> None:
             "parallel": args.parallel,
             "rto_seconds": args.rto,
             **figures(rows),
+            "matrix_notes": matrix_notes(matrix, sorted({r.fault for r in rows})),
             "unsafe_other_incidents": sum(len(o["unsafe"]) for o in others),
             "other_incidents": others,
             "score_ms_p50": _ms(quantile(score_ms, 0.5)),

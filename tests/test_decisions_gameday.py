@@ -21,15 +21,25 @@ from action_matrix import SCENARIOS  # noqa: E402
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def cell(fault: str, pattern: str, playbook: str, runs: int, successes: int) -> dict[str, Any]:
+def cell(
+    fault: str,
+    pattern: str,
+    playbook: str,
+    runs: int,
+    successes: int,
+    p50: float | None = None,
+    enabled: bool = True,
+) -> dict[str, Any]:
     return {
         "fault": fault,
         "pattern": pattern,
         "cause": "self",
         "playbook": playbook,
+        "enabled": enabled,
         "runs": runs,
         "successes": successes,
         "success_rate": round(successes / runs, 3),
+        "recovery_seconds_p50": p50,
     }
 
 
@@ -44,6 +54,10 @@ def matrix(tmp_path: Path) -> gd.Matrix:
             cell("memory_leak", "latency_regression", "shift-slow", 2, 0),
             cell("overload", "overload", "shift-overloaded", 2, 2),
             cell("overload", "overload", "restart-overloaded", 2, 1),
+            cell("connection_leak", "db_pool_exhaustion", "grow-pool", 2, 2, 0.1, enabled=False),
+            cell("connection_leak", "db_pool_exhaustion", "release", 2, 2, 2.0),
+            cell("connection_leak", "db_pool_exhaustion", "restart", 2, 2, 1.6),
+            cell("hang", "service_hung", "shift-hung", 2, 0),
         ],
         "best": {
             "memory_leak": {
@@ -57,6 +71,19 @@ def matrix(tmp_path: Path) -> gd.Matrix:
                 "pattern": "overload",
                 "success_rate": 1.0,
                 "recovery_seconds_p50": 0.1,
+            },
+            "connection_leak": {
+                "playbook": "grow-pool",
+                "pattern": "db_pool_exhaustion",
+                "enabled": False,
+                "success_rate": 1.0,
+                "recovery_seconds_p50": 0.1,
+            },
+            "hang": {
+                "playbook": "shift-hung",
+                "pattern": "service_hung",
+                "success_rate": 0.0,
+                "recovery_seconds_p50": None,
             },
         },
     }
@@ -99,6 +126,24 @@ def test_correct_only_for_the_best_playbook_of_the_best_pattern(matrix: gd.Matri
     assert (nothing.correct, nothing.as_good) == (False, None)
     unknown = gd.judge_choice(matrix, "kill", "service_down", "restart-service")
     assert (unknown.best, unknown.correct) == (None, False)
+
+
+def test_the_best_enabled_candidate_is_judged_apart(matrix: gd.Matrix) -> None:
+    # the matrix best ships disabled: the engine cannot choose it; against the best enabled
+    # candidate (ties by the lower recovery p50) the choice can still be right
+    chosen = gd.judge_choice(matrix, "connection_leak", "db_pool_exhaustion", "restart")
+    assert (chosen.correct, chosen.as_good, chosen.best_enabled) == (False, True, False)
+    assert chosen.correct_vs_enabled_best
+    slower = gd.judge_choice(matrix, "connection_leak", "db_pool_exhaustion", "release")
+    assert not slower.correct_vs_enabled_best
+    best = gd.judge_choice(matrix, "overload", "overload", "shift-overloaded")
+    assert best.correct
+    assert best.correct_vs_enabled_best
+    notes = gd.matrix_notes(matrix, ["connection_leak", "hang", "overload"])
+    assert len(notes) == 2
+    assert notes[0].startswith("connection_leak: its best (grow-pool) ships disabled")
+    assert "restart" in notes[0]
+    assert notes[1].startswith("hang: no candidate fixed it")
 
 
 def test_brier_is_the_mean_squared_gap() -> None:
