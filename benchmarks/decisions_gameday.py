@@ -798,8 +798,8 @@ def table(rows: Sequence[FaultRow]) -> str:
 
 
 def summary_text(report: Mapping[str, Any]) -> str:
-    def pct(v: Any) -> str:
-        return "-" if v is None else f"{v:.0%}"
+    def pct(v: Any) -> str:  # one decimal: 0.897 must not read as the 90 % floor
+        return "-" if v is None else f"{v:.1%}"
 
     def ms(v: Any) -> str:
         return "-" if v is None else f"{v:.2f} ms"
