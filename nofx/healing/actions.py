@@ -450,6 +450,13 @@ def _redis(ctx: ActionContext) -> redis.Redis:
     return redis.Redis.from_url(str(ctx.meta("redis_url")), socket_timeout=5.0)
 
 
+def _lived_out(entry: Mapping[str, Any]) -> bool:
+    """An entry with a TTL that would have expired by now, restored or not: the service has
+    rebuilt it from its source since, so its value is not held against the undo."""
+    pttl, at = int(entry.get("pttl", 0)), entry.get("captured_at")
+    return pttl > 0 and at is not None and time.time() >= float(at) + pttl / 1000
+
+
 class InvalidateCache:
     """Delete the service's cache namespace (SCAN, never KEYS) and warm it with real requests.
 
@@ -477,6 +484,7 @@ class InvalidateCache:
                         "key": base64.b64encode(key).decode(),
                         "dump": base64.b64encode(dumped).decode(),
                         "pttl": max(0, int(client.pttl(key))),
+                        "captured_at": time.time(),
                     }
                 )
         finally:
@@ -532,6 +540,7 @@ class InvalidateCache:
                 entry
                 for entry in prior["entries"]
                 if client.dump(base64.b64decode(entry["key"])) != base64.b64decode(entry["dump"])
+                and not _lived_out(entry)
             ]
         finally:
             client.close()
