@@ -18,6 +18,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -73,16 +74,23 @@ TEST_POLICY = {
 }
 
 
-@pytest.fixture(scope="session")
-def database_url(pg_admin_url: str) -> Iterator[str]:
-    """The session's migrated scratch database, with the test session's guardrail policy."""
-    with scratch_database(pg_admin_url) as url:
+@contextlib.contextmanager
+def policed_database(admin_url: str) -> Iterator[str]:
+    """A migrated scratch database with the tests' guardrail policy, dropped afterwards."""
+    with scratch_database(admin_url) as url:
         migrate(url)
         engine = make_engine(url)
         try:
             set_policy(engine, TEST_POLICY)
         finally:
             engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """The session's migrated scratch database, with the test session's guardrail policy."""
+    with policed_database(pg_admin_url) as url:
         yield url
 
 

@@ -62,15 +62,14 @@ from models.decisions import (
 )
 from models.healing import IncidentInput, IncidentResult, IncidentState
 from nofx.client import start_incident
-from nofx.db import make_engine, migrate, scratch_database
+from nofx.db import make_engine
 from nofx.decisions import store
-from nofx.healing.guardrails import set_policy
 from nofx.inventory import register_fleet, unregister
 from nofx.settings import TASK_QUEUE_DECISIONS, TASK_QUEUE_HEALING, Settings
 from nofx.temporal import ALL_SEARCH_ATTRIBUTES, exit_process
 from pilot.fleet import Fleet, FleetSpec, ServiceSpec, free_port
 from tests.decision_cases import RESTART, ROLLBACK, context
-from tests.fixtures_db import TEST_DATABASE_URL_ENV, TEST_POLICY
+from tests.fixtures_db import TEST_DATABASE_URL_ENV, policed_database
 from tests.fixtures_temporal import temporal_binary
 from tests.helpers import wait_for_state
 from tests.histories.record import save
@@ -101,14 +100,7 @@ def _database() -> Iterator[str]:
             server = get_server(base / "pgdata", cleanup_mode="stop")
             stack.callback(server.cleanup)
             admin = server.get_uri()
-        url = stack.enter_context(scratch_database(admin))
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            set_policy(engine, TEST_POLICY)
-        finally:
-            engine.dispose()
-        yield url
+        yield stack.enter_context(policed_database(admin))
 
 
 @contextlib.asynccontextmanager
