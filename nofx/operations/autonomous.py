@@ -230,11 +230,8 @@ class AutonomousOperations:
     async def pending(self) -> list[DecisionRecord]:
         """Decisions waiting for a person, oldest first (only those whose workflow still runs)."""
         rows = await asyncio.to_thread(self._waiting_rows)
-        found = []
-        for row in rows:
-            if await self._running(row["workflow_id"]):
-                found.append(await self.explain(str(row["id"])))
-        return [r for r in found if r.status == "awaiting_approval"]
+        found = [await self.explain(str(row["id"])) for row in rows]
+        return [r for r in found if r.running and r.status == "awaiting_approval"]
 
     # ---- answers -------------------------------------------------------------------------
 
