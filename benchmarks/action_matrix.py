@@ -818,6 +818,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/action_matrix.json")
     parser.add_argument("--priors", type=Path, default=None, help="also write the priors here")
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="re-measure only --faults and keep the other faults' cells of --out (same runs,"
+        " RTO, hold and judge, or refused); the file lists which command measured which fault",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("NOFX_TEST_DATABASE_URL"),
         help="a PostgreSQL server to create the scratch database on (default"
@@ -833,6 +839,14 @@ def main() -> None:
         parser.error("--runs and --lanes must be at least 1, --rto and --hold positive")
     if haproxy_binary() is None:
         parser.error("haproxy is not installed (Debian package haproxy): traffic actions need it")
+    kept: dict[str, Any] | None = None
+    if args.update:
+        if not args.faults:
+            parser.error("--update needs --faults: the faults to measure again")
+        try:
+            kept = kept_cells(args, wanted)
+        except ValueError as err:
+            parser.error(f"--update: {err}")
     signal.signal(signal.SIGTERM, _interrupt)
     command = shlex.join(["python", "benchmarks/action_matrix.py", *sys.argv[1:]])
     began = datetime.now(UTC)
@@ -882,28 +896,72 @@ def main() -> None:
         say("interrupted: writing what was measured")
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    write_results(args, command, began, everything)
+    write_results(args, command, began, everything, kept)
+
+
+def judge_settings(hold: float) -> dict[str, Any]:
+    return {
+        **JUDGE.model_dump(include={"requests", "max_error_ratio", "max_p95_ms", "fresh_cache"}),
+        "resource_margin_mib": RESOURCE_MARGIN_MIB,
+        "hold_seconds": hold,
+    }
+
+
+def kept_cells(args: argparse.Namespace, wanted: list[str]) -> dict[str, Any]:
+    """What `--update` keeps of `--out`: the other faults' cells and who measured them.
+
+    Raises:
+        ValueError: no such file, or it was measured under another configuration (runs, RTO,
+            judge): one matrix is one configuration.
+    """
+    try:
+        old = json.loads(args.out.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {args.out}: {err}") from None
+    mine = {"runs_per_cell": args.runs, "rto_seconds": args.rto, "judge": judge_settings(args.hold)}
+    for key, value in mine.items():
+        if old.get(key) != value:
+            raise ValueError(f"{args.out} has {key} {old.get(key)!r}, this run {value!r}")
+    rows = [r for r in old.get("cells", []) if r["fault"] not in wanted]
+    measured = old.get("measured") or [
+        {
+            "command": old.get("command"),
+            "started_at": old.get("started_at"),
+            "faults": sorted({r["fault"] for r in old.get("cells", [])}),
+        }
+    ]
+    for entry in measured:
+        entry["faults"] = [f for f in entry["faults"] if f not in wanted]
+    return {"cells": rows, "measured": [m for m in measured if m["faults"]]}
 
 
 def write_results(
-    args: argparse.Namespace, command: str, began: datetime, cells: list[Cell]
+    args: argparse.Namespace,
+    command: str,
+    began: datetime,
+    cells: list[Cell],
+    kept: Mapping[str, Any] | None = None,
 ) -> None:
-    rows = [c.row() for c in cells]
-    print(table(rows))
+    fresh = [c.row() for c in cells]
+    print(table(fresh))
+    rows = [*(kept["cells"] if kept else []), *fresh]
     missing = [f"{r['fault']}/{r['playbook']}" for r in rows if r["runs"] < args.runs]
+    measured = [
+        *(kept["measured"] if kept else []),
+        {
+            "command": command,
+            "started_at": began.isoformat(),
+            "faults": sorted({r["fault"] for r in fresh}),
+        },
+    ]
     report = {
         "generated_at": datetime.now(UTC).isoformat(),
         "started_at": began.isoformat(),
         "command": command,
+        "measured": measured,
         "runs_per_cell": args.runs,
         "rto_seconds": args.rto,
-        "judge": {
-            **JUDGE.model_dump(
-                include={"requests", "max_error_ratio", "max_p95_ms", "fresh_cache"}
-            ),
-            "resource_margin_mib": RESOURCE_MARGIN_MIB,
-            "hold_seconds": args.hold,
-        },
+        "judge": judge_settings(args.hold),
         "incomplete_cells": missing,
         "cells": rows,
         "best": best_of(rows),
@@ -913,7 +971,7 @@ def write_results(
     print(f"wrote {args.out}")
     if args.priors:
         priors = {
-            "source": f"{command} ({began:%Y-%m-%d})",
+            "source": "; ".join(f"{m['command']} ({m['started_at'][:10]})" for m in measured),
             "rto_seconds": args.rto,
             "priors": [
                 {

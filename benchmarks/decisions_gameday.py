@@ -33,8 +33,12 @@ resolved and the incident resolved (no second rung, no escalation).
 Figures:
 
 * `accuracy` — first choices equal to the matrix best of the fault (same playbook of the same
-  pattern) / faults with a first decision; `accuracy_all_faults` counts every injected fault.
-  Reported apart: `as_good` — the choice's own matrix cell has the best's success rate.
+  pattern) / faults with a first decision that some candidate fixed in the matrix;
+  `accuracy_all_faults` divides by every injected fault. A fault no candidate fixed (success
+  0 in every cell) has no best to be right about: its decisions are reported apart
+  (`no_fix_in_matrix`: what was chosen, whether a person was asked), counted in neither
+  numerator. Reported apart too: `as_good` — the choice's own matrix cell has the best's
+  success rate.
 * `fixed_by_first_choice` — how many the first choice fixed (and the share of decided faults).
 * `brier` — mean of (predicted p - fixed)^2 over first choices.
 * `unsafe` — actions that ran although they break a constraint (`unsafe_reasons`): their
@@ -207,6 +211,11 @@ class Judged:
     best_enabled: bool | None = None  # whether the best playbook ships enabled
     correct_vs_enabled_best: bool = False  # the choice is the best of the enabled candidates
 
+    @property
+    def fixable(self) -> bool | None:
+        """Whether some candidate fixed the fault in the matrix (None: no cells for it)."""
+        return None if self.best_rate is None else self.best_rate > 0
+
 
 def judge_choice(
     matrix: Matrix, fault_name: str, pattern: str | None, playbook: str | None
@@ -218,6 +227,8 @@ def judge_choice(
     rate = matrix.cell(fault_name, pattern, playbook)
     if best is None:
         return Judged(None, None, None, False, None, rate)
+    if best.success_rate == 0:  # nothing to be right about: every candidate failed
+        return Judged(best.playbook, best.pattern, 0.0, False, None, rate, best.enabled)
     correct = _same(best, pattern, playbook)
     as_good = True if correct else (None if rate is None else math.isclose(rate, best.success_rate))
     enabled = matrix.enabled_best.get(fault_name)
@@ -250,8 +261,8 @@ def matrix_notes(matrix: Matrix, names: Iterable[str]) -> list[str]:
             continue
         if best.success_rate == 0:
             notes.append(
-                f"{name}: no candidate fixed it in the matrix; its best ({best.playbook})"
-                " is the first of equals"
+                f"{name}: no candidate fixed it in the matrix, so no choice is right or wrong;"
+                " its decisions are reported under no_fix_in_matrix"
             )
         if best.enabled is False:
             usable = matrix.enabled_best.get(name)
@@ -414,6 +425,7 @@ class FaultRow:
     matrix_best: str | None = None
     matrix_best_pattern: str | None = None
     correct: bool = False
+    fixable: bool | None = None  # some candidate fixed this fault in the matrix
     as_good: bool | None = None
     matrix_best_enabled: bool | None = None
     correct_vs_enabled_best: bool = False
@@ -569,6 +581,7 @@ def collect_row(
         judged.choice_rate,
     )
     row.correct_vs_enabled_best = judged.correct_vs_enabled_best
+    row.fixable = judged.fixable
     expected = first["expected_outcome"] or {}
     p = expected.get("success_probability")
     row.predicted_p = None if p is None else float(p)
@@ -677,7 +690,10 @@ def fault_line(row: FaultRow, total: int) -> str:
         return f"{head} (no incident: {row.note})"
     if row.first_choice is None:
         return f"{head}; incident {row.pattern}: no decision chose anything ({row.note})"
-    verdict = "RIGHT" if row.correct else ("wrong, as good" if row.as_good else "WRONG")
+    if row.fixable is False:
+        verdict = "not judged (no candidate fixes it)"
+    else:
+        verdict = "RIGHT" if row.correct else ("wrong, as good" if row.as_good else "WRONG")
     p = "-" if row.predicted_p is None else f"{row.predicted_p:.2f}"
     parts = [
         head,
@@ -716,21 +732,30 @@ def figures(rows: Sequence[FaultRow]) -> dict[str, Any]:
     injected = [r for r in rows if r.injected]
     detected = [r for r in injected if r.incident_id]
     decided = [r for r in injected if r.first_choice is not None]
-    correct = sum(r.correct for r in decided)
-    as_good = sum(bool(r.as_good) for r in decided)
+    judged = [r for r in decided if r.fixable is not False]
+    unjudged = [r for r in decided if r.fixable is False]
+    correct = sum(r.correct for r in judged)
+    as_good = sum(bool(r.as_good) for r in judged)
     fixed = sum(r.fixed for r in decided)
     return {
         "faults": len(injected),
         "detected": len(detected),
         "decided": len(decided),
+        "judged": len(judged),
         "correct": correct,
-        "accuracy": _rate(correct, len(decided)),
+        "accuracy": _rate(correct, len(judged)),
         "accuracy_all_faults": _rate(correct, len(injected)),
         "as_good": as_good,
-        "accuracy_as_good": _rate(as_good, len(decided)),
+        "accuracy_as_good": _rate(as_good, len(judged)),
         "accuracy_vs_enabled_best": _rate(
-            sum(r.correct_vs_enabled_best for r in decided), len(decided)
+            sum(r.correct_vs_enabled_best for r in judged), len(judged)
         ),
+        "no_fix_in_matrix": {
+            "decided": len(unjudged),
+            "first_choices": _count(f"{r.pattern}/{r.first_choice}" for r in unjudged),
+            "approval_asked": sum(bool(r.approval_asked) for r in unjudged),
+            "outcomes": _count(r.outcome for r in unjudged),
+        },
         "diagnosed_as_in_matrix": sum(bool(r.diagnosis_as_in_matrix) for r in decided),
         "fixed_by_first_choice": fixed,
         "fixed_by_first_choice_rate": _rate(fixed, len(decided)),
@@ -758,6 +783,7 @@ def by_fault(rows: Sequence[FaultRow]) -> dict[str, dict[str, Any]]:
         out[name] = {
             "faults": len(rs),
             "decided": len(decided),
+            "judged": sum(r.fixable is not False for r in decided),
             "correct": sum(r.correct for r in decided),
             "as_good": sum(bool(r.as_good) for r in decided),
             "fixed": sum(r.fixed for r in decided),
@@ -784,7 +810,7 @@ def table(rows: Sequence[FaultRow]) -> str:
     for r in rows:
         if not r.injected:
             continue
-        ok = "yes" if r.correct else ("~" if r.as_good else "no")
+        ok = "n/a" if r.fixable is False else ("yes" if r.correct else ("~" if r.as_good else "no"))
         lines.append(
             f"{r.index:>3} {r.fault:<19} {r.service:<14} {f'{r.pattern}/{r.cause}':<40.40}"
             f" {r.first_choice or '-':<36.36} {r.matrix_best or '-':<36.36} {ok:<4}"
@@ -793,7 +819,10 @@ def table(rows: Sequence[FaultRow]) -> str:
             f" {r.risk_level or '-':<8} {'yes' if r.approval_asked else 'no':<3}"
             f" {'-' if r.recovery_seconds is None else f'{r.recovery_seconds:.1f}':>6}"
         )
-    lines.append("ok: yes = the matrix best, ~ = not the best but as good (same success rate)")
+    lines.append(
+        "ok: yes = the matrix best, ~ = not the best but as good (same success rate),"
+        " n/a = no candidate fixed this fault in the matrix"
+    )
     return "\n".join(lines)
 
 
@@ -808,10 +837,14 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"faults injected {report['faults']}, detected {report['detected']}, with a first"
         f" decision {report['decided']}",
         f"accuracy (first choice = matrix best) {pct(report['accuracy'])}"
-        f" ({report['correct']}/{report['decided']}); over every fault"
+        f" ({report['correct']}/{report['judged']} decided faults some candidate fixes);"
+        f" over every fault"
         f" {pct(report['accuracy_all_faults'])}; as good as the best"
         f" {pct(report['accuracy_as_good'])}; against the best enabled candidate"
         f" {pct(report['accuracy_vs_enabled_best'])}",
+        f"no candidate fixes (not judged): {report['no_fix_in_matrix']['decided']} decided,"
+        f" {report['no_fix_in_matrix']['approval_asked']} asked a person,"
+        f" outcomes {report['no_fix_in_matrix']['outcomes']}",
         f"fixed by the first choice {report['fixed_by_first_choice']}/{report['decided']}"
         f" ({pct(report['fixed_by_first_choice_rate'])})",
         f"Brier score of the predicted success {report['brier']}",

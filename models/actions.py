@@ -84,8 +84,16 @@ class TerminateIdleParams(ActionParams):
     """End the service's database sessions stuck idle in a transaction that wrote nothing."""
 
     idle_seconds: float = Field(default=2.0, ge=0, description="idle in transaction at least")
-    scans: int = Field(default=3, ge=1, le=20, description="passes over pg_stat_activity")
-    scan_interval_seconds: float = Field(default=1.0, ge=0, le=30)
+    scans: int = Field(default=3, ge=1, le=20, description="passes over pg_stat_activity, at most")
+    scan_interval_seconds: float = Field(
+        default=1.0, ge=0, le=30, description="the longest wait between two passes"
+    )
+    approaching_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        description="idle in a transaction this long but not yet idle_seconds: on its way to"
+        " stuck, so another pass waits for it to cross (none such: the action stops)",
+    )
 
 
 class InvalidateCacheParams(ActionParams):
@@ -104,6 +112,10 @@ class ShiftWeightParams(ActionParams):
     weight: int = Field(default=0, ge=0, le=256)
 
 
+class AdmitTrafficParams(ActionParams):
+    """Put a drained or maintained replica back into rotation (admin state ready)."""
+
+
 ActionName = Literal[
     "restart_service",
     "validate_health",
@@ -115,6 +127,7 @@ ActionName = Literal[
     "invalidate_cache",
     "drain_traffic",
     "shift_weight",
+    "admit_traffic",
 ]
 
 ACTION_PARAMS: dict[str, type[ActionParams]] = {
@@ -128,6 +141,7 @@ ACTION_PARAMS: dict[str, type[ActionParams]] = {
     "invalidate_cache": InvalidateCacheParams,
     "drain_traffic": DrainTrafficParams,
     "shift_weight": ShiftWeightParams,
+    "admit_traffic": AdmitTrafficParams,
 }
 
 ACTION_CAPABILITY: dict[str, Capability] = {
@@ -141,6 +155,7 @@ ACTION_CAPABILITY: dict[str, Capability] = {
     "invalidate_cache": "cache.invalidate",
     "drain_traffic": "traffic.drain",
     "shift_weight": "traffic.weight",
+    "admit_traffic": "traffic.drain",
 }
 
 # Actions that only look: nothing to undo, never counted by the action guardrails.

@@ -439,6 +439,36 @@ def test_seed_playbooks_are_not_duplicated_when_rerun(fresh_database_url: str) -
     assert count == (27,)
 
 
+DRAINING = (
+    "drain-and-restart-dead-replica",
+    "drain-and-restart-hung-replica",
+    "drain-and-restart-leaking-replica",
+)
+
+
+def test_drain_and_restart_puts_its_replica_back_and_operator_edits_are_kept(
+    fresh_database_url: str,
+) -> None:
+    def steps(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+        rows = conn.execute(
+            "SELECT playbook_name, recovery_steps FROM recovery_playbooks"
+            " WHERE playbook_name = ANY(%s)",
+            (list(DRAINING),),
+        ).fetchall()
+        return {name: [step["action"] for step in body] for name, body in rows}
+
+    with psycopg.connect(to_libpq_url(fresh_database_url)) as conn:
+        ladder = ["drain_traffic", "restart_service", "validate_health", "admit_traffic"]
+        assert steps(conn) == {name: [*ladder, "validate_requests"] for name in DRAINING}
+        conn.execute(
+            "UPDATE recovery_playbooks SET recovery_steps = %s::jsonb, updated_at = now()"
+            " WHERE playbook_name = %s",
+            ('[{"action": "drain_traffic", "params": {}}]', DRAINING[0]),
+        )
+        conn.execute((SQL_DIR / "021_drain_and_restart_readmits.sql").read_text().encode())
+        assert steps(conn)[DRAINING[0]] == ["drain_traffic"]
+
+
 # --------------------------------------------------------------------------------------------
 # Audit chain
 

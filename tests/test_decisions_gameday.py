@@ -146,6 +146,42 @@ def test_the_best_enabled_candidate_is_judged_apart(matrix: gd.Matrix) -> None:
     assert notes[1].startswith("hang: no candidate fixed it")
 
 
+def test_a_fault_no_candidate_fixes_is_not_judged(matrix: gd.Matrix) -> None:
+    # every hang cell failed: choosing its "best" is no more right than anything else
+    first_of_equals = gd.judge_choice(matrix, "hang", "service_hung", "shift-hung")
+    assert first_of_equals.fixable is False
+    assert (first_of_equals.correct, first_of_equals.as_good) == (False, None)
+    assert not first_of_equals.correct_vs_enabled_best
+    assert gd.judge_choice(matrix, "memory_leak", "memory_leak", "restart-leaking").fixable
+
+    def row(index: int, fault: str, pattern: str, choice: str, **done: Any) -> gd.FaultRow:
+        r = gd.FaultRow(index, fault, fault, {}, "s", "g", f"x{index}", "healed", injected=True)
+        r.incident_id, r.pattern, r.first_choice = f"i{index}", pattern, choice
+        judged = gd.judge_choice(matrix, fault, pattern, choice)
+        r.correct, r.as_good, r.fixable = judged.correct, judged.as_good, judged.fixable
+        r.correct_vs_enabled_best = judged.correct_vs_enabled_best
+        for key, value in done.items():
+            setattr(r, key, value)
+        return r
+
+    rows = [
+        row(1, "memory_leak", "latency_regression", "restart-slow"),
+        row(2, "memory_leak", "memory_leak", "restart-leaking"),
+        row(3, "hang", "service_hung", "shift-hung", approval_asked=True, outcome="escalated"),
+    ]
+    report = gd.figures(rows)
+    assert (report["decided"], report["judged"], report["correct"]) == (3, 2, 1)
+    assert report["accuracy"] == 0.5
+    assert report["accuracy_all_faults"] == round(1 / 3, 3)
+    assert report["no_fix_in_matrix"] == {
+        "decided": 1,
+        "first_choices": {"service_hung/shift-hung": 1},
+        "approval_asked": 1,
+        "outcomes": {"escalated": 1},
+    }
+    assert gd.by_fault(rows)["hang"]["judged"] == 0
+
+
 def test_brier_is_the_mean_squared_gap() -> None:
     assert gd.brier([(0.8, True), (0.8, False), (None, True)]) == pytest.approx(
         ((0.8 - 1) ** 2 + 0.8**2) / 2

@@ -23,7 +23,7 @@ from models.readmission import ReadmissionVerdict, TrafficReadmissionInput, Traf
 from nofx.healing.readmission import readmit_traffic
 from nofx.settings import TASK_QUEUE_MAINTENANCE
 from pilot.fleet import Fleet
-from tests.fixtures_traffic import Traffic, traffic_step
+from tests.fixtures_traffic import Traffic, step_request, traffic_step
 from workflows.maintenance import TrafficReadmissionWorkflow
 
 pytestmark = pytest.mark.e2e
@@ -219,6 +219,32 @@ def test_a_step_the_saga_undid_is_never_touched(
         assert records(db_engine, step) == ([], [])
     finally:
         traffic.runtime.set_weight(traffic.backend, away, 1)
+
+
+def test_a_replica_its_own_playbook_admitted_back_is_left_alone(
+    db_engine: Engine, traffic: Traffic, act: Any
+) -> None:
+    """Drain-and-restart ends with `admit_traffic`: the pass must not re-admit it a second time,
+    and the admission's undo (a later step failed) drains the replica again."""
+    away, _ = traffic.replicas
+    step = take_out(traffic, act, "drain_traffic")
+    assert traffic.setting(away) == (1, "drain")
+    incident = step.idempotency_key.split("/")[1]
+    admit = step_request(step.workflow_id, incident, 3, "admit_traffic", away)
+    try:
+        admitted = act(admit)
+        assert admitted.performed, admitted.detail
+        assert traffic.setting(away) == (1, "ready")
+        assert traffic.hits(20)[away] > 0
+        assert verdict_of(readmit(db_engine), step) is None
+        assert records(db_engine, step) == ([], [])
+
+        undone = act(admit, undo=True)
+        assert undone.performed, undone.detail
+        assert undone.detail["prior_state_restored"], undone.detail
+        assert traffic.setting(away) == (1, "drain")
+    finally:
+        traffic.runtime.set_state(traffic.backend, away, "ready")
 
 
 async def test_the_maintenance_workflow_readmits_and_reports(

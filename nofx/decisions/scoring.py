@@ -41,6 +41,7 @@ STEP_COST = {
     "restart_service": 0.30,  # in-flight requests lost, caches and pools start cold
     "drain_traffic": 0.20,  # the replica's share moves to the others until re-admitted
     "shift_weight": 0.20,
+    "admit_traffic": 0.0,  # gives the replica's share back
     "invalidate_cache": 0.15,  # reads go to the source of truth until warm again
     "rollback_config": 0.10,  # every replica reloads
     "resize_pool": 0.05,  # more database connections held

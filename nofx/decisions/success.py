@@ -39,6 +39,7 @@ NOMINAL_SECONDS = {
     "invalidate_cache": 1.0,
     "drain_traffic": 1.0,
     "shift_weight": 1.0,
+    "admit_traffic": 1.0,
 }
 
 

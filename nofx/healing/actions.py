@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from models.actions import (
+    AdmitTrafficParams,
     Capability,
     CleanupDiskParams,
     DrainTrafficParams,
@@ -376,12 +377,12 @@ class ResizePool:
 
 # ---- database: sessions stuck idle in a transaction ---------------------------------------
 
-_STUCK_SESSIONS = text(
-    "SELECT pid, state, backend_xid IS NOT NULL AS wrote,"
-    " extract(epoch FROM now() - state_change) AS idle_s"
+_IDLE_IN_TRANSACTION = text(
+    "SELECT pid, backend_xid IS NOT NULL AS wrote,"
+    " extract(epoch FROM now() - state_change)::float8 AS idle_s"
     " FROM pg_stat_activity WHERE application_name = :app AND pid <> pg_backend_pid()"
     " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
-    " AND state_change < now() - make_interval(secs => :idle) ORDER BY pid"
+    " AND state_change < now() - make_interval(secs => :floor) ORDER BY pid"
 )
 
 
@@ -392,6 +393,12 @@ class TerminateIdleConnections:
     would roll those writes back, so it is left alone and reported — zero data loss. The ones
     ended held only a snapshot; the service's pool notices and reconnects. There is no state to
     restore, so the undo only says so.
+
+    A leak takes its sessions one after another, so a pass may see some already stuck and
+    others on their way (idle in a transaction for `approaching_seconds`, which no healthy
+    request is, but not yet `idle_seconds`). The next pass waits until the first of those
+    crosses the threshold, at most `scan_interval_seconds`; when none is on its way the action
+    stops, so a leak that has already taken all it takes is ended in one pass.
     """
 
     name = "terminate_idle_connections"
@@ -402,29 +409,41 @@ class TerminateIdleConnections:
     def perform(
         self, ctx: ActionContext, params: TerminateIdleParams, prior: Mapping[str, Any]
     ) -> Performed:
-        # A leak takes its sessions over several seconds: scan a few times, so the ones that
-        # cross the idle threshold just after the first scan are ended too.
         ended: list[int] = []
         spared: set[int] = set()
         seen: set[int] = set()
+        floor = min(params.approaching_seconds, params.idle_seconds)
+        scans = 0
         for scan in range(params.scans):
-            if scan:
-                time.sleep(params.scan_interval_seconds)
+            scans += 1
+            coming: list[float] = []
             with ctx.engine.begin() as conn:
-                stuck = conn.execute(
-                    _STUCK_SESSIONS,
-                    {"app": prior["application_name"], "idle": params.idle_seconds},
+                sessions = conn.execute(
+                    _IDLE_IN_TRANSACTION, {"app": prior["application_name"], "floor": floor}
                 ).all()
-                for pid, _state, wrote, _idle in stuck:
+                for pid, wrote, idle_s in sessions:
+                    if pid in ended:
+                        continue  # terminated, still listed for a moment
+                    if idle_s < params.idle_seconds:
+                        coming.append(idle_s)
+                        continue
                     seen.add(pid)
                     if wrote:
                         spared.add(pid)
-                        continue
-                    if conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
+                    elif conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
                         ended.append(pid)
+            if not coming or scan == params.scans - 1:
+                break
+            # Just past the crossing, so the one waited for counts as stuck on the next pass.
+            time.sleep(min(params.scan_interval_seconds, params.idle_seconds - max(coming) + 0.05))
         return Performed(
             bool(ended),
-            {"terminated": ended, "spared_with_writes": sorted(spared), "seen": len(seen)},
+            {
+                "terminated": ended,
+                "spared_with_writes": sorted(spared),
+                "seen": len(seen),
+                "scans": scans,
+            },
         )
 
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
@@ -787,6 +806,38 @@ class ShiftWeight(_TrafficAction):
         return what, "put the server's prior weight and admin state back"
 
 
+class AdmitTraffic(_TrafficAction):
+    """Put the target's server back into rotation (admin state ``ready``), the weight kept.
+
+    The last step of a playbook that drained a replica to work on it: once the replica is
+    healthy again it takes its share back, so the fix does not cost the group a replica. A
+    server already ready is left alone; the undo puts the prior state (drained) back.
+    """
+
+    name = "admit_traffic"
+
+    def perform(
+        self, ctx: ActionContext, params: AdmitTrafficParams, prior: Mapping[str, Any]
+    ) -> Performed:
+        place = _Place.recorded(prior)
+        current = self._read(place)
+        if current.admin_state == "ready":
+            return Performed(False, {"server": str(place), "reason": "already ready"})
+        change = self._apply(
+            place, lambda: place.runtime.set_state(place.backend, place.server, "ready")
+        )
+        detail = {"server": str(place), **_change_detail(change)}
+        if change.after.weight == 0:
+            detail["note"] = "ready, but weight 0: it takes no new requests until reweighted"
+        return Performed(change.changed, detail)
+
+    def plan(self, params: AdmitTrafficParams) -> tuple[str, str]:
+        return (
+            "put the replica back into rotation in its HAProxy backend (admin state ready)",
+            "put the server's prior admin state and weight back",
+        )
+
+
 ACTIONS: dict[str, Action] = {
     action.name: action
     for action in (
@@ -797,5 +848,6 @@ ACTIONS: dict[str, Action] = {
         InvalidateCache(),
         DrainTraffic(),
         ShiftWeight(),
+        AdmitTraffic(),
     )
 }

@@ -6,6 +6,8 @@ sibling would be refused ("last serving server") and the fleet would have lost a
 good. A pass here finds the mitigations still in force — a step that succeeded, was never
 compensated by its saga and never re-admitted — and for each one decides from outside:
 
+* its own playbook did not put it back already (a later `admit_traffic` step of the same
+  workflow on the same target, as drain-and-restart ends);
 * it is old enough (`min_age_seconds`): a replica put back the moment it looks well flaps;
 * no incident is open on its service: healing may still be working on it;
 * its own endpoint answers `/health` and real GET / requests come back fast (p95) and without
@@ -58,6 +60,9 @@ _IN_FORCE = text(
     " AND NOT EXISTS (SELECT 1 FROM action_log u WHERE"
     "  (u.idempotency_key = a.idempotency_key || '/undo' AND u.status = 'compensated')"
     "  OR u.idempotency_key = a.idempotency_key || :readmit)"
+    " AND NOT EXISTS (SELECT 1 FROM action_log r WHERE r.workflow_id = a.workflow_id"
+    "  AND r.target = a.target AND r.action = 'admit_traffic' AND r.status = 'succeeded'"
+    "  AND r.started_at >= a.started_at)"
     " ORDER BY a.finished_at, a.idempotency_key"
 )
 _OPEN_INCIDENTS = text(
