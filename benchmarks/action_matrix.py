@@ -40,7 +40,12 @@ fault cannot be injected is a failed run with its error.
 Scenarios run on `--lanes` groups at once (each scenario's runs in order on one group). Prints a
 line per run (stderr) and the matrix; writes the matrix to `--out` and, with `--priors`, the
 success counts per (pattern, cause, playbook) the decision engine starts from. The best action
-of a fault is the highest success rate, ties broken by the lower recovery p50.
+of a fault is the highest success rate, ties broken by the lower mean recovery time (the
+expected time to recover, which the engine's criterion estimates; the nearest-rank p50 of two
+runs is the faster run and would hide a slow one). Recovery times come from judge rounds a
+second apart, so candidates of the best success rate whose mean recovery times differ by less
+than a round (`RESOLUTION_SECONDS`) are measured as equally fast: the matrix lists them all as
+the fault's `tied` best, the fastest first.
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ HEALTH_TIMEOUT_SECONDS = 2.0
 RESOURCE_MARGIN_MIB = 32
 HOLD_SECONDS = 60.0  # the default of --hold
 ROUND_SECONDS = 1.0
+# A recovery time is the start of the first passing judge round, so the judge knows it only to
+# within a round: mean recovery times closer than this are a tie (best_of's `tied`).
+RESOLUTION_SECONDS = ROUND_SECONDS
 # Deadlines around a run: the fault must show within EFFECT_SECONDS of its injection; the steady
 # state must hold STEADY_ROUNDS rounds in a row within STEADY_SECONDS before a run and after it.
 EFFECT_SECONDS = 60.0
@@ -235,6 +243,7 @@ class Cell:
             "success_rate": round(successes / len(self.runs), 3) if self.runs else None,
             "recovery_seconds": recoveries,
             "recovery_seconds_p50": quantile(recoveries, 0.5),
+            "recovery_seconds_mean": _mean(recoveries),
             "side_effects": sorted({s for r in self.runs for s in r.side_effects}),
             "errors": [r.error for r in self.runs if r.error],
             "run_details": [r.detail() for r in self.runs],
@@ -683,12 +692,16 @@ def run_scenario(lane: Lane, cells: list[Cell], runs: int, deadlines: Deadlines)
 
 
 def best_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per fault: the highest success rate, ties by the lower recovery p50."""
+    """Per fault: the highest success rate, ties by the lower mean recovery time, and `tied` —
+    every cell of that success rate whose mean recovery is within `RESOLUTION_SECONDS` of the
+    best's (the best first): what the judge cannot tell apart. A fault no candidate fixed has
+    no tie.
+    """
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
         if not row["runs"]:
             continue
-        key = (-row["success_rate"], row["recovery_seconds_p50"] or math.inf)
+        key = (-row["success_rate"], _recovery(row))
         held = best.get(row["fault"])
         if held is None or key < held["_key"]:
             best[row["fault"]] = {
@@ -697,9 +710,40 @@ def best_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "enabled": row["enabled"],
                 "success_rate": row["success_rate"],
                 "recovery_seconds_p50": row["recovery_seconds_p50"],
+                "recovery_seconds_mean": _recovery_or_none(row),
                 "_key": key,
             }
+    for fault, b in best.items():
+        rivals = [
+            r
+            for r in rows
+            if r["fault"] == fault
+            and r["runs"]
+            and b["success_rate"] > 0
+            and math.isclose(r["success_rate"], b["success_rate"])
+            and _recovery(r) - b["_key"][1] < RESOLUTION_SECONDS
+        ]
+        rivals.sort(key=lambda r: (_recovery(r), r["pattern"], r["playbook"]))
+        b["tied"] = [{"pattern": r["pattern"], "playbook": r["playbook"]} for r in rivals]
     return {fault: {k: v for k, v in b.items() if k != "_key"} for fault, b in best.items()}
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def _recovery_or_none(row: Mapping[str, Any]) -> float | None:
+    value = _recovery(row)
+    return None if math.isinf(value) else value
+
+
+def _recovery(row: Mapping[str, Any]) -> float:
+    """A cell's recovery time for ranking: the mean of its recovered runs (the expected time to
+    recover, the engine's criterion; the nearest-rank p50 of two runs is the faster one and hides
+    a slow run), the p50 for a cell written without its runs' times; inf when none recovered."""
+    recoveries = row.get("recovery_seconds")
+    value = _mean(recoveries) if recoveries else row["recovery_seconds_p50"]
+    return math.inf if value is None else float(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -962,6 +1006,7 @@ def write_results(
         "runs_per_cell": args.runs,
         "rto_seconds": args.rto,
         "judge": judge_settings(args.hold),
+        "recovery_resolution_seconds": RESOLUTION_SECONDS,
         "incomplete_cells": missing,
         "cells": rows,
         "best": best_of(rows),
@@ -981,6 +1026,7 @@ def write_results(
                     "runs": r["runs"],
                     "successes": r["successes"],
                     "recovery_seconds_p50": r["recovery_seconds_p50"],
+                    "recovery_seconds_mean": _recovery_or_none(r),
                 }
                 for r in rows
             ],

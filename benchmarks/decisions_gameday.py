@@ -32,8 +32,11 @@ resolved and the incident resolved (no second rung, no escalation).
 
 Figures:
 
-* `accuracy` — first choices equal to the matrix best of the fault (same playbook of the same
-  pattern) / faults with a first decision that some candidate fixed in the matrix;
+* `accuracy` — first choices that are the matrix best of the fault (same playbook of the same
+  pattern), or tied with it (the matrix's `tied`: the best's success rate and a recovery p50
+  within one judge round of it, which the matrix cannot tell apart) / faults with a first
+  decision that some candidate fixed in the matrix; `accuracy_strict` counts only the single
+  best (the lower p50, however small the gap);
   `accuracy_all_faults` divides by every injected fault. A fault no candidate fixed (success
   0 in every cell) has no best to be right about: its decisions are reported apart
   (`no_fix_in_matrix`: what was chosen, whether a person was asked), counted in neither
@@ -139,6 +142,17 @@ class Best:
     success_rate: float
     recovery_seconds_p50: float | None
     enabled: bool | None = None  # the matrix measures playbooks shipped disabled too
+    # (pattern, playbook) of every cell the matrix cannot tell from the best, the best first;
+    # a matrix written before ties were kept has the best alone
+    tied: tuple[tuple[str | None, str], ...] = ()
+
+    def covers(self, pattern: str | None, playbook: str | None) -> bool:
+        """Whether `playbook` of `pattern` is this best or tied with it."""
+        if playbook is None:
+            return False
+        if (pattern, playbook) in self.tied:
+            return True
+        return playbook == self.playbook and (self.pattern is None or pattern == self.pattern)
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,7 @@ def _bests(path: Path, where: str, rows: Mapping[str, Any]) -> dict[str, Best]:
                 success_rate=float(row["success_rate"]),
                 recovery_seconds_p50=row.get("recovery_seconds_p50"),
                 enabled=row.get("enabled"),
+                tied=tuple((t.get("pattern"), str(t["playbook"])) for t in row.get("tied") or ()),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: {where}[{name!r}]: {err!r}") from None
@@ -205,11 +220,12 @@ class Judged:
     best: str | None
     best_pattern: str | None
     best_rate: float | None
-    correct: bool
+    correct: bool  # the best or tied with it
     as_good: bool | None  # None: the matrix has no cell for the choice
     choice_rate: float | None
     best_enabled: bool | None = None  # whether the best playbook ships enabled
     correct_vs_enabled_best: bool = False  # the choice is the best of the enabled candidates
+    strict: bool = False  # the single best, no tie
 
     @property
     def fixable(self) -> bool | None:
@@ -220,16 +236,17 @@ class Judged:
 def judge_choice(
     matrix: Matrix, fault_name: str, pattern: str | None, playbook: str | None
 ) -> Judged:
-    """Is `playbook` (a playbook of `pattern`) the matrix best for the fault? Correct: the very
-    best (the same playbook of the same pattern); as good: its own cell's success rate equals
-    the best's."""
+    """Is `playbook` (a playbook of `pattern`) the matrix best for the fault? Correct: the best
+    (the same playbook of the same pattern) or a cell tied with it; strict: the best itself; as
+    good: its own cell's success rate equals the best's."""
     best = matrix.best.get(fault_name)
     rate = matrix.cell(fault_name, pattern, playbook)
     if best is None:
         return Judged(None, None, None, False, None, rate)
     if best.success_rate == 0:  # nothing to be right about: every candidate failed
         return Judged(best.playbook, best.pattern, 0.0, False, None, rate, best.enabled)
-    correct = _same(best, pattern, playbook)
+    strict = _same(best, pattern, playbook)
+    correct = best.covers(pattern, playbook)
     as_good = True if correct else (None if rate is None else math.isclose(rate, best.success_rate))
     enabled = matrix.enabled_best.get(fault_name)
     return Judged(
@@ -240,7 +257,8 @@ def judge_choice(
         as_good,
         rate,
         best.enabled,
-        enabled is not None and _same(enabled, pattern, playbook),
+        enabled is not None and enabled.covers(pattern, playbook),
+        strict,
     )
 
 
@@ -425,6 +443,7 @@ class FaultRow:
     matrix_best: str | None = None
     matrix_best_pattern: str | None = None
     correct: bool = False
+    correct_strict: bool = False
     fixable: bool | None = None  # some candidate fixed this fault in the matrix
     as_good: bool | None = None
     matrix_best_enabled: bool | None = None
@@ -581,6 +600,7 @@ def collect_row(
         judged.choice_rate,
     )
     row.correct_vs_enabled_best = judged.correct_vs_enabled_best
+    row.correct_strict = judged.strict
     row.fixable = judged.fixable
     expected = first["expected_outcome"] or {}
     p = expected.get("success_probability")
@@ -745,6 +765,8 @@ def figures(rows: Sequence[FaultRow]) -> dict[str, Any]:
         "correct": correct,
         "accuracy": _rate(correct, len(judged)),
         "accuracy_all_faults": _rate(correct, len(injected)),
+        "correct_strict": sum(r.correct_strict for r in judged),
+        "accuracy_strict": _rate(sum(r.correct_strict for r in judged), len(judged)),
         "as_good": as_good,
         "accuracy_as_good": _rate(as_good, len(judged)),
         "accuracy_vs_enabled_best": _rate(
@@ -785,6 +807,7 @@ def by_fault(rows: Sequence[FaultRow]) -> dict[str, dict[str, Any]]:
             "decided": len(decided),
             "judged": sum(r.fixable is not False for r in decided),
             "correct": sum(r.correct for r in decided),
+            "correct_strict": sum(r.correct_strict for r in decided),
             "as_good": sum(bool(r.as_good) for r in decided),
             "fixed": sum(r.fixed for r in decided),
             "matrix_best": rs[0].matrix_best,
@@ -820,8 +843,8 @@ def table(rows: Sequence[FaultRow]) -> str:
             f" {'-' if r.recovery_seconds is None else f'{r.recovery_seconds:.1f}':>6}"
         )
     lines.append(
-        "ok: yes = the matrix best, ~ = not the best but as good (same success rate),"
-        " n/a = no candidate fixed this fault in the matrix"
+        "ok: yes = the matrix best or tied with it, ~ = not the best but as good (same success"
+        " rate), n/a = no candidate fixed this fault in the matrix"
     )
     return "\n".join(lines)
 
@@ -836,9 +859,10 @@ def summary_text(report: Mapping[str, Any]) -> str:
     lines = [
         f"faults injected {report['faults']}, detected {report['detected']}, with a first"
         f" decision {report['decided']}",
-        f"accuracy (first choice = matrix best) {pct(report['accuracy'])}"
+        f"accuracy (first choice = matrix best or tied) {pct(report['accuracy'])}"
         f" ({report['correct']}/{report['judged']} decided faults some candidate fixes);"
-        f" over every fault"
+        f" the single best only {pct(report['accuracy_strict'])}"
+        f" ({report['correct_strict']}/{report['judged']}); over every fault"
         f" {pct(report['accuracy_all_faults'])}; as good as the best"
         f" {pct(report['accuracy_as_good'])}; against the best enabled candidate"
         f" {pct(report['accuracy_vs_enabled_best'])}",

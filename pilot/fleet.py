@@ -92,6 +92,10 @@ LB_PROGRAM = "fleet-lb"
 _MAX_SOCKET_PATH = 107
 # Where free_port looks: above the well-known services, below the ephemeral range.
 _LISTEN_PORTS = (20000, 32000)
+# Ports free_port has already handed out in this process: a port is free until its caller binds
+# it, so two calls in a row could otherwise return the same one (seen in CI: a fixture's two
+# services both got 26884).
+_HANDED_OUT: set[int] = set()
 _STOP_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 _TAKE_HOLD_S = 10.0
 # How long a call waits for a pilot that is starting (or being restarted) to serve. supervisord
@@ -227,12 +231,19 @@ def free_port(span: int = 1) -> int:
     Tests use it to run fleets side by side; `FleetSpec.default` needs a span of four. Ports come
     from below the kernel's ephemeral range (ip_local_port_range, 32768+ by default): a port
     there that is free now can be taken a moment later by any outgoing connection, which made
-    services fail to bind under load. A random start keeps parallel callers apart.
+    services fail to bind under load. A random start keeps parallel callers apart, and a port
+    is never handed out twice by one process, so calls in a row do not collide before binding.
     """
     low, high = _LISTEN_PORTS
+    if len(_HANDED_OUT) > (high - low) // 2:
+        _HANDED_OUT.clear()  # a long-lived process: the earliest ports were bound long ago
     for _ in range(200):
         base = low + secrets.randbelow(high - low - span)
-        if not any(port_in_use(base + i) or not _bindable(base + i) for i in range(span)):
+        ports = range(base, base + span)
+        if any(p in _HANDED_OUT for p in ports):
+            continue
+        if not any(port_in_use(p) or not _bindable(p) for p in ports):
+            _HANDED_OUT.update(ports)
             return base
     raise FleetError(f"no {span} consecutive free ports found on {HOST} in {low}-{high}")
 

@@ -18,29 +18,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its neighbour
 import decisions_gameday as gd  # noqa: E402
 from action_matrix import SCENARIOS  # noqa: E402
 
+from tests.test_action_matrix import cell  # noqa: E402
+
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-
-
-def cell(
-    fault: str,
-    pattern: str,
-    playbook: str,
-    runs: int,
-    successes: int,
-    p50: float | None = None,
-    enabled: bool = True,
-) -> dict[str, Any]:
-    return {
-        "fault": fault,
-        "pattern": pattern,
-        "cause": "self",
-        "playbook": playbook,
-        "enabled": enabled,
-        "runs": runs,
-        "successes": successes,
-        "success_rate": round(successes / runs, 3),
-        "recovery_seconds_p50": p50,
-    }
 
 
 @pytest.fixture
@@ -55,11 +35,23 @@ def matrix(tmp_path: Path) -> gd.Matrix:
             cell("overload", "overload", "shift-overloaded", 2, 2),
             cell("overload", "overload", "restart-overloaded", 2, 1),
             cell("connection_leak", "db_pool_exhaustion", "grow-pool", 2, 2, 0.1, enabled=False),
-            cell("connection_leak", "db_pool_exhaustion", "release", 2, 2, 2.0),
+            cell("connection_leak", "db_pool_exhaustion", "release", 2, 2, 3.0),
+            cell("kill", "service_down", "drain-and-restart", 2, 2, 1.05),
+            cell("kill", "service_down", "restart", 2, 2, 1.09),
             cell("connection_leak", "db_pool_exhaustion", "restart", 2, 2, 1.6),
             cell("hang", "service_hung", "shift-hung", 2, 0),
         ],
         "best": {
+            "kill": {
+                "playbook": "drain-and-restart",
+                "pattern": "service_down",
+                "success_rate": 1.0,
+                "recovery_seconds_p50": 1.05,
+                "tied": [
+                    {"pattern": "service_down", "playbook": "drain-and-restart"},
+                    {"pattern": "service_down", "playbook": "restart"},
+                ],
+            },
             "memory_leak": {
                 "playbook": "restart-slow",
                 "pattern": "latency_regression",
@@ -124,8 +116,22 @@ def test_correct_only_for_the_best_playbook_of_the_best_pattern(matrix: gd.Matri
     assert (worse.correct, worse.as_good, worse.choice_rate) == (False, False, 0.5)
     nothing = gd.judge_choice(matrix, "overload", "overload", None)
     assert (nothing.correct, nothing.as_good) == (False, None)
-    unknown = gd.judge_choice(matrix, "kill", "service_down", "restart-service")
+    unknown = gd.judge_choice(matrix, "disk_fill", "disk_filling", "quarantine")
     assert (unknown.best, unknown.correct) == (None, False)
+
+
+def test_a_choice_tied_with_the_best_is_correct_but_not_strictly(matrix: gd.Matrix) -> None:
+    # 1.09 s against 1.05 s: inside one judge round, which the matrix cannot tell apart
+    tied = gd.judge_choice(matrix, "kill", "service_down", "restart")
+    assert (tied.correct, tied.strict, tied.as_good) == (True, False, True)
+    best = gd.judge_choice(matrix, "kill", "service_down", "drain-and-restart")
+    assert (best.correct, best.strict) == (True, True)
+    # the tie names its pattern: the same playbook name diagnosed otherwise is not in it
+    other = gd.judge_choice(matrix, "kill", "service_hung", "restart")
+    assert not other.correct
+    assert matrix.best["kill"].tied[1] == ("service_down", "restart")
+    # a matrix from before ties were kept: the best alone
+    assert matrix.best["memory_leak"].tied == ()
 
 
 def test_the_best_enabled_candidate_is_judged_apart(matrix: gd.Matrix) -> None:

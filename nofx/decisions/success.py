@@ -54,7 +54,8 @@ class Prior:
     playbook: str
     runs: int
     successes: int
-    recovery_seconds_p50: float | None
+    # the mean of the recovered runs (an expected time to recover); older files have the p50
+    recovery_seconds: float | None
 
 
 def load_priors(path: Path | None = None) -> list[Prior]:
@@ -70,7 +71,7 @@ def load_priors(path: Path | None = None) -> list[Prior]:
             playbook=row["playbook"],
             runs=int(row["runs"]),
             successes=int(row["successes"]),
-            recovery_seconds_p50=row.get("recovery_seconds_p50"),
+            recovery_seconds=row.get("recovery_seconds_mean", row.get("recovery_seconds_p50")),
         )
         for row in data.get("priors", [])
     ]
@@ -107,7 +108,7 @@ class BetaSuccessModel:
         vouched = 1.0 if candidate.automation_level == "full-auto" else 0.0
         alpha = 1.0 + vouched + p_wins + h_wins
         beta = 1.0 + (p_runs - p_wins) + h_losses
-        timed = [p.recovery_seconds_p50 for p in prior if p.recovery_seconds_p50]
+        timed = [p.recovery_seconds for p in prior if p.recovery_seconds]
         recovery = sorted(timed)[len(timed) // 2] if timed else nominal_recovery_seconds(candidate)
         source = ["full-auto +1"] if vouched else []
         source.append(f"matrix {p_wins}/{p_runs}" if p_runs else "no matrix runs")
