@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import EventType
 
 from models.healing import IncidentState, IncidentStatus
 from workflows.healing import HealingIncidentWorkflow
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Call the blocking `check` (in a thread) until it returns something truthy, and return
+    it; fail naming `what` and the last value when `timeout` seconds pass first."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        seen = await asyncio.to_thread(check)
+        if seen:
+            return seen
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not {what} within {timeout:.0f}s (last: {seen!r})")
+        await asyncio.sleep(0.2)
 
 
 async def wait_for_state(

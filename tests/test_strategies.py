@@ -55,6 +55,7 @@ from pilot.config import application_name
 from pilot.fleet import Fleet
 from pilot.load import LoadGenerator
 from tests.fixtures_traffic import Traffic, step_request, traffic_step
+from tests.helpers import eventually
 from workflows.decisions import rank_playbooks
 from workflows.healing import HealingIncidentWorkflow
 
@@ -98,6 +99,23 @@ async def approve_each(handle: Any, approver: str) -> None:
             await handle.signal("approve", ApprovalRequest(approver=approver, reason="test"))
             answered.add(waiting)
         await asyncio.sleep(0.2)
+
+
+def stale_read(fleet: Fleet, service: str, n: int = 3) -> bool:
+    """Whether any of n real GET / read a stale cache entry."""
+    return any(r["cache"]["stale"] for r in work(fleet, service, n))
+
+
+def stuck_sessions(database_url: str, service: str, idle_seconds: float) -> int:
+    """The service's sessions idle in a transaction that wrote nothing, at least this long."""
+    with psycopg.connect(to_libpq_url(database_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND state = 'idle in transaction' AND backend_xid IS NULL"
+            " AND now() - state_change >= make_interval(secs => %s)",
+            (application_name(service), idle_seconds),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def actions_of(result: IncidentResult) -> list[str]:
@@ -203,9 +221,15 @@ async def test_stuck_sessions_are_ended_but_sessions_with_writes_are_spared(
         writer_pid = writer.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         writer.execute("SELECT txid_current()")
         live_fleet.inject("connection_leak", service, interval_s=0.05)
-        await asyncio.sleep(1.5)
-        assert any(r["status"] == 503 for r in work(live_fleet, service, 5))
-        await asyncio.sleep(2.5)  # the leaked sessions must be idle long enough to count as stuck
+        await eventually(
+            lambda: any(r["status"] == 503 for r in work(live_fleet, service, 5)),
+            "refusing requests (503) with its pool leaked",
+        )
+        # the leaked sessions must be idle long enough to count as stuck
+        await eventually(
+            lambda: stuck_sessions(database_url, service, 2.0),
+            "holding sessions idle in a transaction for 2 s",
+        )
 
         result, workflow_id = await heal(client, service, "db_pool_exhaustion")
         assert result.state is IncidentState.RESOLVED
@@ -232,23 +256,24 @@ async def test_stale_cache_is_invalidated_and_the_undo_restores_the_entries(
 ) -> None:
     service = live_fleet.spec.services[1].name
     live_fleet.inject("stale_cache", service)
-    await asyncio.sleep(2.5)  # the source moves on every second; the pinned entry does not
-    assert any(r["cache"]["stale"] for r in work(live_fleet, service, 3))
+    # the source moves on every second; the pinned entry does not
+    await eventually(lambda: stale_read(live_fleet, service), "serving a stale entry")
 
     result, workflow_id = await heal(client, service, "stale_cache")
     assert result.state is IncidentState.RESOLVED
     assert actions_of(result) == ["invalidate_cache"]
     assert result.actions[0].detail["deleted"] >= 2  # the entry and the stuck refresh lock
-    await asyncio.sleep(2.5)  # invalidation works again as the source moves on
-    assert not any(r["cache"]["stale"] for r in work(live_fleet, service, 5))
+    # invalidation works again as the source moves on
+    await eventually(
+        lambda: not stale_read(live_fleet, service, 5), "fresh again after the invalidation"
+    )
 
     undone = await undo(
         step_request(workflow_id, result.incident_id, 0, "invalidate_cache", service)
     )
     assert undone.performed
     assert undone.detail["prior_state_restored"], undone.detail
-    await asyncio.sleep(2.5)
-    assert any(r["cache"]["stale"] for r in work(live_fleet, service, 3))  # prior state is back
+    await eventually(lambda: stale_read(live_fleet, service), "stale again once undone")
     live_fleet.clear(service)
     assert not any(r["cache"]["stale"] for r in work(live_fleet, service, 3))
 
@@ -259,9 +284,10 @@ async def test_disk_fill_stops_the_writer_quarantines_its_files_and_the_undo_put
     service = live_fleet.spec.services[0].name
     data = live_fleet.data_dir(service)
     live_fleet.inject("disk_fill", service, rate_mb_s=20, quota_mb=40)
-    await asyncio.sleep(1.0)
-    filled = sorted(p.name for p in data.iterdir() if p.name.startswith("fill-"))
-    assert filled
+    filled = await eventually(
+        lambda: sorted(p.name for p in data.iterdir() if p.name.startswith("fill-")),
+        "writing fill files",
+    )
 
     result, workflow_id = await heal(client, service, "disk_filling")
     assert result.state is IncidentState.RESOLVED
