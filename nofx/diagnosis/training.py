@@ -14,8 +14,6 @@ with its figures and the reason, and the active model (if any) stays.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +23,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from nofx import model_registry as registry
 from nofx.detection.learned import (
     Dataset,
     LearnedDetector,
@@ -226,40 +225,17 @@ def store_model(
         verdict = f"{'activated' if activate else 'not activated'} by request ({verdict})"
     metrics["activation"] = {"active": go_live, "verdict": verdict, "criteria": ACTIVATION}
     version = f"lgbm-{now:%Y%m%dT%H%M%S}"
-    artifact = model.to_text()
-    with engine.begin() as conn:
-        if go_live:
-            conn.execute(
-                text("UPDATE decision_models SET active = false WHERE model_type = :t AND active"),
-                {"t": MODEL_TYPE},
-            )
-        model_id = conn.execute(
-            text(
-                "INSERT INTO decision_models (model_type, model_version, training_data,"
-                " performance_metrics, active, deployed_at) VALUES (:t, :v,"
-                " CAST(:training AS jsonb), CAST(:metrics AS jsonb), :active, :deployed)"
-                " RETURNING id"
-            ),
-            {
-                "t": MODEL_TYPE,
-                "v": version,
-                "training": json.dumps(training, default=str),
-                "metrics": json.dumps(metrics),
-                "active": go_live,
-                "deployed": now if go_live else None,
-            },
-        ).scalar_one()
-        conn.execute(
-            text(
-                "INSERT INTO model_artifacts (model_id, format, artifact, sha256)"
-                " VALUES (:id, 'lightgbm-text', :artifact, :sha)"
-            ),
-            {
-                "id": model_id,
-                "artifact": artifact,
-                "sha": hashlib.sha256(artifact.encode()).hexdigest(),
-            },
-        )
+    model_id = registry.store(
+        engine,
+        MODEL_TYPE,
+        version,
+        model.to_text(),
+        "lightgbm-text",
+        training,
+        metrics,
+        activate=go_live,
+        now=now,
+    )
     return StoredModel(str(model_id), version, go_live, verdict, metrics, training)
 
 
@@ -334,40 +310,27 @@ def train_detector(
 
 
 def active_model_id(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        found = conn.execute(
-            text("SELECT id FROM decision_models WHERE model_type = :t AND active"),
-            {"t": MODEL_TYPE},
-        ).scalar_one_or_none()
-    return None if found is None else str(found)
+    return registry.active_id(engine, MODEL_TYPE)
 
 
 def load_detector(engine: Engine, model_id: str) -> LearnedDetector:
     """A stored model, checked against its recorded hash."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT m.model_version, m.performance_metrics, a.artifact, a.sha256"
-                " FROM decision_models m JOIN model_artifacts a ON a.model_id = m.id"
-                " WHERE m.id = :id"
-            ),
-            {"id": model_id},
-        ).one_or_none()
-    if row is None:
-        raise TrainingError(f"model {model_id} has no stored artifact")
-    version, metrics, artifact, sha = row
-    if hashlib.sha256(artifact.encode()).hexdigest() != sha:
-        raise TrainingError(f"model {version}: artifact does not match its recorded sha256")
-    return LearnedDetector(model_id, version, artifact, metrics["series"])
+    try:
+        row, artifact = registry.load_artifact(engine, model_id)
+    except registry.RegistryError as err:
+        raise TrainingError(str(err)) from None
+    return LearnedDetector(model_id, row.version, artifact, row.metrics["series"])
 
 
 def list_models(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, model_version, active, created_at, deployed_at, performance_metrics"
-                " FROM decision_models WHERE model_type = :t ORDER BY created_at DESC LIMIT :n"
-            ),
-            {"t": MODEL_TYPE, "n": limit},
-        ).mappings()
-        return [dict(r) for r in rows]
+    return [
+        {
+            "id": m.model_id,
+            "model_version": m.version,
+            "active": m.active,
+            "created_at": m.created_at,
+            "deployed_at": m.deployed_at,
+            "performance_metrics": m.metrics,
+        }
+        for m in registry.list_models(engine, MODEL_TYPE, limit)
+    ]
