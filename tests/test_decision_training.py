@@ -1,0 +1,179 @@
+"""Training the success model on decisions recorded in a real PostgreSQL: the data set from
+outcomes, overrides and rejections, the time-ordered hold-out, champion and challenger, promotion
+and rollback through the registry (nofx/decisions/training.py, nofx/model_registry.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from models.decisions import Candidate
+from nofx import model_registry as registry
+from nofx.decisions import store, training
+from nofx.decisions.learned import MODEL_TYPE, LearningError
+from tests.decision_cases import RESTART, ROLLBACK
+from tests.test_learned_success import situation
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def record(
+    engine: Engine,
+    at: datetime,
+    minutes: float,
+    chosen: Candidate,
+    outcome: dict[str, Any] | None,
+    feedback: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+) -> str:
+    decision_id = str(uuid.uuid4())
+    ctx = {"incident_id": None, **situation(minutes).model_dump(mode="json")}
+    alternatives = [{"candidate": c.model_dump(mode="json")} for c in (ROLLBACK, RESTART)]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO autonomous_decisions (id, decision_type, context_data, chosen_action,"
+                " alternatives_considered, actual_outcome, created_at) VALUES (:id, 'healing',"
+                " CAST(:ctx AS jsonb), :chosen, CAST(:alts AS jsonb), CAST(:outcome AS jsonb),"
+                " :at)"
+            ),
+            {
+                "id": decision_id,
+                "ctx": json.dumps(ctx),
+                "chosen": chosen.name,
+                "alts": json.dumps(alternatives),
+                "outcome": json.dumps(outcome) if outcome else None,
+                "at": at,
+            },
+        )
+    for kind, lessons in feedback:
+        store.add_feedback(
+            engine,
+            decision_id=decision_id,
+            feedback_type=kind,  # type: ignore[arg-type]
+            idempotency_key=f"{decision_id}/{kind}",
+            lessons=lessons,
+        )
+    return decision_id
+
+
+def fill(engine: Engine, n: int = 160, seed: int = 5) -> None:
+    """Decisions a context-blind engine made (it alternates), with outcomes from the rule of
+    tests/test_learned_success.py: after a recent config push rolling back works."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible made-up history
+    for i in range(n):
+        minutes = rng.uniform(0, 120)
+        chosen = ROLLBACK if i % 2 else RESTART
+        works = (minutes < 30) == (chosen is ROLLBACK)
+        fixed = works if rng.random() < 0.9 else not works
+        outcome = {"resolved": fixed, "recovery_seconds": 6.0 if fixed else None}
+        record(engine, T0 + timedelta(minutes=i), minutes, chosen, outcome)
+
+
+def test_the_data_set_reads_outcomes_overrides_and_rejections(fresh_engine: Engine) -> None:
+    # the engine chose a restart, a person overrode it with the rollback, which fixed it
+    record(
+        fresh_engine,
+        T0,
+        5,
+        ROLLBACK,
+        {"resolved": True, "recovery_seconds": 4.0},
+        [("override", {"engine_choice": RESTART.name, "person_choice": ROLLBACK.name})],
+    )
+    # overridden, but the person's choice failed too: no verdict on the engine's choice
+    record(
+        fresh_engine,
+        T0 + timedelta(minutes=1),
+        5,
+        ROLLBACK,
+        {"resolved": False},
+        [("override", {"engine_choice": RESTART.name, "person_choice": ROLLBACK.name})],
+    )
+    # rejected: nothing ran
+    record(
+        fresh_engine,
+        T0 + timedelta(minutes=2),
+        90,
+        ROLLBACK,
+        None,
+        [("rejection", {"engine_choice": ROLLBACK.name})],
+    )
+    # approved and carried out with an action the candidates do not name
+    record(fresh_engine, T0 + timedelta(minutes=3), 5, ROLLBACK, None)
+    found = training.history(fresh_engine)
+    seen = [
+        [(e.candidate.name, e.success, e.weight, e.source) for e in ep.examples]
+        for ep in found.episodes
+    ]
+    assert seen == [
+        [("rollback-config", True, 1.0, "outcome"), ("restart-service", False, 0.5, "override")],
+        [("rollback-config", False, 1.0, "outcome")],
+        [("rollback-config", False, 0.5, "rejection")],
+    ]
+    assert [ep.good for ep in found.episodes] == ["rollback-config", None, None]
+    assert found.episodes[0].examples[0].recovery_seconds == 4.0
+
+
+def test_trains_on_the_older_decisions_and_promotes_a_better_model(fresh_engine: Engine) -> None:
+    fill(fresh_engine)
+    messages: list[str] = []
+    report = training.train_and_judge(
+        fresh_engine, now=T0 + timedelta(days=1), progress=messages.append
+    )
+    assert report.data["holdout_decisions"] == 40  # the latest quarter of 160
+    assert report.data["holdout_from"] == (T0 + timedelta(minutes=120)).isoformat()
+    # the Beta prior cannot see the context; the model can
+    assert report.promoted, report.verdict
+    assert report.challenger["brier"] < report.champion["brier"]
+    assert report.challenger["decision_accuracy"] >= 0.8
+    assert report.challenger["auc"] > 0.8
+    assert any("judging on 40 held-out" in m for m in messages)
+    active = training.load_active(fresh_engine)
+    assert active is not None
+    assert active.version == report.version
+    assert active.estimate(situation(5), ROLLBACK).probability > 0.7
+    row = registry.get(fresh_engine, report.model_id)
+    assert row.active
+    assert row.metrics["champion"]["model_id"] == "beta-prior"
+
+
+def test_a_challenger_no_better_than_the_champion_is_kept_not_promoted(
+    fresh_engine: Engine,
+) -> None:
+    fill(fresh_engine)
+    now = T0 + timedelta(days=1)
+    first = training.train_and_judge(fresh_engine, now=now)
+    assert first.promoted
+    # the same data, the same hold-out, a deterministic model: no better than the champion
+    again = training.train_and_judge(fresh_engine, now=now + timedelta(seconds=1))
+    assert not again.promoted
+    assert "not below the champion" in again.verdict
+    assert again.champion_id == first.model_id
+    assert registry.active_id(fresh_engine, MODEL_TYPE) == first.model_id
+
+
+def test_rollback_restores_the_previous_champion(fresh_engine: Engine) -> None:
+    fill(fresh_engine)
+    now = T0 + timedelta(days=1)
+    first = training.train_and_judge(fresh_engine, now=now)
+    second = training.train_and_judge(fresh_engine, now=now + timedelta(seconds=1))
+    registry.promote(fresh_engine, second.model_id)
+    assert training.load_active(fresh_engine).version == second.version  # type: ignore[union-attr]
+    back = registry.rollback(fresh_engine, MODEL_TYPE)
+    assert (back.model_id, back.active) == (first.model_id, True)
+    assert training.load_active(fresh_engine).version == first.version  # type: ignore[union-attr]
+    with pytest.raises(registry.RegistryError, match="replaced none"):
+        registry.rollback(fresh_engine, MODEL_TYPE)  # the first model was the first champion
+
+
+def test_too_few_decisions_for_a_hold_out_is_refused(fresh_engine: Engine) -> None:
+    fill(fresh_engine, n=8)
+    with pytest.raises(LearningError, match="hold-out"):
+        training.train_and_judge(fresh_engine, now=T0 + timedelta(days=1))
+    assert registry.list_models(fresh_engine, MODEL_TYPE) == []
