@@ -166,6 +166,10 @@ class SuccessEstimate(Contract):
     beta: float = Field(gt=0)
     expected_recovery_seconds: float = Field(gt=0)
     source: str = Field(description="what the belief rests on, e.g. 'matrix 2/2 + history 5/6'")
+    drivers: dict[str, float] = Field(
+        default_factory=dict,
+        description="a learned model's largest feature contributions (log-odds), by feature",
+    )
 
 
 class CriterionScores(Contract):

@@ -17,7 +17,9 @@ from sqlalchemy.engine import Engine
 from models.decisions import Candidate
 from nofx import model_registry as registry
 from nofx.decisions import store, training
+from nofx.decisions.engine import DecisionEngine
 from nofx.decisions.learned import MODEL_TYPE, LearningError
+from nofx.decisions.success import BetaSuccessModel, load_priors
 from tests.decision_cases import RESTART, ROLLBACK
 from tests.test_learned_success import situation
 
@@ -177,3 +179,35 @@ def test_too_few_decisions_for_a_hold_out_is_refused(fresh_engine: Engine) -> No
     with pytest.raises(LearningError, match="hold-out"):
         training.train_and_judge(fresh_engine, now=T0 + timedelta(days=1))
     assert registry.list_models(fresh_engine, MODEL_TYPE) == []
+
+
+def test_the_engine_follows_promotions_without_a_restart(fresh_engine: Engine) -> None:
+    prior = BetaSuccessModel(load_priors())
+    decisions = DecisionEngine(fresh_engine)
+    follows = decisions.model
+    assert isinstance(follows, training.ActiveSuccessModel)
+    follows.refresh()
+    assert follows.version == "beta-prior"
+    ctx = situation(5)
+    before = follows.estimate(ctx, ROLLBACK)
+    assert before == prior.estimate(ctx, ROLLBACK)
+    fill(fresh_engine)
+    first = training.train_and_judge(fresh_engine, now=T0 + timedelta(days=1))
+    follows.refresh()
+    assert follows.version == first.version
+    after = follows.estimate(ctx, ROLLBACK)
+    assert after.source.startswith(f"model {first.version}")
+    assert after.drivers  # the learned model says what moved it
+    # a model whose artifact was altered is not used: the engine decides on the prior
+    second = training.train_and_judge(fresh_engine, now=T0 + timedelta(days=1, seconds=1))
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE model_artifacts SET artifact = artifact || ' ' WHERE model_id = :id"),
+            {"id": second.model_id},
+        )
+    registry.promote(fresh_engine, second.model_id)
+    follows.refresh()
+    assert follows.version == "beta-prior"
+    registry.rollback(fresh_engine, MODEL_TYPE)
+    follows.refresh()
+    assert follows.version == first.version

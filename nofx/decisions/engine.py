@@ -17,6 +17,7 @@ from models.decisions import (
 from nofx.decisions import approval, context, scoring, store
 from nofx.decisions.explain import explain
 from nofx.decisions.success import BetaSuccessModel, SuccessModel, load_priors
+from nofx.decisions.training import ActiveSuccessModel
 from nofx.inventory import find_target
 
 
@@ -28,8 +29,10 @@ class DecisionEngine:
     """Decide about one subject against the platform database `engine`."""
 
     def __init__(self, engine: Engine, model: SuccessModel | None = None) -> None:
+        """`model`: the success model to score with; by default the champion in force (the
+        active learned model over the packaged priors, followed as it is promoted)."""
         self.engine = engine
-        self.model = model or BetaSuccessModel(load_priors())
+        self.model = model or ActiveSuccessModel(engine, BetaSuccessModel(load_priors()))
 
     def context(self, request: DecisionRequest) -> DecisionContext:
         """The context analyser: inventory, platform state, history, predictions, diagnosis."""
@@ -49,6 +52,8 @@ class DecisionEngine:
                 f"no candidate for {request.problem!r} on {request.subject} (no enabled playbook)"
             )
         policy = store.get_policy(self.engine)
+        if isinstance(self.model, ActiveSuccessModel):
+            self.model.refresh()
         result = scoring.score(ctx, candidates, self.model, policy.weights)
         best = result.best()
         mode, mode_why = approval.effective_mode(

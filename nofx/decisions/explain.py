@@ -53,6 +53,8 @@ def explain(
             row |= c.scores.model_dump()
             row["risk_level"] = c.risk.level if c.risk else None
             row["success_source"] = c.success.source if c.success else None
+            if c.success and c.success.drivers:
+                row["success_drivers"] = c.success.drivers
         else:
             row["pruned_by"] = c.pruned_by
         rows.append(row)
@@ -73,6 +75,9 @@ def explain(
             f" risk {best.risk.level if best.risk else '?'} {s.risk_score:.2f}, cost {s.cost:.2f});"
             f" confidence {scoring.confidence:.2f}."
         )
+        if best.success and best.success.drivers:
+            drivers = ", ".join(f"{k} {v:+.2f}" for k, v in best.success.drivers.items())
+            lines.append(f"The learned model's main drivers (log-odds): {drivers}.")
     lines.append(
         f"Weights: success {w.success:.2f}, recovery time {w.recovery_time:.2f},"
         f" risk {w.risk:.2f}, cost {w.cost:.2f}."

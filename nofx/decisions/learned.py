@@ -48,6 +48,7 @@ PARAMS: dict[str, Any] = {
     "num_threads": 1,
 }
 ROUNDS = 150
+DRIVERS = 3  # feature contributions kept on each estimate
 
 
 class LearningError(Exception):
@@ -227,13 +228,17 @@ class LearnedSuccessModel:
             beta=beta,
             expected_recovery_seconds=recovery,
             source=f"model {self.version} p {p_model:.2f} over {seen} example(s) + {base.source}",
+            drivers=dict(self._contributions(row, DRIVERS)),
         )
 
     def explain(
         self, context: DecisionContext, candidate: Candidate, top: int = 5
     ) -> list[tuple[str, float]]:
         """The features that moved the model's log-odds most for this pair, largest first."""
-        x = self.bundle.encoder.matrix([extract(context, candidate)])
+        return self._contributions(extract(context, candidate), top)
+
+    def _contributions(self, row: Features, top: int) -> list[tuple[str, float]]:
+        x = self.bundle.encoder.matrix([row])
         contrib = np.asarray(self.bundle.classifier.predict(x, pred_contrib=True))[0][:-1]
         named = zip(self.bundle.encoder.columns, contrib, strict=True)
         ranked = sorted(((n, float(c)) for n, c in named if c != 0), key=lambda t: -abs(t[1]))

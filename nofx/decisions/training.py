@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from models.decisions import Candidate, DecisionContext
+from models.decisions import Candidate, DecisionContext, SuccessEstimate
 from nofx import model_registry as registry
 from nofx.decisions.learned import (
     ARTIFACT_FORMAT,
@@ -43,12 +43,14 @@ from nofx.decisions.learned import (
     train,
 )
 from nofx.decisions.success import BetaSuccessModel, SuccessModel, load_priors
+from nofx.logging import get_logger
 
 JUDGED_WEIGHT = 0.5
 HOLDOUT_SHARE = 0.25
 MIN_HOLDOUT_DECISIONS = 5
 
 Progress = Callable[[str], None]
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -291,3 +293,41 @@ def train_and_judge(
     return TrainingReport(
         model_id, version, promoted, verdict, challenger, champion, champion_id, data
     )
+
+
+class ActiveSuccessModel:
+    """The champion in force: the registry's active success model on top of `prior`, else the
+    prior alone. `refresh` (the engine calls it before each decision; one indexed query) follows
+    a promotion or a rollback without a worker restart. A model that cannot be loaded is logged
+    and skipped — decisions go on with the prior — until another one is made active."""
+
+    def __init__(self, engine: Engine, prior: SuccessModel) -> None:
+        self._engine = engine
+        self.prior = prior
+        self._active_id: str | None = None
+        self._model: LearnedSuccessModel | None = None
+
+    @property
+    def version(self) -> str:
+        return self._model.version if self._model else "beta-prior"
+
+    def refresh(self) -> None:
+        wanted = registry.active_id(self._engine, MODEL_TYPE)
+        if wanted == self._active_id:
+            return
+        self._active_id = wanted
+        if wanted is None:
+            self._model = None
+            return
+        try:
+            self._model = load_model(self._engine, wanted, self.prior)
+        except (registry.RegistryError, ValueError, KeyError) as err:
+            log.warning(
+                "success model not loaded, deciding on the prior", model_id=wanted, error=str(err)
+            )
+            self._model = None
+        else:
+            log.info("success model in force", model_id=wanted, version=self._model.version)
+
+    def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate:
+        return (self._model or self.prior).estimate(context, candidate)
