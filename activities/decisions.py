@@ -19,9 +19,15 @@ from models.decisions import (
     OperatorsSnapshot,
     PlanInput,
     SaveDecisionInput,
+    SuccessModelReport,
+    TrainRequest,
 )
-from nofx.decisions import store
+from nofx.decisions import store, training
 from nofx.decisions.engine import DecisionEngine, NoCandidate
+from nofx.decisions.learned import LearningError
+from nofx.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class DecisionActivities:
@@ -72,3 +78,39 @@ class DecisionActivities:
         if not outcome.decision_id:
             raise invalid_input("decision_id is empty")
         store.record_outcome(self._engine, outcome)
+
+    @activity.defn
+    def train_success_model(self, inp: TrainRequest) -> SuccessModelReport:
+        """Learn from the decision history, judge against the champion, store, maybe promote.
+
+        A history too short to train or to hold out from fails at once with the reason
+        (`NotEnoughHistory`): retrying would not add decisions.
+        """
+        if inp.until is None:
+            raise invalid_input("until is required")
+
+        def progress(message: str) -> None:
+            activity.heartbeat(message)
+            log.info("success model training", step=message)
+
+        try:
+            report = training.train_and_judge(self._engine, now=inp.until, progress=progress)
+        except LearningError as err:
+            raise ApplicationError(str(err), type="NotEnoughHistory", non_retryable=True) from err
+        log.info(
+            "success model trained",
+            model=report.version,
+            promoted=report.promoted,
+            verdict=report.verdict,
+            holdout=report.challenger,
+        )
+        return SuccessModelReport(
+            model_id=report.model_id,
+            version=report.version,
+            promoted=report.promoted,
+            verdict=report.verdict,
+            challenger=report.challenger,
+            champion=report.champion,
+            champion_id=report.champion_id,
+            data=report.data,
+        )

@@ -521,3 +521,47 @@ class DecisionRecord(DecisionResult):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     actual_outcome: dict[str, Any] | None = None
+
+
+# ---- learning (Track A, part 2) ------------------------------------------------------------
+
+
+class TrainRequest(Contract):
+    """Train the success model on the decision history (nofx.decisions.training)."""
+
+    until: datetime | None = Field(
+        default=None, description="the history ends here (default: when the run starts)"
+    )
+    skip_without_history: bool = Field(
+        default=False, description="end without a model (not fail) when the history is too short"
+    )
+
+
+class SuccessModelReport(Contract):
+    """A trained success model: where it is stored, whether it replaced the champion and why."""
+
+    model_id: str | None = Field(default=None, description="None: the run was skipped")
+    version: str | None = None
+    promoted: bool = False
+    verdict: str
+    challenger: dict[str, Any] = Field(
+        default_factory=dict, description="its held-out figures (Brier, AUC, decision accuracy)"
+    )
+    champion: dict[str, Any] = Field(
+        default_factory=dict, description="the champion's figures on the same hold-out"
+    )
+    champion_id: str | None = Field(default=None, description="None: the Beta prior was champion")
+    data: dict[str, Any] = Field(default_factory=dict, description="what it was trained on")
+
+
+class ModelInfo(Contract):
+    """One row of the model registry."""
+
+    model_id: str
+    model_type: str
+    version: str
+    active: bool
+    created_at: datetime
+    deployed_at: datetime | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)

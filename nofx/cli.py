@@ -36,11 +36,14 @@ from models.decisions import (
     DecisionRecord,
     DecisionResult,
     Mode,
+    ModelInfo,
     Operator,
     Override,
     Reject,
     SimulateRequest,
     Simulation,
+    SuccessModelReport,
+    TrainRequest,
     VerdictAck,
 )
 from models.detection import TrainDetectorInput
@@ -1425,3 +1428,86 @@ def autonomous_override(
 ) -> None:
     """Run another candidate instead of the engine's choice, through the same guardrails."""
     _answer("override", Override, decision, approver=approver, action=action, reason=reason)
+
+
+# ---- learning: nofx autonomous train | models ----------------------------------------------
+
+models_app = typer.Typer(help="The decision engine's success models: list, promote, roll back.")
+autonomous_app.add_typer(models_app, name="models")
+
+
+def _figures(figures: dict[str, Any]) -> str:
+    def num(key: str) -> str:
+        value = figures.get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    return (
+        f"Brier {num('brier')}, AUC {num('auc')}, decision accuracy {num('decision_accuracy')}"
+        f" over {figures.get('outcomes', 0)} outcome(s) and"
+        f" {figures.get('decisions_with_known_good_action', 0)} decision(s) with a known good"
+        " action"
+    )
+
+
+@autonomous_app.command("train")
+def autonomous_train(as_json: JsonOption = False) -> None:
+    """Train the success model on the decision history now (TrainingWorkflow): the latest
+    quarter of decisions is held out; the new model replaces the champion only if it beats it."""
+    progress = (lambda _m: None) if as_json else (lambda m: say(m))
+    report: SuccessModelReport = _decisions(lambda nofx: nofx.train(TrainRequest(), progress))
+    data = report.data
+    lines = [
+        f"model {report.version} ({report.model_id})",
+        f"  trained on {data.get('examples')} example(s) from {data.get('train_decisions')}"
+        f" decision(s) ({data.get('by_source')}); held out {data.get('holdout_decisions')}"
+        f" decision(s) from {data.get('holdout_from')}",
+        f"  challenger: {_figures(report.challenger)}",
+        f"  champion ({report.champion_id or 'the Beta prior'}): {_figures(report.champion)}",
+        f"{'PROMOTED' if report.promoted else 'kept, not promoted'}: {report.verdict}",
+    ]
+    _show(report, as_json, lines)
+
+
+def _model_line(m: ModelInfo) -> str:
+    holdout = m.metrics.get("holdout") or {}
+    when = f"{m.created_at:%Y-%m-%d %H:%M:%S}"
+    return f"{'*' if m.active else ' '} {m.model_id}  {m.version}  {when}  {_figures(holdout)}"
+
+
+@models_app.command("list")
+def models_list(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="newest first, at most")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """The success models, newest first; * marks the champion in force."""
+    found: list[ModelInfo] = _decisions(lambda nofx: nofx.models(limit))
+    if as_json:
+        typer.echo(json.dumps([m.model_dump(mode="json") for m in found], indent=2))
+        return
+    if not found:
+        typer.echo("no success model yet: the engine decides on the action matrix's priors")
+    for m in found:
+        typer.echo(_model_line(m))
+
+
+@models_app.command("promote")
+def models_promote(
+    model_id: Annotated[str, typer.Argument(help="a model id from `models list`")],
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
+    actor: AsOption = None,
+) -> None:
+    """Make a model the champion; workers use it from their next decision."""
+    who = actor or getpass.getuser()
+    m: ModelInfo = _decisions(lambda nofx: nofx.promote_model(model_id, actor=who, reason=reason))
+    typer.echo(f"champion now: {_model_line(m)}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "",
+    actor: AsOption = None,
+) -> None:
+    """Put back the champion the active model replaced."""
+    who = actor or getpass.getuser()
+    m: ModelInfo = _decisions(lambda nofx: nofx.rollback_model(actor=who, reason=reason))
+    typer.echo(f"champion now: {_model_line(m)}")

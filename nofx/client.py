@@ -23,10 +23,13 @@ from models.decisions import (
     Approve,
     DecideRequest,
     DecisionRecord,
+    ModelInfo,
     Override,
     Reject,
     SimulateRequest,
     Simulation,
+    SuccessModelReport,
+    TrainRequest,
     VerdictAck,
 )
 from models.detection import DetectorModelReport, TrainDetectorInput
@@ -154,6 +157,23 @@ class NofxClient:
     async def override(self, decision: str, answer: Override) -> VerdictAck:
         """Run `answer.action` instead of the engine's choice (recorded as an override)."""
         return await self._decisions().override(decision, answer)
+
+    async def train(
+        self, request: TrainRequest, on_progress: Callable[[str], None] | None = None
+    ) -> SuccessModelReport:
+        """Train the success model now and wait for its report (promoted or kept, and why)."""
+        return await self._decisions().train(request, on_progress)
+
+    async def models(self, limit: int = 20) -> list[ModelInfo]:
+        """The success models, newest first, the champion marked active."""
+        return await self._decisions().models(limit)
+
+    async def promote_model(self, model_id: str, *, actor: str, reason: str = "") -> ModelInfo:
+        return await self._decisions().promote(model_id, actor=actor, reason=reason)
+
+    async def rollback_model(self, *, actor: str, reason: str = "") -> ModelInfo:
+        """Put back the previous champion."""
+        return await self._decisions().rollback(actor=actor, reason=reason)
 
     # ---- healing operations (same names as `nofx healing ...`) ----------------------------
 

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from nofx.audit import append_audit
+
 
 class RegistryError(Exception):
     """A model that does not exist, has no artifact, or whose artifact was altered."""
@@ -57,8 +59,10 @@ def store(
     *,
     activate: bool,
     now: datetime | None = None,
+    actor: str = "nofx:training",
 ) -> str:
-    """Record a model and its artifact in one transaction; active at once when `activate`."""
+    """Record a model and its artifact in one transaction; active at once when `activate`
+    (audited as `model.promoted` by `actor`)."""
     now = now or datetime.now(UTC)
     with engine.begin() as conn:
         replaced = _deactivate(conn, model_type) if activate else None
@@ -92,7 +96,30 @@ def store(
                 "sha": hashlib.sha256(artifact.encode()).hexdigest(),
             },
         )
+        if activate:
+            _audit(conn, actor, "model.promoted", str(model_id), model_type, version, replaced)
     return str(model_id)
+
+
+def _audit(
+    conn: Connection,
+    actor: str,
+    action: str,
+    model_id: str,
+    model_type: str,
+    version: str,
+    replaced: str | None,
+    reason: str | None = None,
+) -> None:
+    append_audit(
+        conn,
+        actor=actor,
+        action=action,
+        entity_type="decision_model",
+        entity_id=model_id,
+        reason=reason,
+        details={"model_type": model_type, "version": version, "replaced": replaced},
+    )
 
 
 def active_id(engine: Engine, model_type: str) -> str | None:
@@ -162,7 +189,13 @@ def list_models(engine: Engine, model_type: str, limit: int = 20) -> list[ModelR
 
 
 def promote(
-    engine: Engine, model_id: str, now: datetime | None = None, *, record: bool = True
+    engine: Engine,
+    model_id: str,
+    now: datetime | None = None,
+    *,
+    record: bool = True,
+    actor: str = "nofx",
+    reason: str | None = None,
 ) -> ModelRow:
     """Make `model_id` the active model of its type; with `record`, the one it replaces is
     recorded on it (what `rollback` returns to)."""
@@ -181,10 +214,19 @@ def promote(
             ),
             {"id": model_id, "now": now, "replaced": replaced, "record": record},
         )
+        action = "model.promoted" if record else "model.rolled_back"
+        _audit(conn, actor, action, model_id, model.model_type, model.version, replaced, reason)
     return get(engine, model_id)
 
 
-def rollback(engine: Engine, model_type: str, now: datetime | None = None) -> ModelRow:
+def rollback(
+    engine: Engine,
+    model_type: str,
+    now: datetime | None = None,
+    *,
+    actor: str = "nofx",
+    reason: str | None = None,
+) -> ModelRow:
     """Put back the champion the active model replaced (its own record of what it replaced
     is kept, so rolling back again goes one further back).
 
@@ -199,4 +241,4 @@ def rollback(engine: Engine, model_type: str, now: datetime | None = None) -> Mo
         raise RegistryError(
             f"the active {model_type} model replaced none: there is no earlier champion"
         )
-    return promote(engine, str(previous), now, record=False)
+    return promote(engine, str(previous), now, record=False, actor=actor, reason=reason)

@@ -39,6 +39,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 
+from models.decisions import TrainRequest
 from models.detection import TrainDetectorInput
 from models.healing import MonitorInput
 from models.readmission import TrafficReadmissionInput
@@ -73,20 +74,36 @@ TRAFFIC_RPS = 10.0  # requests/s over the whole fleet
 AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
 TRAINING_SCHEDULE_ID = "maintenance-detector-training"
 READMISSION_SCHEDULE_ID = "maintenance-traffic-readmission"
-# Scheduled maintenance workflows: (schedule id, workflow, arguments, interval).
-STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta], ...] = (
-    (AUDIT_SCHEDULE_ID, "AuditChainVerificationWorkflow", [], timedelta(minutes=15)),
+DECISION_TRAINING_SCHEDULE_ID = "decisions-success-training"
+# Scheduled workflows: (schedule id, workflow, arguments, interval, task queue).
+STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta, str], ...] = (
+    (
+        AUDIT_SCHEDULE_ID,
+        "AuditChainVerificationWorkflow",
+        [],
+        timedelta(minutes=15),
+        TASK_QUEUE_MAINTENANCE,
+    ),
     (
         TRAINING_SCHEDULE_ID,
         "DetectorTrainingWorkflow",
         [TrainDetectorInput(hours=6, skip_without_history=True)],
         timedelta(hours=6),
+        TASK_QUEUE_MAINTENANCE,
     ),
     (
         READMISSION_SCHEDULE_ID,
         "TrafficReadmissionWorkflow",
         [TrafficReadmissionInput()],
         timedelta(seconds=30),
+        TASK_QUEUE_MAINTENANCE,
+    ),
+    (  # nightly: the success model learns from the day's decisions, outcomes and overrides
+        DECISION_TRAINING_SCHEDULE_ID,
+        "TrainingWorkflow",
+        [TrainRequest(skip_without_history=True)],
+        timedelta(hours=24),
+        TASK_QUEUE_DECISIONS,
     ),
 )
 
@@ -350,13 +367,13 @@ class Stack:
             task_queue=TASK_QUEUE_HEALING,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
-        for schedule_id, workflow, args, every in STANDING_JOBS:
+        for schedule_id, workflow, args, every, queue in STANDING_JOBS:
             with contextlib.suppress(ScheduleAlreadyRunningError):
                 await client.create_schedule(
                     schedule_id,
                     Schedule(
                         action=ScheduleActionStartWorkflow(
-                            workflow, args=args, id=schedule_id, task_queue=TASK_QUEUE_MAINTENANCE
+                            workflow, args=args, id=schedule_id, task_queue=queue
                         ),
                         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
                     ),

@@ -1,9 +1,11 @@
 """Training the success model on decisions recorded in a real PostgreSQL: the data set from
 outcomes, overrides and rejections, the time-ordered hold-out, champion and challenger, promotion
-and rollback through the registry (nofx/decisions/training.py, nofx/model_registry.py)."""
+and rollback through the registry (nofx/decisions/training.py, nofx/model_registry.py), and
+`nofx autonomous train | models` through TrainingWorkflow on a real Temporal dev server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -13,15 +15,20 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from temporalio.client import Client
 
-from models.decisions import Candidate
+from models.decisions import Candidate, SuccessModelReport, TrainRequest
 from nofx import model_registry as registry
 from nofx.decisions import store, training
 from nofx.decisions.engine import DecisionEngine
 from nofx.decisions.learned import MODEL_TYPE, LearningError
 from nofx.decisions.success import BetaSuccessModel, load_priors
+from nofx.settings import TASK_QUEUE_DECISIONS, get_settings
 from tests.decision_cases import RESTART, ROLLBACK
+from tests.helpers import assert_replays
 from tests.test_learned_success import situation
+from workers import decisions
+from workers.common import Dependencies, build_worker
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -211,3 +218,101 @@ def test_the_engine_follows_promotions_without_a_restart(fresh_engine: Engine) -
     registry.rollback(fresh_engine, MODEL_TYPE)
     follows.refresh()
     assert follows.version == first.version
+
+
+async def test_train_list_promote_and_roll_back_from_the_cli(
+    client: Client,
+    fresh_engine: Engine,
+    fresh_database_url: str,
+    nofx_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
+
+    def cli(*args: str) -> Any:
+        return nofx_cli(fresh_database_url, "autonomous", *args)
+
+    deps = Dependencies(engine=fresh_engine, client=client, settings=get_settings())
+    async with build_worker(deps, TASK_QUEUE_DECISIONS, decisions.WORKFLOWS, decisions.activities):
+        empty = await asyncio.to_thread(cli, "train")
+        assert empty.exit_code == 1
+        assert "not enough history to train" in empty.output
+        assert "hold-out" in empty.output
+        nothing = await asyncio.to_thread(cli, "models", "list")
+        assert "no success model yet" in nothing.output
+
+        await asyncio.to_thread(fill, fresh_engine)
+        first = await asyncio.to_thread(cli, "train")
+        assert first.exit_code == 0, first.output
+        assert "PROMOTED" in first.output
+        assert "champion (the Beta prior)" in first.output
+        again = await asyncio.to_thread(cli, "train", "--json")
+        assert again.exit_code == 0, again.output
+        second = json.loads(again.output)
+        assert second["promoted"] is False
+        assert "not below the champion" in second["verdict"]
+
+        listed = await asyncio.to_thread(cli, "models", "list", "--json")
+        models = json.loads(listed.output)
+        assert [m["active"] for m in models] == [False, True]  # newest first
+        assert models[1]["metrics"]["holdout"]["decision_accuracy"] >= 0.8
+
+        promoted = await asyncio.to_thread(
+            cli, "models", "promote", second["model_id"], "--as", "alice", "--reason", "try it"
+        )
+        assert promoted.exit_code == 0, promoted.output
+        assert second["version"] in promoted.output
+        back = await asyncio.to_thread(cli, "models", "rollback", "--as", "alice")
+        assert back.exit_code == 0, back.output
+        assert models[1]["version"] in back.output
+        unknown = await asyncio.to_thread(cli, "models", "promote", "not-a-model")
+        assert unknown.exit_code == 1
+        assert "no success model 'not-a-model'" in unknown.output
+        first_again = await asyncio.to_thread(cli, "models", "rollback")
+        assert first_again.exit_code == 1
+        assert "replaced none" in first_again.output
+
+    with fresh_engine.connect() as conn:
+        audited = conn.execute(
+            text(
+                "SELECT action, actor, reason FROM audit_events"
+                " WHERE entity_type = 'decision_model' ORDER BY id"
+            )
+        ).all()
+    assert [tuple(a) for a in audited] == [
+        ("model.promoted", "nofx:training", None),
+        ("model.promoted", "alice", "try it"),
+        ("model.rolled_back", "alice", None),
+    ]
+
+
+async def test_the_scheduled_run_skips_a_short_history_and_both_runs_replay(
+    client: Client, fresh_engine: Engine
+) -> None:
+    queue = f"training-{uuid.uuid4().hex[:8]}"
+    deps = Dependencies(engine=fresh_engine, client=client, settings=get_settings())
+    async with build_worker(deps, queue, decisions.WORKFLOWS, decisions.activities):
+        quiet = await client.start_workflow(
+            "TrainingWorkflow",
+            TrainRequest(skip_without_history=True),
+            id=f"training-quiet-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+            result_type=SuccessModelReport,
+        )
+        skipped = await quiet.result()
+        assert skipped.model_id is None
+        assert skipped.verdict.startswith("skipped: ")
+        assert await quiet.query("step") == skipped.verdict
+        await asyncio.to_thread(fill, fresh_engine)
+        trained = await client.start_workflow(
+            "TrainingWorkflow",
+            TrainRequest(),
+            id=f"training-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+            result_type=SuccessModelReport,
+        )
+        report = await trained.result()
+        assert report.promoted
+        assert await trained.query("step") == f"done: {report.version} promoted"
+    await assert_replays(quiet)
+    await assert_replays(trained)

@@ -9,10 +9,10 @@ from activities.decisions import DecisionActivities
 from activities.store import StoreActivities
 from nofx.settings import TASK_QUEUE_DECISIONS
 from workers.common import Dependencies, serve
-from workflows.decisions import DecisionWorkflow, PlaybookDecisionWorkflow
+from workflows.decisions import DecisionWorkflow, PlaybookDecisionWorkflow, TrainingWorkflow
 
 TASK_QUEUE = TASK_QUEUE_DECISIONS
-WORKFLOWS: list[type] = [DecisionWorkflow, PlaybookDecisionWorkflow]
+WORKFLOWS: list[type] = [DecisionWorkflow, PlaybookDecisionWorkflow, TrainingWorkflow]
 
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
@@ -26,6 +26,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         decisions.add_feedback,
         decisions.load_operators,
         decisions.record_outcome,
+        decisions.train_success_model,
         store.load_playbooks,
         store.service_capabilities,
         store.record_decision,

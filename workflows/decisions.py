@@ -47,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         Reject,
         SaveDecisionInput,
+        SuccessModelReport,
+        TrainRequest,
         VerdictAck,
     )
     from models.healing import (
@@ -58,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from nofx.decisions import approval
     from nofx.temporal import AWAITING_APPROVAL, RISK, SERVICE, STATUS, TRACK
+    from workflows.learning import train_once
 
 _AUTOMATION_RANK = {"full-auto": 2, "semi-auto": 1, "manual": 0}
 
@@ -685,3 +688,30 @@ def _expected(picked: Any) -> dict[str, Any]:
         "recovery_seconds": round(picked.success.expected_recovery_seconds, 1),
         "source": picked.success.source,
     }
+
+
+@workflow.defn
+class TrainingWorkflow:
+    """Train the decision engine's success model once (`nofx autonomous train`, the nightly
+    schedule); the report says whether the challenger replaced the champion and why."""
+
+    def __init__(self) -> None:
+        self._step = "starting"
+
+    @workflow.run
+    async def run(self, inp: TrainRequest) -> SuccessModelReport:
+        self._step = "training"
+
+        def skipped(why: str) -> SuccessModelReport:
+            # Too few decisions to learn from yet: the scheduled run ends green.
+            self._step = why
+            return SuccessModelReport(verdict=why)
+
+        report = await train_once(DecisionActivities.train_success_model, inp, skipped)
+        if report.model_id is not None:
+            self._step = f"done: {report.version} {'promoted' if report.promoted else 'kept'}"
+        return report
+
+    @workflow.query
+    def step(self) -> str:
+        return self._step

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities._support import ACTION_RETRY, STORE_RETRY
@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from models.common import AuditVerdict
     from models.detection import DetectorModelReport, TrainDetectorInput
     from models.readmission import TrafficReadmissionInput, TrafficReadmissionReport
+    from workflows.learning import train_once
 
 
 @workflow.defn
@@ -54,31 +55,16 @@ class DetectorTrainingWorkflow:
 
     @workflow.run
     async def run(self, inp: TrainDetectorInput) -> DetectorModelReport:
-        # The history window ends when the run starts, recorded in its history: a replay or a
-        # retried activity trains on the same window.
-        if inp.until is None:
-            inp = inp.model_copy(update={"until": workflow.now()})
         self._step = "training"
-        try:
-            report = await workflow.execute_activity_method(
-                TrainingActivities.train_anomaly_detector,
-                inp,
-                start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=2),
-                retry_policy=STORE_RETRY,
-            )
-        except ActivityError as err:
-            cause = err.cause
-            if not (
-                inp.skip_without_history
-                and isinstance(cause, ApplicationError)
-                and cause.type == "NotEnoughHistory"
-            ):
-                raise
+
+        def skipped(why: str) -> DetectorModelReport:
             # A quiet fleet has nothing new to learn from: the scheduled run ends green.
-            self._step = f"skipped: {cause.message}"
-            return DetectorModelReport(verdict=self._step)
-        self._step = f"done: {report.version} {'active' if report.active else 'kept inactive'}"
+            self._step = why
+            return DetectorModelReport(verdict=why)
+
+        report = await train_once(TrainingActivities.train_anomaly_detector, inp, skipped)
+        if report.model_id is not None:
+            self._step = f"done: {report.version} {'active' if report.active else 'kept inactive'}"
         return report
 
     @workflow.query

@@ -1,4 +1,5 @@
-"""Track A's operations: decide, simulate, explain, pending, approve, reject, override.
+"""Track A's operations: decide, simulate, explain, pending, approve, reject, override, and the
+learning ones: train, models, promote, rollback.
 
 One implementation behind the CLI (`nofx autonomous ...`) and the Python client
 (`NofxClient.decide`, ...). A decision is named by its id (the `autonomous_decisions` row) or by
@@ -12,12 +13,16 @@ the id of the workflow that made it; both are printed wherever a decision is sho
 - `approve`, `reject`, `override` go through the decision's Updates, so a refused answer
   (not an operator, a missing permission, a second answer by the same person, a decision that no
   longer waits) is refused before it reaches the workflow's history, with a typed error.
+- `train` runs a `TrainingWorkflow` and waits for its report, passing on the training's
+  progress; `models` lists the success models, `promote` makes one the champion and `rollback`
+  puts back the champion the active one replaced — workers use it from their next decision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,16 +46,21 @@ from models.decisions import (
     DecisionRecord,
     DecisionRequest,
     DecisionResult,
+    ModelInfo,
     OperatorsChanged,
     Override,
     Reject,
     SimulateRequest,
     Simulation,
+    SuccessModelReport,
+    TrainRequest,
     VerdictAck,
 )
 from models.detection import Diagnosis, PatternMatch, RootCauseCandidate
+from nofx import model_registry as registry
 from nofx.decisions import store
 from nofx.decisions.engine import DecisionEngine, NoCandidate
+from nofx.decisions.learned import MODEL_TYPE as SUCCESS_MODEL
 from nofx.operations.errors import InvalidRequest, NotFound, NotPermitted, RuleConflict
 from nofx.payloads import field_errors
 from nofx.settings import TASK_QUEUE_DECISIONS
@@ -105,6 +115,98 @@ class AutonomousOperations:
         self.temporal = temporal
         self.engine = engine
         self.task_queue = task_queue
+
+    # ---- learning ---------------------------------------------------------------------------
+
+    async def train(
+        self,
+        req: TrainRequest,
+        on_progress: Callable[[str], None] | None = None,
+        poll_seconds: float = 1.0,
+    ) -> SuccessModelReport:
+        """Train the success model now (TrainingWorkflow) and wait for its report; `on_progress`
+        sees each step the training reports (its heartbeats).
+
+        Raises:
+            RuleConflict: too few decisions to learn from (rule `enough_history`).
+        """
+        handle = await self.temporal.start_workflow(
+            "TrainingWorkflow",
+            req,
+            id=f"decisions-training-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+            task_queue=self.task_queue,
+            result_type=SuccessModelReport,
+        )
+        finished = asyncio.ensure_future(handle.result())
+        said: str | None = None
+        while True:
+            done, _ = await asyncio.wait({finished}, timeout=poll_seconds)
+            if done:
+                break
+            if on_progress is not None:
+                step = await self._heartbeat(handle)
+                if step and step != said:
+                    on_progress(step)
+                    said = step
+        try:
+            report: SuccessModelReport = finished.result()
+        except WorkflowFailureError as err:
+            cause = getattr(err.cause, "cause", None)  # the activity's error under the run's
+            if isinstance(cause, ApplicationError) and cause.type == "NotEnoughHistory":
+                raise RuleConflict(
+                    f"not enough history to train: {cause.message}", rule="enough_history"
+                ) from None
+            raise
+        return report
+
+    async def _heartbeat(self, handle: WorkflowHandle[Any, Any]) -> str | None:
+        described = await handle.describe()
+        for pending in described.raw_description.pending_activities:
+            if pending.heartbeat_details.payloads:
+                details = await self.temporal.data_converter.decode(
+                    pending.heartbeat_details.payloads, [str]
+                )
+                return str(details[0]) if details else None
+        return None
+
+    async def models(self, limit: int = 20) -> list[ModelInfo]:
+        """The success models, newest first; at most one is active (the champion)."""
+        rows = await asyncio.to_thread(registry.list_models, self.engine, SUCCESS_MODEL, limit)
+        return [_model_info(r) for r in rows]
+
+    async def promote(self, model_id: str, *, actor: str, reason: str = "") -> ModelInfo:
+        """Make a stored success model the champion (audited); it replaces the active one."""
+        row = await asyncio.to_thread(self._success_model, model_id)
+        promoted = await asyncio.to_thread(
+            registry.promote, self.engine, row.model_id, actor=actor, reason=reason or None
+        )
+        return _model_info(promoted)
+
+    async def rollback(self, *, actor: str, reason: str = "") -> ModelInfo:
+        """Put back the champion the active success model replaced (audited).
+
+        Raises:
+            RuleConflict: no active model, or it was the first champion (rule `previous_champion`).
+        """
+        try:
+            back = await asyncio.to_thread(
+                registry.rollback, self.engine, SUCCESS_MODEL, actor=actor, reason=reason or None
+            )
+        except registry.RegistryError as err:
+            raise RuleConflict(str(err), rule="previous_champion") from None
+        return _model_info(back)
+
+    def _success_model(self, model_id: str) -> registry.ModelRow:
+        try:
+            uuid.UUID(model_id)
+            row = registry.get(self.engine, model_id)
+        except (ValueError, registry.RegistryError):
+            raise NotFound(
+                f"no success model {model_id!r} (see `nofx autonomous models list`)"
+            ) from None
+        if row.model_type != SUCCESS_MODEL:
+            raise NotFound(f"model {model_id} is a {row.model_type} model, not a success model")
+        return row
 
     # ---- decide and simulate ----------------------------------------------------------------
 
@@ -376,3 +478,16 @@ def _refused(cause: BaseException | None, kind: str) -> Exception:
     if cause.type == "not_a_candidate":
         return InvalidRequest([cause.message])
     return RuleConflict(cause.message, rule=_RULES.get(cause.type or "", "refused"))
+
+
+def _model_info(row: registry.ModelRow) -> ModelInfo:
+    return ModelInfo(
+        model_id=row.model_id,
+        model_type=row.model_type,
+        version=row.version,
+        active=row.active,
+        created_at=row.created_at,
+        deployed_at=row.deployed_at,
+        metrics=row.metrics,
+        training=row.training,
+    )
