@@ -70,6 +70,12 @@ class HistoricalMetrics(Contract):
         default=False, description="the latest version has an earlier one to return to"
     )
     failed_automated_actions_1h: int = Field(default=0, ge=0)
+    rejections_7d: int = Field(
+        default=0, ge=0, description="people rejected the engine on this service and problem, 7 d"
+    )
+    explorations_24h: int = Field(
+        default=0, ge=0, description="explored (not greedy) decisions on this service, 24 h"
+    )
 
 
 class Prediction(Contract):
@@ -213,6 +219,21 @@ class ScoredCandidate(Contract):
     lost_because: str | None = None
 
 
+class Exploration(Contract):
+    """Whether the choice explored (Thompson sampling) and how likely the policy was to make it,
+    so learning can weigh the outcome by inverse propensity."""
+
+    explored: bool = Field(description="the choice is not the greedy (highest-scoring) one")
+    chosen: str | None = Field(default=None, description="what the sampling policy chose")
+    greedy: str | None = Field(default=None, description="what the engine picks without exploring")
+    propensity: float = Field(
+        default=1.0, ge=0, le=1, description="probability the sampling policy chose the choice"
+    )
+    eligible: list[str] = Field(default_factory=list, description="candidates it could sample")
+    why: str = ""
+    seed: int | None = None
+
+
 class Scoring(Contract):
     """The outcome of scoring: candidates best first (pruned last), the choice and confidence."""
 
@@ -221,6 +242,9 @@ class Scoring(Contract):
     confidence: float = Field(default=0, ge=0, le=1)
     rules_fired: list[str] = Field(default_factory=list)
     weights: CriteriaWeights = Field(default_factory=CriteriaWeights)
+    exploration: Exploration | None = Field(
+        default=None, description="None: exploration was not considered (it is off)"
+    )
 
     def best(self) -> ScoredCandidate | None:
         return next((c for c in self.ranked if c.rank == 1), None)
@@ -340,6 +364,9 @@ class DecisionResult(Contract):
         default_factory=list, description="the compensations the steps register, in undo order"
     )
     decided_by: str = Field(default="nofx-decisions", description="who made the final call")
+    exploration: Exploration | None = Field(
+        default=None, description="the sampling policy's record, when exploration was on"
+    )
 
 
 class DecisionOutcome(Contract):
@@ -368,6 +395,20 @@ class ApprovalTimeouts(Contract):
         return float(getattr(self, level))
 
 
+class ExplorationPolicy(Contract):
+    """Safe exploration: sometimes try another good candidate, to learn what works."""
+
+    enabled: bool = Field(default=False, description="off unless a team turns it on")
+    per_service_per_day: int = Field(default=1, ge=0, le=100, description="explorations, at most")
+    max_risk: RiskLevel = Field(
+        default="medium", description="only candidates at or below this risk are sampled"
+    )
+    never_tiers: list[Tier] = Field(
+        default_factory=lambda: list[Tier](["tier-0"]), description="tiers never explored on"
+    )
+    samples: int = Field(default=200, ge=10, le=10_000, description="draws for the propensity")
+
+
 class DecisionPolicy(Contract):
     """The engine's policy (`platform_controls.decision_policy`; empty: these defaults)."""
 
@@ -380,6 +421,7 @@ class DecisionPolicy(Contract):
     )
     weights: CriteriaWeights = Field(default_factory=CriteriaWeights)
     timeouts: ApprovalTimeouts = Field(default_factory=ApprovalTimeouts)
+    exploration: ExplorationPolicy = Field(default_factory=lambda: ExplorationPolicy())
 
 
 class Operator(Contract):

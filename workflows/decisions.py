@@ -602,6 +602,7 @@ class DecisionWorkflow:
             decided_by=", ".join(people)
             if people and record.outcome != "timed_out"
             else "nofx-decisions",
+            exploration=evaluation.scoring.exploration,
         )
 
     def _attributes(self, *, awaiting: bool) -> None:

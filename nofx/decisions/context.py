@@ -183,13 +183,22 @@ def gather(
                     " (SELECT count(*) FROM healing_incidents WHERE root_cause->>'service' = :s"
                     "   AND started_at > :day) AS day,"
                     " (SELECT count(*) FROM healing_incidents WHERE status = 'failed'"
-                    "   AND resolved_at > :hour) AS failed"
+                    "   AND resolved_at > :hour) AS failed,"
+                    " (SELECT count(*) FROM learning_feedback f JOIN autonomous_decisions d"
+                    "   ON d.id = f.decision_id WHERE f.feedback_type = 'rejection'"
+                    "   AND d.subject = :s AND d.problem = :p AND f.created_at > :week)"
+                    "   AS rejections,"
+                    " (SELECT count(*) FROM autonomous_decisions WHERE subject = :s"
+                    "   AND created_at > :day AND result->'exploration'->>'explored' = 'true')"
+                    "   AS explorations"
                 ),
                 {
                     "open": list(OPEN_STATES),
                     "s": request.subject,
+                    "p": request.problem,
                     "day": now - timedelta(days=1),
                     "hour": now - timedelta(hours=1),
+                    "week": now - timedelta(days=7),
                 },
             )
             .mappings()
@@ -220,6 +229,8 @@ def gather(
                 minutes_since_config_change=minutes,
                 config_change_rollbackable=rollbackable,
                 failed_automated_actions_1h=counts["failed"],
+                rejections_7d=counts["rejections"],
+                explorations_24h=counts["explorations"],
             ),
             predicted_outcomes=_predictions(conn, request.subject, now),
             constraints=OperationalConstraints(

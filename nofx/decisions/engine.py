@@ -6,6 +6,8 @@ simulation scores exactly as a real decision would — it only records nothing a
 
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy.engine import Engine
 
 from models.decisions import (
@@ -54,7 +56,14 @@ class DecisionEngine:
         policy = store.get_policy(self.engine)
         if isinstance(self.model, ActiveSuccessModel):
             self.model.refresh()
-        result = scoring.score(ctx, candidates, self.model, policy.weights)
+        result = scoring.score(
+            ctx,
+            candidates,
+            self.model,
+            policy.weights,
+            policy.exploration,
+            seed=secrets.randbits(31),
+        )
         best = result.best()
         mode, mode_why = approval.effective_mode(
             policy.mode,

@@ -65,6 +65,8 @@ class Example:
     recovery_seconds: float | None = None
     weight: float = 1.0
     source: str = "outcome"  # outcome | override | rejection | …
+    # the probability the engine's policy chose this candidate (exploration); 1 when greedy
+    propensity: float = 1.0
 
 
 @dataclass

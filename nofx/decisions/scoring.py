@@ -29,11 +29,13 @@ from models.decisions import (
     CriteriaWeights,
     CriterionScores,
     DecisionContext,
+    ExplorationPolicy,
     ScoredCandidate,
     Scoring,
     SuccessEstimate,
 )
 from nofx.decisions import risk
+from nofx.decisions.explore import explore
 from nofx.decisions.success import SuccessModel
 
 # What a step costs while it runs, as a share of the service's normal operation.
@@ -161,8 +163,14 @@ def score(
     candidates: list[Candidate],
     model: SuccessModel,
     weights: CriteriaWeights | None = None,
+    exploration: ExplorationPolicy | None = None,
+    seed: int | None = None,
 ) -> Scoring:
-    """Prune, score and rank `candidates`; the first of `ranked` with rank 1 is the choice."""
+    """Prune, score and rank `candidates`; the first of `ranked` with rank 1 is the choice.
+
+    With an enabled `exploration` policy the choice may be another safe candidate drawn by
+    Thompson sampling (nofx.decisions.explore, seeded by `seed`), marked so with its propensity.
+    """
     weights = (weights or context.objectives.weights).normalised()
     kept: list[ScoredCandidate] = []
     pruned: list[ScoredCandidate] = []
@@ -195,11 +203,23 @@ def score(
         )
 
     kept.sort(key=order)
+    explored = None
+    if exploration is not None and exploration.enabled and kept:
+        explored = explore(context, kept, weights, exploration, seed if seed is not None else 0)
+        if explored.explored:
+            pick = next(c for c in kept if c.candidate.name == explored.chosen)
+            kept.remove(pick)
+            kept.insert(0, pick)
     for rank, c in enumerate(kept, start=1):
         c.rank = rank
     if kept:
         for c in kept[1:]:
             c.lost_because = why_lost(c, kept[0], weights)
+        if explored is not None and explored.explored:
+            greedy = next(c for c in kept if c.candidate.name == explored.greedy)
+            greedy.lost_because = (
+                f"not tried this time: {explored.why} (propensity {explored.propensity:.2f})"
+            )
     for c in pruned:
         c.lost_because = "pruned: " + "; ".join(c.pruned_by)
     best = kept[0] if kept else None
@@ -209,4 +229,5 @@ def score(
         confidence=round(confidence_of(best.success), 4) if best and best.success else 0.0,
         rules_fired=rules_fired,
         weights=weights,
+        exploration=explored,
     )

@@ -15,7 +15,9 @@ A decision whose chosen candidate is not among its recorded candidates is skippe
 
 The hold-out is time-ordered: the latest `HOLDOUT_SHARE` of decisions (never shuffled). On it
 the challenger and the champion (the active model, else the Beta prior alone) are judged alike:
-Brier score and AUC of the predicted success on the outcome examples, and decision accuracy —
+Brier score (each outcome weighted by the inverse of the propensity its choice was made with,
+so explored choices are not over-counted) and AUC of the predicted success on the outcome
+examples, and decision accuracy —
 of the held-out decisions whose good action is known (the one carried out fixed it), the share
 where the model ranks that action first among the decision's candidates. The challenger is
 promoted only when it beats the champion: a lower Brier score and no lower decision accuracy.
@@ -46,6 +48,7 @@ from nofx.decisions.success import BetaSuccessModel, SuccessModel, load_priors
 from nofx.logging import get_logger
 
 JUDGED_WEIGHT = 0.5
+MIN_PROPENSITY = 0.05  # inverse-propensity weights are clipped at 1 / this
 HOLDOUT_SHARE = 0.25
 MIN_HOLDOUT_DECISIONS = 5
 
@@ -91,6 +94,7 @@ def history(engine: Engine, until: datetime | None = None) -> History:
             text(
                 "SELECT d.id, d.created_at, d.context_data, d.chosen_action,"
                 " d.alternatives_considered, d.actual_outcome,"
+                " CAST(d.result->'exploration'->>'propensity' AS float),"
                 " COALESCE(jsonb_agg(jsonb_build_object('type', f.feedback_type,"
                 " 'lessons', f.lessons_learned)) FILTER (WHERE f.id IS NOT NULL), '[]')"
                 " FROM autonomous_decisions d LEFT JOIN learning_feedback f"
@@ -101,7 +105,7 @@ def history(engine: Engine, until: datetime | None = None) -> History:
             {"until": until},
         ).all()
     out = History()
-    for decision_id, at, ctx, chosen, alternatives, outcome, feedback in rows:
+    for decision_id, at, ctx, chosen, alternatives, outcome, propensity, feedback in rows:
         ctx = {k: v for k, v in (ctx or {}).items() if k != "incident_id"}
         try:
             DecisionContext.model_validate(ctx)
@@ -115,7 +119,13 @@ def history(engine: Engine, until: datetime | None = None) -> History:
             resolved = bool(outcome.get("resolved"))
             seconds = outcome.get("recovery_seconds")
             examples.append(
-                Example(ctx, candidates[chosen], resolved, seconds if resolved else None)
+                Example(
+                    ctx,
+                    candidates[chosen],
+                    resolved,
+                    seconds if resolved else None,
+                    propensity=min(1.0, max(float(propensity or 1.0), MIN_PROPENSITY)),
+                )
             )
             good = chosen if resolved else None
         elif outcome:
@@ -162,7 +172,7 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 
 def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
     """Brier, AUC and decision accuracy of `model` on the held-out decisions."""
-    scores, labels = [], []
+    scores, labels, weights = [], [], []
     right = known = 0
     for episode in held:
         ctx = DecisionContext.model_validate(episode.context)
@@ -171,6 +181,7 @@ def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
                 continue
             scores.append(model.estimate(ctx, example.candidate).probability)
             labels.append(example.success)
+            weights.append(1.0 / example.propensity)
         if episode.good is not None and len(episode.candidates) > 1:
             known += 1
             ranked = sorted(
@@ -178,8 +189,14 @@ def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
                 key=lambda c: (-model.estimate(ctx, c).probability, c.escalation_rank, c.name),
             )
             right += ranked[0].name == episode.good
+    # inverse-propensity weighted: an outcome the sampling policy rarely chooses counts for
+    # the times it was not tried
     brier = (
-        round(sum((p - y) ** 2 for p, y in zip(scores, labels, strict=True)) / len(scores), 4)
+        round(
+            sum(w * (p - y) ** 2 for p, y, w in zip(scores, labels, weights, strict=True))
+            / sum(weights),
+            4,
+        )
         if scores
         else None
     )
