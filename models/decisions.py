@@ -101,6 +101,9 @@ class OperationalConstraints(Contract):
     excluded: list[str] = Field(
         default_factory=list, description="candidates that already failed this subject"
     )
+    require_reversible: bool = Field(
+        default=False, description="only candidates whose every change can be undone"
+    )
 
 
 class CriteriaWeights(Contract):
@@ -148,9 +151,23 @@ class DecisionContext(Contract):
     objectives: BusinessObjectives = Field(default_factory=BusinessObjectives)
     diagnosis: Diagnosis | None = None
     gathered_at: datetime | None = None
+    observations: dict[str, float] = Field(
+        default_factory=dict,
+        description="numbers the context's source gave that no field above names (by path);"
+        " the learned model reads them, the rules do not",
+    )
 
 
 # ---- candidates and their scores ----------------------------------------------------------
+
+
+class DeclaredTraits(Contract):
+    """What a candidate's author (or an external scenario) states about it, in place of what the
+    engine would work out from its steps and the target's capacity."""
+
+    blast_radius: float | None = Field(default=None, ge=0, le=1, description="share of capacity")
+    reversible: bool | None = Field(default=None, description="every change can be undone")
+    cost: float | None = Field(default=None, ge=0, description="any scale; scored as c / (1 + c)")
 
 
 class Candidate(Contract):
@@ -162,6 +179,7 @@ class Candidate(Contract):
     automation_level: AutomationLevel = "full-auto"
     required_permissions: list[str] = Field(default_factory=list)
     escalation_rank: int = Field(default=1, ge=1)
+    declared: DeclaredTraits | None = None
 
 
 class SuccessEstimate(Contract):
@@ -366,6 +384,9 @@ class DecisionResult(Contract):
     decided_by: str = Field(default="nofx-decisions", description="who made the final call")
     exploration: Exploration | None = Field(
         default=None, description="the sampling policy's record, when exploration was on"
+    )
+    chosen_candidate: Candidate | None = Field(
+        default=None, description="the chosen option whole (alternatives lists the others)"
     )
 
 

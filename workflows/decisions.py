@@ -603,6 +603,7 @@ class DecisionWorkflow:
             if people and record.outcome != "timed_out"
             else "nofx-decisions",
             exploration=evaluation.scoring.exploration,
+            chosen_candidate=picked.candidate if picked else None,
         )
 
     def _attributes(self, *, awaiting: bool) -> None:

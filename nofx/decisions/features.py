@@ -77,6 +77,10 @@ def extract(context: DecisionContext | Mapping[str, Any], candidate: Candidate) 
     numeric["steps.count"] = float(len(candidate.steps))
     numeric["candidate.escalation_rank"] = float(candidate.escalation_rank)
     numeric["candidate.full_auto"] = float(candidate.automation_level == "full-auto")
+    if candidate.declared is not None:
+        for name, value in candidate.declared.model_dump().items():
+            if value is not None:
+                numeric[f"candidate.{name}"] = float(value)
     state = data.get("current_state") or {}
     categorical = {
         "pattern": str(state.get("pattern") or "unknown"),

@@ -64,6 +64,8 @@ def blast_radius(context: DecisionContext, candidate: Candidate) -> float:
     serving one costs 1/replicas of the group.
     """
     state = context.current_state
+    if candidate.declared is not None and candidate.declared.blast_radius is not None:
+        return candidate.declared.blast_radius
     if not any(s.action in CAPACITY_ACTIONS for s in candidate.steps):
         return 0.0
     if state.healthy is False or state.serving_replicas == 0:
@@ -72,6 +74,9 @@ def blast_radius(context: DecisionContext, candidate: Candidate) -> float:
 
 
 def irreversible_steps(candidate: Candidate) -> list[str]:
+    """The steps that cannot be undone exactly; a declared reversibility decides for them."""
+    if candidate.declared is not None and candidate.declared.reversible is not None:
+        return [] if candidate.declared.reversible else [candidate.name]
     return [s.action for s in candidate.steps if s.action in IRREVERSIBLE_ACTIONS]
 
 

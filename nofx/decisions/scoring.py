@@ -55,6 +55,9 @@ STEP_COST = {
 
 
 def candidate_cost(candidate: Candidate) -> float:
+    """Share of normal operation disturbed while it runs; a declared cost c scores c / (1 + c)."""
+    if candidate.declared is not None and candidate.declared.cost is not None:
+        return candidate.declared.cost / (1.0 + candidate.declared.cost)
     return min(1.0, sum(STEP_COST.get(s.action, 0.1) for s in candidate.steps))
 
 
@@ -84,8 +87,14 @@ def prune(context: DecisionContext, candidate: Candidate) -> list[str]:
             f"change_freeze: {', '.join(irreversible)} cannot be undone and a freeze is active"
             f" ({constraints.change_freeze})"
         )
+    if constraints.require_reversible and irreversible:
+        fired.append(
+            f"reversible_required: {', '.join(irreversible)} cannot be undone and only reversible"
+            " candidates may run"
+        )
     blast = risk.blast_radius(context, candidate)
-    if state.replicas > 1 and blast > constraints.max_blast_radius:
+    declared = candidate.declared is not None and candidate.declared.blast_radius is not None
+    if (state.replicas > 1 or declared) and blast > constraints.max_blast_radius:
         fired.append(
             f"blast_radius: takes {blast:.0%} of the group's serving capacity, over the limit of"
             f" {constraints.max_blast_radius:.0%}"

@@ -81,7 +81,7 @@ def _candidates(alternatives: Any) -> dict[str, Candidate]:
     found = {}
     for alt in alternatives or []:
         raw = alt.get("candidate") if isinstance(alt, dict) else None
-        if raw:
+        if raw and raw.get("name") not in found:
             candidate = Candidate.model_validate(raw)
             found[candidate.name] = candidate
     return found
@@ -93,7 +93,9 @@ def history(engine: Engine, until: datetime | None = None) -> History:
         rows = conn.execute(
             text(
                 "SELECT d.id, d.created_at, d.context_data, d.chosen_action,"
-                " d.alternatives_considered, d.actual_outcome,"
+                " COALESCE(d.alternatives_considered, '[]') || jsonb_build_array("
+                " jsonb_build_object('candidate', d.result->'chosen_candidate')),"
+                " d.actual_outcome,"
                 " CAST(d.result->'exploration'->>'propensity' AS float),"
                 " COALESCE(jsonb_agg(jsonb_build_object('type', f.feedback_type,"
                 " 'lessons', f.lessons_learned)) FILTER (WHERE f.id IS NOT NULL), '[]')"
