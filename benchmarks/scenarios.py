@@ -26,7 +26,9 @@ infinite are left out and counted.
   only half the time (diagnosis is not always sure);
 - its candidates: the matrix's playbooks of that pattern, each with its steps' reversibility,
   blast radius (a capacity step on a replica of the line's replica count) and cost;
+- its candidates in a random order (the matrix's order is the playbooks' escalation rank);
 - constraints: a blast-radius limit of 0.34, 0.5 or 1.0 and `require_reversible` 20 % of the time;
+  the objective: success, with the matrix's RTO;
 - the answers, which the engine never sees: `success_probability` per candidate, the matrix
   cell's successes and runs smoothed as (s + 0.5) / (n + 1), clipped to [0.02, 0.98], and
   `recovery_seconds`, the cell's mean recovery (or its RTO when it never recovered).
@@ -200,9 +202,7 @@ def generate(
         service, tier = rng.choice(SERVICES)
         replicas = rng.choice((2, 3, 4))
         seen = evidence.get(fault) or evidence.get(fault.split("_")[0]) or [{}]
-        metrics = {
-            k: round(v * rng.uniform(0.9, 1.1), 6) for k, v in rng.choice(seen).items()
-        }
+        metrics = {k: round(v * rng.uniform(0.9, 1.1), 6) for k, v in rng.choice(seen).items()}
         configured = fault.startswith("bad_config")
         cause = None
         if rng.random() < 0.5:
@@ -211,7 +211,9 @@ def generate(
         if cause:
             incident["cause"] = cause
         candidates, probability, recovery = [], {}, {}
-        for cell in cells:
+        # in a random order: the matrix lists a pattern's playbooks by escalation rank, which
+        # would give the answer away
+        for cell in rng.sample(cells, len(cells)):
             name = cell["playbook"]
             candidates.append({"action": name, **_traits(steps.get(name, []), replicas)})
             wins, runs = cell["successes"], cell["runs"]
@@ -236,7 +238,7 @@ def generate(
                     "max_blast_radius": rng.choice((0.34, 0.5, 1.0)),
                     "require_reversible": rng.random() < 0.2,
                 },
-                "objectives": {"weights": {"success": 1.0}},
+                "objectives": {"weights": {"success": 1.0}, "rto_seconds": rto},
                 "service": {"name": service, "tier": tier},
             },
             "candidates": candidates,

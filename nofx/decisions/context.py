@@ -70,7 +70,7 @@ def _group(conn: Connection, service: str, meta: dict[str, Any]) -> int:
     return max(1, int(count))
 
 
-def _outcomes(conn: Connection, problem: str, tier: str) -> list[OutcomeCount]:
+def outcomes_of(conn: Connection, problem: str, tier: str) -> list[OutcomeCount]:
     rows = conn.execute(
         text(
             "SELECT d.chosen_action AS playbook,"
@@ -225,7 +225,7 @@ def gather(
             current_state=state,
             historical_data=HistoricalMetrics(
                 incidents_24h=counts["day"],
-                outcomes=_outcomes(conn, request.problem, tier),
+                outcomes=outcomes_of(conn, request.problem, tier),
                 minutes_since_config_change=minutes,
                 config_change_rollbackable=rollbackable,
                 failed_automated_actions_1h=counts["failed"],
