@@ -775,17 +775,17 @@ def spread(scenarios: list[tuple[Scenario, list[Cell]]], lanes: int) -> list[lis
 
 
 @contextlib.contextmanager
-def platform_database(url: str | None) -> Iterator[str]:
+def platform_database(url: str | None, prefix: str = "nofx_action_matrix") -> Iterator[str]:
     """A migrated scratch database on `url`'s server, or on an embedded pgserver."""
     if url:
-        with scratch_database(url, prefix="nofx_action_matrix") as scratch:
+        with scratch_database(url, prefix=prefix) as scratch:
             migrate(scratch)
             yield scratch
         return
     base = Path(tempfile.mkdtemp(prefix="nofx-matrix-pg-"))
     server = pgserver.get_server(base / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
-        with scratch_database(server.get_uri(), prefix="nofx_action_matrix") as scratch:
+        with scratch_database(server.get_uri(), prefix=prefix) as scratch:
             migrate(scratch)
             yield scratch
     finally:

@@ -60,6 +60,7 @@ import action_matrix  # benchmarks/, beside this script
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from models.actions import ActionName
 from models.decisions import (
     BusinessObjectives,
     Candidate,
@@ -74,6 +75,7 @@ from models.decisions import (
     OperationalConstraints,
     Scoring,
     SystemState,
+    Tier,
 )
 from models.healing import PlaybookStep
 from nofx.chaos import quantile
@@ -82,13 +84,15 @@ from nofx.decisions import context as analyser
 from nofx.decisions import scoring, store, training
 from nofx.decisions.learned import LearningError
 from nofx.decisions.success import BetaSuccessModel
+from nofx.shutdown import StopOnSignals
 
 ANSWERS = ("success_probability", "recovery_seconds")
 TIE = 0.02
 RETRAIN_EVERY = 250
 EXPLORE_PER_SERVICE_DAY = 50  # the run is minutes long: a day's budget for it
-TIERS = {0: "tier-0", 1: "tier-1", 2: "tier-2", 3: "tier-3"}
-GENERIC_STEP = "validate_health"  # an action the platform does not know: scored on its traits
+TIERS: dict[int, Tier] = {0: "tier-0", 1: "tier-1", 2: "tier-2", 3: "tier-3"}
+# an action the platform does not know: scored on its declared traits
+GENERIC_STEP: ActionName = "validate_health"
 
 
 def say(message: str) -> None:
@@ -489,7 +493,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     url = args.database_url or os.environ.get("NOFX_TEST_DATABASE_URL")
     began = datetime.now(UTC)
     try:
-        with action_matrix.platform_database(url) as database_url:
+        # a SIGTERM or SIGINT unwinds too: the scratch database is dropped, not left behind
+        with StopOnSignals() as cleanup:
+            database_url = cleanup.enter_context(
+                action_matrix.platform_database(url, prefix="nofx_decisions")
+            )
             report = run(args, database_url)
     except ScenarioError as err:
         parser.exit(2, f"error: {err}\n")
