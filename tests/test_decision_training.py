@@ -17,14 +17,20 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from models.decisions import Candidate, SuccessModelReport, TrainRequest
+from models.decisions import (
+    Candidate,
+    HistoricalMetrics,
+    OperationalConstraints,
+    SuccessModelReport,
+    TrainRequest,
+)
 from nofx import model_registry as registry
-from nofx.decisions import store, training
+from nofx.decisions import scoring, store, training
 from nofx.decisions.engine import DecisionEngine
 from nofx.decisions.learned import MODEL_TYPE, LearningError
 from nofx.decisions.success import BetaSuccessModel, load_priors
 from nofx.settings import TASK_QUEUE_DECISIONS, get_settings
-from tests.decision_cases import RESTART, ROLLBACK
+from tests.decision_cases import CAPS, RESTART, ROLLBACK
 from tests.helpers import assert_replays
 from tests.test_learned_success import situation
 from workers import decisions
@@ -204,7 +210,20 @@ def test_the_engine_follows_promotions_without_a_restart(fresh_engine: Engine) -
     assert follows.version == first.version
     after = follows.estimate(ctx, ROLLBACK)
     assert after.source.startswith(f"model {first.version}")
-    assert after.drivers  # the learned model says what moved it
+    # the scoring keeps what moved the learned model on the chosen candidate
+    offered = ctx.model_copy(
+        update={
+            "constraints": OperationalConstraints(capabilities=CAPS),
+            "historical_data": HistoricalMetrics(
+                minutes_since_config_change=5, config_change_rollbackable=True
+            ),
+        }
+    )
+    chosen = scoring.score(offered, [ROLLBACK, RESTART], follows).best()
+    assert chosen is not None
+    assert chosen.success is not None
+    assert chosen.success.drivers
+    assert "historical_data.minutes_since_config_change" in chosen.success.drivers
     # a model whose artifact was altered is not used: the engine decides on the prior
     second = training.train_and_judge(fresh_engine, now=T0 + timedelta(days=1, seconds=1))
     with fresh_engine.begin() as conn:

@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import lightgbm as lgb
@@ -48,7 +49,6 @@ PARAMS: dict[str, Any] = {
     "num_threads": 1,
 }
 ROUNDS = 150
-DRIVERS = 3  # feature contributions kept on each estimate
 
 
 class LearningError(Exception):
@@ -86,10 +86,17 @@ class Encoder:
     def columns(self) -> list[str]:
         return [*self.numeric, *CATEGORICAL]
 
+    @cached_property
+    def _where(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.numeric)}
+
+    @cached_property
+    def _codes(self) -> dict[str, dict[str, int]]:
+        return {c: {v: i for i, v in enumerate(vs)} for c, vs in self.categories.items()}
+
     def matrix(self, rows: Sequence[Features]) -> np.ndarray:
         out = np.full((len(rows), len(self.numeric) + len(CATEGORICAL)), np.nan)
-        where = {name: i for i, name in enumerate(self.numeric)}
-        codes = {c: {v: i for i, v in enumerate(vs)} for c, vs in self.categories.items()}
+        where, codes = self._where, self._codes
         for r, row in enumerate(rows):
             for name, value in row.numeric.items():
                 i = where.get(name)
@@ -230,7 +237,6 @@ class LearnedSuccessModel:
             beta=beta,
             expected_recovery_seconds=recovery,
             source=f"model {self.version} p {p_model:.2f} over {seen} example(s) + {base.source}",
-            drivers=dict(self._contributions(row, DRIVERS)),
         )
 
     def explain(

@@ -38,6 +38,8 @@ from nofx.decisions import risk
 from nofx.decisions.explore import explore
 from nofx.decisions.success import SuccessModel
 
+DRIVERS = 3  # a learned model's feature contributions kept on the chosen candidate
+
 # What a step costs while it runs, as a share of the service's normal operation.
 STEP_COST = {
     "restart_service": 0.30,  # in-flight requests lost, caches and pools start cold
@@ -232,6 +234,9 @@ def score(
     for c in pruned:
         c.lost_because = "pruned: " + "; ".join(c.pruned_by)
     best = kept[0] if kept else None
+    explain = getattr(model, "explain", None)  # a learned model says what moved its estimate
+    if best is not None and best.success is not None and explain is not None:
+        best.success.drivers = dict(explain(context, best.candidate, DRIVERS))
     return Scoring(
         ranked=kept + pruned,
         chosen=best.candidate.name if best else None,

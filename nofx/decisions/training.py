@@ -350,3 +350,9 @@ class ActiveSuccessModel:
 
     def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate:
         return (self._model or self.prior).estimate(context, candidate)
+
+    def explain(
+        self, context: DecisionContext, candidate: Candidate, top: int = 5
+    ) -> list[tuple[str, float]]:
+        """The learned model's largest contributions; none while the prior is in force."""
+        return self._model.explain(context, candidate, top) if self._model else []
