@@ -260,8 +260,16 @@ class Engine_:
     model: training.ActiveSuccessModel
     tiers: dict[str, str]
 
-    def context(self, ctx: DecisionContext, service: str, pattern: str) -> DecisionContext:
-        """What the context analyser adds from the platform's own records."""
+    def context(
+        self,
+        ctx: DecisionContext,
+        service: str,
+        pattern: str,
+        frozen: dict[tuple[str, str], Any] | None = None,
+    ) -> DecisionContext:
+        """What the context analyser adds from the platform's own records. `frozen`: records
+        that cannot change meanwhile (an eval pass writes nothing), read once per pattern and
+        tier."""
         tier = ctx.current_state.tier
         if self.tiers.get(service) != tier:
             with self.engine.begin() as conn:
@@ -274,15 +282,21 @@ class Engine_:
                     {"n": service, "t": tier},
                 )
             self.tiers[service] = tier
-        with self.engine.connect() as conn:
-            outcomes = analyser.outcomes_of(conn, pattern, tier)
-            explored = conn.execute(
-                text(
-                    "SELECT count(*) FROM autonomous_decisions WHERE subject = :s"
-                    " AND result->'exploration'->>'explored' = 'true'"
-                ),
-                {"s": service},
-            ).scalar_one()
+        key = (pattern, tier)
+        if frozen is not None and key in frozen:
+            outcomes, explored = frozen[key]
+        else:
+            with self.engine.connect() as conn:
+                outcomes = analyser.outcomes_of(conn, pattern, tier)
+                explored = conn.execute(
+                    text(
+                        "SELECT count(*) FROM autonomous_decisions WHERE subject = :s"
+                        " AND result->'exploration'->>'explored' = 'true'"
+                    ),
+                    {"s": service},
+                ).scalar_one()
+            if frozen is not None:
+                frozen[key] = (outcomes, explored)
         history = ctx.historical_data.model_copy(
             update={"outcomes": outcomes, "explorations_24h": int(explored)}
         )
@@ -356,9 +370,10 @@ def record(
 def evaluate(engine: Engine_, lines: list[dict[str, Any]]) -> dict[str, Any]:
     right = unsafe = 0
     regret = 0.0
+    frozen: dict[tuple[str, str], Any] = {}
     for line in lines:
         ctx, candidates, service, pattern = decision_of(visible(line))
-        ctx = engine.context(ctx, service, pattern)
+        ctx = engine.context(ctx, service, pattern, frozen)
         result, _ = decide(ctx, candidates, engine.model, False, 0)
         best = best_action(line)
         chosen = result.chosen

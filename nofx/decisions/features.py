@@ -23,10 +23,17 @@ from typing import Any
 from models.decisions import Candidate, DecisionContext
 
 # Context fields that are not about the decision's situation: when it was gathered, the list of
-# capabilities (pruning uses them; every candidate the model sees passed it) and the diagnosis's
-# free text. The diagnosis's pattern and cause already sit in current_state.
+# capabilities (pruning uses them; every candidate the model sees passed it), the diagnosis's
+# free text (its pattern and cause already sit in current_state) and how much the engine itself
+# explored lately (its own budget, not the subject's state).
 SKIPPED = frozenset(
-    {"gathered_at", "diagnosis", "constraints.capabilities", "constraints.excluded"}
+    {
+        "gathered_at",
+        "diagnosis",
+        "constraints.capabilities",
+        "constraints.excluded",
+        "historical_data.explorations_24h",
+    }
 )
 CATEGORICAL = ("pattern", "cause", "tier", "candidate")
 
