@@ -56,6 +56,9 @@ class OutcomeCount(Contract):
     playbook: str
     resolved: int = Field(default=0, ge=0)
     failed: int = Field(default=0, ge=0)
+    rejected: int = Field(
+        default=0, ge=0, description="times a person rejected or overrode it as the engine's pick"
+    )
 
 
 class HistoricalMetrics(Contract):

@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from models.decisions import (
     Approve,
     DecideRequest,
+    DecisionOutcome,
     Operator,
     Override,
     Reject,
@@ -179,6 +180,53 @@ async def test_override_and_reject_through_the_operations(
             ).scalars()
         )
     assert kinds == ["override", "rejection"]
+
+
+async def test_overrides_the_outcome_confirms_move_the_next_choice(
+    ops: AutonomousOperations, fresh_engine: Engine
+) -> None:
+    """Learning from people on real decisions: each time the engine's pick is overridden and
+    the person's action then fixes the subject (the outcome healing records), the next decision
+    in the same context leans further toward the person's choice, until it makes it itself."""
+    store.set_mode(fresh_engine, "assist")
+    asked = DecideRequest(
+        service=SERVICE, incident_type="latency_regression", cause="configuration"
+    )
+    first = await ops.decide(asked)
+    engine_pick = first.chosen
+    person = next(
+        a.candidate.name
+        for a in first.alternatives
+        if a.candidate.name != engine_pick and not a.pruned_by
+    )
+    decision, overrides = first, 0
+    while decision.chosen == engine_pick:
+        assert overrides < 15, f"still {engine_pick} after {overrides} confirmed overrides"
+        await ops.override(
+            decision.decision_id, Override(approver="alice", action=person, reason="works here")
+        )
+        assert (await until_closed(ops, decision.decision_id)).chosen == person
+        store.record_outcome(
+            fresh_engine,
+            DecisionOutcome(decision_id=decision.decision_id, resolved=True, recovery_seconds=9),
+        )
+        overrides += 1
+        decision = await ops.decide(asked)
+    assert decision.chosen == person
+    assert overrides >= 1
+    ranked = {a.candidate.name: a for a in decision.alternatives}
+    turned_down = ranked[engine_pick].success
+    assert turned_down is not None
+    assert f"rejected by people {overrides}x" in turned_down.source
+    # a rejection of the engine's (new) pick counts against it at once, with no outcome
+    await ops.reject(decision.decision_id, Reject(approver="bob", reason="not now"))
+    await until_closed(ops, decision.decision_id)
+    after = await ops.simulate(
+        SimulateRequest(service=SERVICE, incident_type="latency_regression", cause="configuration")
+    )
+    scored = next(c for c in after.ranked if c.candidate.name == person)
+    assert scored.success is not None
+    assert "rejected by people 1x" in scored.success.source
 
 
 async def test_decide_in_autonomous_mode_returns_the_made_decision(

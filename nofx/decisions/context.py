@@ -71,19 +71,40 @@ def _group(conn: Connection, service: str, meta: dict[str, Any]) -> int:
 
 
 def outcomes_of(conn: Connection, problem: str, tier: str) -> list[OutcomeCount]:
+    """Per playbook, past decisions of `problem` on services of `tier`: how often what ran fixed
+    it or not, and how often people turned it down as the engine's pick — a rejection, or an
+    override whose own action then fixed the subject."""
     rows = conn.execute(
         text(
-            "SELECT d.chosen_action AS playbook,"
-            " count(*) FILTER (WHERE (d.actual_outcome->>'resolved')::boolean) AS resolved,"
-            " count(*) FILTER (WHERE NOT (d.actual_outcome->>'resolved')::boolean) AS failed"
-            " FROM autonomous_decisions d JOIN services s ON s.name = d.subject"
-            " WHERE d.problem = :p AND s.tier = :t AND d.actual_outcome IS NOT NULL"
-            " GROUP BY d.chosen_action ORDER BY d.chosen_action"
+            "WITH ran AS (SELECT d.chosen_action AS playbook,"
+            "   count(*) FILTER (WHERE (d.actual_outcome->>'resolved')::boolean) AS resolved,"
+            "   count(*) FILTER (WHERE NOT (d.actual_outcome->>'resolved')::boolean) AS failed,"
+            "   0 AS rejected"
+            "   FROM autonomous_decisions d JOIN services s ON s.name = d.subject"
+            "   WHERE d.problem = :p AND s.tier = :t AND d.actual_outcome IS NOT NULL"
+            "   GROUP BY d.chosen_action),"
+            " judged AS (SELECT f.lessons_learned->>'engine_choice' AS playbook, 0, 0, count(*)"
+            "   FROM learning_feedback f JOIN autonomous_decisions d ON d.id = f.decision_id"
+            "   JOIN services s ON s.name = d.subject"
+            "   WHERE d.problem = :p AND s.tier = :t"
+            "   AND f.lessons_learned->>'engine_choice' IS NOT NULL"
+            "   AND (f.feedback_type = 'rejection' OR (f.feedback_type = 'override'"
+            "     AND f.lessons_learned->>'engine_choice' <> d.chosen_action"
+            "     AND (d.actual_outcome->>'resolved')::boolean))"
+            "   GROUP BY 1)"
+            " SELECT playbook, sum(resolved) AS resolved, sum(failed) AS failed,"
+            " sum(rejected) AS rejected FROM (SELECT * FROM ran UNION ALL SELECT * FROM judged) x"
+            " GROUP BY playbook ORDER BY playbook"
         ),
         {"p": problem, "t": tier},
     ).mappings()
     return [
-        OutcomeCount(playbook=r["playbook"], resolved=r["resolved"], failed=r["failed"])
+        OutcomeCount(
+            playbook=r["playbook"],
+            resolved=int(r["resolved"]),
+            failed=int(r["failed"]),
+            rejected=int(r["rejected"]),
+        )
         for r in rows
     ]
 

@@ -81,6 +81,11 @@ def nominal_recovery_seconds(candidate: Candidate) -> float:
     return sum(NOMINAL_SECONDS.get(s.action, 5.0) for s in candidate.steps)
 
 
+# A person's rejection (or override) of the engine's pick counts as half a failure of it: a
+# judgement, not an observed outcome.
+REJECTION_WEIGHT = 0.5
+
+
 class BetaSuccessModel:
     """Beta(1 + successes, 1 + failures) over the matrix prior and the recorded history."""
 
@@ -105,9 +110,10 @@ class BetaSuccessModel:
         )
         h_wins = seen.resolved if seen else 0
         h_losses = seen.failed if seen else 0
+        judged = seen.rejected if seen else 0
         vouched = 1.0 if candidate.automation_level == "full-auto" else 0.0
         alpha = 1.0 + vouched + p_wins + h_wins
-        beta = 1.0 + (p_runs - p_wins) + h_losses
+        beta = 1.0 + (p_runs - p_wins) + h_losses + REJECTION_WEIGHT * judged
         timed = [p.recovery_seconds for p in prior if p.recovery_seconds]
         recovery = sorted(timed)[len(timed) // 2] if timed else nominal_recovery_seconds(candidate)
         source = ["full-auto +1"] if vouched else []
@@ -115,6 +121,8 @@ class BetaSuccessModel:
         source.append(
             f"history {h_wins}/{h_wins + h_losses} ({state.tier})" if seen else "no history"
         )
+        if judged:
+            source.append(f"rejected by people {judged}x")
         return SuccessEstimate(
             probability=alpha / (alpha + beta),
             alpha=alpha,
