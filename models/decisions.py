@@ -391,6 +391,9 @@ class DecisionResult(Contract):
     chosen_candidate: Candidate | None = Field(
         default=None, description="the chosen option whole (alternatives lists the others)"
     )
+    experiment: ExperimentAssignment | None = Field(
+        default=None, description="the A/B test and arm that decided it, when one ran"
+    )
 
 
 class DecisionOutcome(Contract):
@@ -482,6 +485,7 @@ class Evaluation(Contract):
     mode_why: list[str]
     approval: ApprovalRecord
     policy: DecisionPolicy
+    experiment: ExperimentAssignment | None = None
 
 
 class SaveDecisionInput(Contract):
@@ -631,3 +635,67 @@ class ModelInfo(Contract):
     deployed_at: datetime | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---- A/B tests of decision strategies --------------------------------------------------------
+
+
+class ArmSpec(Contract):
+    """One strategy of an experiment."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: Literal["champion", "prior"] = Field(
+        default="champion", description="the learned model in force, or the Beta prior alone"
+    )
+    weights: CriteriaWeights | None = Field(default=None, description="None: the policy's")
+
+
+class ExperimentSpec(Contract):
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$")
+    arms: list[ArmSpec] = Field(min_length=2, max_length=8)
+    min_per_arm: int = Field(default=30, ge=1, description="outcomes per arm before judging")
+    max_per_arm: int = Field(default=500, ge=1, description="stop without a winner here")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="significance level")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExperimentSpec:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names repeat: {names}")
+        if self.max_per_arm < self.min_per_arm:
+            raise ValueError("max_per_arm must be at least min_per_arm")
+        return self
+
+
+class ExperimentAssignment(Contract):
+    experiment: str
+    arm: str
+    model: Literal["champion", "prior"] = "champion"
+
+
+class ArmReport(Contract):
+    arm: str
+    model: str
+    decisions: int
+    outcomes: int
+    fixed: int
+    success_rate: float | None = None
+
+
+class ExperimentReport(Contract):
+    name: str
+    status: Literal["running", "stopped"]
+    started_at: datetime
+    stopped_at: datetime | None = None
+    stop_reason: str | None = None
+    spec: ExperimentSpec
+    arms: list[ArmReport]
+    z: float | None = Field(default=None, description="two arms: the two-proportion z")
+    p_value: float | None = Field(default=None, description="two-sided")
+    verdict: str
+    should_stop: bool = Field(description="the stop rule says the experiment can end now")
+
+
+# Defined before the experiment contracts they name.
+DecisionResult.model_rebuild()
+Evaluation.model_rebuild()

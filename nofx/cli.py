@@ -32,9 +32,12 @@ from temporalio.service import RPCError
 from models.chaos import ChaosSuiteInput
 from models.decisions import (
     Approve,
+    ArmSpec,
     DecideRequest,
     DecisionRecord,
     DecisionResult,
+    ExperimentReport,
+    ExperimentSpec,
     Mode,
     ModelInfo,
     Operator,
@@ -1511,3 +1514,85 @@ def models_rollback(
     who = actor or getpass.getuser()
     m: ModelInfo = _decisions(lambda nofx: nofx.rollback_model(actor=who, reason=reason))
     typer.echo(f"champion now: {_model_line(m)}")
+
+
+# ---- A/B tests: nofx autonomous experiments start | report | stop -------------------------
+
+experiments_app = typer.Typer(help="A/B tests of decision strategies, decided per service.")
+autonomous_app.add_typer(experiments_app, name="experiments")
+
+
+def _arm(text_: str) -> ArmSpec:
+    """`NAME` or `NAME:MODEL` (MODEL champion | prior)."""
+    name, _, model = text_.partition(":")
+    try:
+        return ArmSpec.model_validate({"name": name, "model": model or name})
+    except ValidationError as err:
+        raise fail(f"--arm {text_!r}: {'; '.join(field_errors(err))}") from None
+
+
+def _experiment_lines(r: ExperimentReport) -> list[str]:
+    lines = [f"experiment {r.name} ({r.status}, since {r.started_at:%Y-%m-%d %H:%M:%S})"]
+    for a in r.arms:
+        rate = "-" if a.success_rate is None else f"{a.success_rate:.1%}"
+        lines.append(
+            f"  {a.arm:<16} {a.model:<9} decisions {a.decisions:>5}  outcomes {a.outcomes:>5}"
+            f"  fixed {a.fixed:>5}  success {rate}"
+        )
+    if r.p_value is not None:
+        lines.append(f"  two-proportion z {r.z}, p {r.p_value}")
+    lines.append(f"{r.verdict}{' — the stop rule says stop' if r.should_stop else ''}")
+    if r.stop_reason:
+        lines.append(f"stopped: {r.stop_reason}")
+    return lines
+
+
+@experiments_app.command("start")
+def experiments_start(
+    name: Annotated[str, typer.Argument(help="the experiment's name")],
+    arm: Annotated[
+        list[str],
+        typer.Option("--arm", help="NAME[:champion|prior], twice at least"),
+    ],
+    min_per_arm: Annotated[int, typer.Option(help="outcomes per arm before judging")] = 30,
+    max_per_arm: Annotated[int, typer.Option(help="stop without a winner at this many")] = 500,
+    alpha: Annotated[float, typer.Option(help="significance level")] = 0.05,
+    actor: AsOption = None,
+) -> None:
+    """Decide each service's decisions by the arm its name hashes to, until stopped."""
+    try:
+        spec = ExperimentSpec(
+            name=name,
+            arms=[_arm(a) for a in arm],
+            min_per_arm=min_per_arm,
+            max_per_arm=max_per_arm,
+            alpha=alpha,
+        )
+    except ValidationError as err:
+        lines = [line.partition(":") for line in field_errors(err)]
+        raise fail("; ".join(f"{f}:{rest}" for f, _, rest in lines)) from None
+    who = actor or getpass.getuser()
+    _decisions(lambda nofx: nofx.experiment_start(spec, actor=who))
+    typer.echo(f"started {name}: arms {', '.join(f'{a.name} ({a.model})' for a in spec.arms)}")
+
+
+@experiments_app.command("report")
+def experiments_report(name: str, as_json: JsonOption = False) -> None:
+    """Per arm: outcomes and success rate; the test and what the stop rule says."""
+    r: ExperimentReport = _decisions(lambda nofx: nofx.experiment_report(name))
+    _show(r, as_json, _experiment_lines(r))
+
+
+@experiments_app.command("stop")
+def experiments_stop(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (kept with it and audited)")],
+    actor: AsOption = None,
+) -> None:
+    """End the experiment; decisions go back to the champion and the policy's weights."""
+    who = actor or getpass.getuser()
+    r: ExperimentReport = _decisions(
+        lambda nofx: nofx.experiment_stop(name, actor=who, reason=reason)
+    )
+    for line in _experiment_lines(r):
+        typer.echo(line)

@@ -23,6 +23,8 @@ from models.decisions import (
     Approve,
     DecideRequest,
     DecisionRecord,
+    ExperimentReport,
+    ExperimentSpec,
     ModelInfo,
     Override,
     Reject,
@@ -174,6 +176,16 @@ class NofxClient:
     async def rollback_model(self, *, actor: str, reason: str = "") -> ModelInfo:
         """Put back the previous champion."""
         return await self._decisions().rollback(actor=actor, reason=reason)
+
+    async def experiment_start(self, spec: ExperimentSpec, *, actor: str) -> ExperimentSpec:
+        """Start an A/B test of decision strategies."""
+        return await self._decisions().experiment_start(spec, actor=actor)
+
+    async def experiment_report(self, name: str) -> ExperimentReport:
+        return await self._decisions().experiment_report(name)
+
+    async def experiment_stop(self, name: str, *, actor: str, reason: str) -> ExperimentReport:
+        return await self._decisions().experiment_stop(name, actor=actor, reason=reason)
 
     # ---- healing operations (same names as `nofx healing ...`) ----------------------------
 

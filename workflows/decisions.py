@@ -604,6 +604,7 @@ class DecisionWorkflow:
             else "nofx-decisions",
             exploration=evaluation.scoring.exploration,
             chosen_candidate=picked.candidate if picked else None,
+            experiment=evaluation.experiment,
         )
 
     def _attributes(self, *, awaiting: bool) -> None:

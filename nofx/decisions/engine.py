@@ -16,7 +16,7 @@ from models.decisions import (
     DecisionRequest,
     Evaluation,
 )
-from nofx.decisions import approval, context, scoring, store
+from nofx.decisions import approval, context, experiments, scoring, store
 from nofx.decisions.explain import explain
 from nofx.decisions.success import BetaSuccessModel, SuccessModel, load_priors
 from nofx.decisions.training import ActiveSuccessModel
@@ -56,11 +56,20 @@ class DecisionEngine:
         policy = store.get_policy(self.engine)
         if isinstance(self.model, ActiveSuccessModel):
             self.model.refresh()
+        model, weights = self.model, policy.weights
+        with self.engine.connect() as conn:
+            trial = experiments.running(conn)
+        assignment = experiments.assign(trial, request.subject) if trial else None
+        if trial is not None and assignment is not None:
+            arm = next(a for a in trial.arms if a.name == assignment.arm)
+            if arm.model == "prior" and isinstance(model, ActiveSuccessModel):
+                model = model.prior
+            weights = arm.weights or weights
         result = scoring.score(
             ctx,
             candidates,
-            self.model,
-            policy.weights,
+            model,
+            weights,
             policy.exploration,
             seed=secrets.randbits(31),
         )
@@ -85,6 +94,7 @@ class DecisionEngine:
             mode_why=mode_why,
             approval=record,
             policy=policy,
+            experiment=assignment,
         )
 
     def simulate(self, request: DecisionRequest) -> tuple[DecisionContext, Evaluation]:

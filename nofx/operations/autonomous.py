@@ -46,6 +46,8 @@ from models.decisions import (
     DecisionRecord,
     DecisionRequest,
     DecisionResult,
+    ExperimentReport,
+    ExperimentSpec,
     ModelInfo,
     OperatorsChanged,
     Override,
@@ -58,7 +60,7 @@ from models.decisions import (
 )
 from models.detection import Diagnosis, PatternMatch, RootCauseCandidate
 from nofx import model_registry as registry
-from nofx.decisions import store
+from nofx.decisions import experiments, store
 from nofx.decisions.engine import DecisionEngine, NoCandidate
 from nofx.decisions.learned import MODEL_TYPE as SUCCESS_MODEL
 from nofx.operations.errors import InvalidRequest, NotFound, NotPermitted, RuleConflict
@@ -195,6 +197,30 @@ class AutonomousOperations:
         except registry.RegistryError as err:
             raise RuleConflict(str(err), rule="previous_champion") from None
         return _model_info(back)
+
+    async def experiment_start(self, spec: ExperimentSpec, *, actor: str) -> ExperimentSpec:
+        """Start an A/B test of decision strategies (one runs at a time)."""
+        try:
+            return await asyncio.to_thread(experiments.start, self.engine, spec, actor=actor)
+        except experiments.ExperimentError as err:
+            raise RuleConflict(str(err), rule="one_experiment") from None
+
+    async def experiment_report(self, name: str) -> ExperimentReport:
+        """Per arm: decisions, outcomes, success rate; the test statistic and the stop rule."""
+        try:
+            return await asyncio.to_thread(experiments.report, self.engine, name)
+        except experiments.ExperimentError as err:
+            raise NotFound(str(err)) from None
+
+    async def experiment_stop(self, name: str, *, actor: str, reason: str) -> ExperimentReport:
+        try:
+            return await asyncio.to_thread(
+                experiments.stop, self.engine, name, actor=actor, reason=reason
+            )
+        except experiments.ExperimentError as err:
+            if "no experiment" in str(err):
+                raise NotFound(str(err)) from None
+            raise RuleConflict(str(err), rule="running") from None
 
     def _success_model(self, model_id: str) -> registry.ModelRow:
         try:
