@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -41,3 +42,19 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
+
+
+@pytest.fixture
+def autonomous_cli(
+    client: Client,
+    fresh_database_url: str,
+    nofx_cli: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Any]:
+    """Run `nofx autonomous ...` in process against this test's database and the dev server."""
+    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
+
+    def run(*args: str) -> Any:
+        return nofx_cli(fresh_database_url, "autonomous", *args)
+
+    return run

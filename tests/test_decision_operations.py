@@ -252,21 +252,14 @@ async def test_decide_in_autonomous_mode_returns_the_made_decision(
 
 
 async def test_the_cli_decides_lists_and_approves(
-    client: Client,
-    fresh_engine: Engine,
-    fresh_database_url: str,
-    nofx_cli: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, fresh_engine: Engine, autonomous_cli: Any
 ) -> None:
     add_service(fresh_engine)
     store.add_operator(
         fresh_engine, Operator(name="alice", permissions=["healing:*"]), actor="test"
     )
     store.set_mode(fresh_engine, "assist")
-    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
-
-    def cli(*args: str) -> Any:
-        return nofx_cli(fresh_database_url, "autonomous", *args)
+    cli = autonomous_cli
 
     async with await serve(client, fresh_engine, TASK_QUEUE_DECISIONS):
         simulated = await asyncio.to_thread(

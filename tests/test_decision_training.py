@@ -240,17 +240,9 @@ def test_the_engine_follows_promotions_without_a_restart(fresh_engine: Engine) -
 
 
 async def test_train_list_promote_and_roll_back_from_the_cli(
-    client: Client,
-    fresh_engine: Engine,
-    fresh_database_url: str,
-    nofx_cli: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, fresh_engine: Engine, autonomous_cli: Any
 ) -> None:
-    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
-
-    def cli(*args: str) -> Any:
-        return nofx_cli(fresh_database_url, "autonomous", *args)
-
+    cli = autonomous_cli
     deps = Dependencies(engine=fresh_engine, client=client, settings=get_settings())
     async with build_worker(deps, TASK_QUEUE_DECISIONS, decisions.WORKFLOWS, decisions.activities):
         empty = await asyncio.to_thread(cli, "train")

@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from temporalio.client import Client
 
 from models.decisions import ArmSpec, DecisionRequest, ExperimentSpec
 from nofx.decisions import experiments
@@ -132,17 +131,9 @@ def test_the_engine_decides_by_the_subjects_arm(fresh_engine: Engine) -> None:
     assert after.experiment is None
 
 
-def test_start_report_stop_from_the_cli(
-    client: Client,
-    fresh_engine: Engine,
-    fresh_database_url: str,
-    nofx_cli: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
-
+def test_start_report_stop_from_the_cli(autonomous_cli: Any) -> None:
     def cli(*args: str) -> Any:
-        return nofx_cli(fresh_database_url, "autonomous", "experiments", *args)
+        return autonomous_cli("experiments", *args)
 
     bad = cli("start", "x", "--arm", "only")
     assert bad.exit_code == 1
