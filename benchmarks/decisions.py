@@ -408,22 +408,22 @@ def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
         decide_ms.append(ms)
         chosen = result.chosen
         best = best_action(line)
-        if chosen is None:
-            continue
-        if chosen not in allowed(line):
-            unsafe_train += 1
-        p = line["success_probability"]
-        if best is not None:
-            cumulative_regret += float(p.get(best, 0.0)) - float(p.get(chosen, 0.0))
-        explored += bool(result.exploration and result.exploration.explored)
-        ran, person = chosen, False
-        if best is not None and chosen != best and rng.random() < args.override_rate:
-            ran, person = best, True
-            overridden += 1
-        resolved = rng.random() < float(p.get(ran, 0.0))
-        resolved_count += resolved
-        seconds = float(line["recovery_seconds"].get(ran, 0.0)) if resolved else None
-        record(engine, ctx, result, ran, resolved, seconds, person, service, pattern)
+        # a line every candidate of which was pruned decides nothing (and is not unsafe)
+        if chosen is not None:
+            if chosen not in allowed(line):
+                unsafe_train += 1
+            p = line["success_probability"]
+            if best is not None:
+                cumulative_regret += float(p.get(best, 0.0)) - float(p.get(chosen, 0.0))
+            explored += bool(result.exploration and result.exploration.explored)
+            ran, person = chosen, False
+            if best is not None and chosen != best and rng.random() < args.override_rate:
+                ran, person = best, True
+                overridden += 1
+            resolved = rng.random() < float(p.get(ran, 0.0))
+            resolved_count += resolved
+            seconds = float(line["recovery_seconds"].get(ran, 0.0)) if resolved else None
+            record(engine, ctx, result, ran, resolved, seconds, person, service, pattern)
         if episode % args.retrain_every == 0 or episode == len(train_lines):
             try:
                 report = training.train_and_judge(engine, prior=prior)
