@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -33,8 +36,27 @@ _TASK_OUTCOMES = {
 
 
 class IncidentActivities:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, engine: Engine | None = None) -> None:
+        """`engine`: the platform database, for the action leases (see `_busy_with_another`);
+        without it only Temporal's visibility is asked."""
         self._client = client
+        self._engine = engine
+
+    def _acting_on(self, service: str, workflow_id: str) -> str | None:
+        """The workflow holding an unexpired action lease on `service`, other than
+        `workflow_id` — read from the database, which, unlike Temporal's visibility, never
+        lags: a restart in flight is seen the moment its lease is taken."""
+        if self._engine is None:
+            return None
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT workflow_id, action FROM action_leases WHERE service = :s"
+                    " AND expires_at > now() AND workflow_id <> :w ORDER BY acquired_at LIMIT 1"
+                ),
+                {"s": service, "w": workflow_id},
+            ).first()
+        return None if found is None else f"{found[0]} is acting on {service} ({found[1]})"
 
     async def _recently_unhealed(
         self, workflow_id: str, inp: OpenIncidentInput, onset: datetime | None
@@ -96,8 +118,13 @@ class IncidentActivities:
         self, service: str, workflow_id: str, replaced: list[str]
     ) -> str | None:
         """One incident per service at a time: while one heals it (a restart takes it down for a
-        moment, a hang is ended by a kill), what the probes see is that incident's doing. One
+        moment, a hang is ended by a kill), what the probes see is that incident's doing. An
+        action lease on the service (`_acting_on`, from the database) says so at once; a running
+        incident for it (Temporal's visibility, which can lag under load) says so too. One
         that cannot progress heals nothing: it is ended (see `_end_if_stuck`), not waited on."""
+        acting = await asyncio.to_thread(self._acting_on, service, workflow_id)
+        if acting is not None:
+            return acting
         query = (
             f"WorkflowType = 'HealingIncidentWorkflow' AND ExecutionStatus = 'Running'"
             f" AND NofxService = '{service}'"

@@ -354,3 +354,44 @@ async def test_a_lagging_signal_right_after_a_fix_does_not_reopen_the_incident(
     assert tail.suppressed_reason is not None
     assert "the tail of the healed episode" in tail.suppressed_reason
     assert await IncidentActivities(client)._tail_of_last_heal(service, datetime.now(UTC)) is None
+
+
+async def test_a_service_another_incident_is_acting_on_opens_no_second_incident(
+    client: Client, db_engine: Engine
+) -> None:
+    """While an incident's restart holds its action lease, the probes see the service down: that
+    is the healing's doing, not a new failure. The lease is read from the database, so a
+    busy Temporal visibility store cannot let a second incident through."""
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    hung = incident_workflow_id(service, "service_hung")
+    key = f"{hung}/lease-test"
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO action_leases (idempotency_key, service, service_group, workflow_id,"
+                " action, expires_at) VALUES (:k, :s, :s, :w, 'restart_service',"
+                " now() + interval '5 minutes')"
+            ),
+            {"k": key, "s": service, "w": hung},
+        )
+    down = OpenIncidentInput(
+        incident=IncidentInput(
+            service=service,
+            incident_type="service_down",
+            detection_method="probe",
+            detected_at=datetime.now(UTC),
+        )
+    )
+    opener = ActivityEnvironment()
+    try:
+        held = await opener.run(IncidentActivities(client, db_engine).open_incident, down)
+        assert held.run_id is None
+        assert held.suppressed_reason == f"{hung} is acting on {service} (restart_service)"
+    finally:
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM action_leases WHERE idempotency_key = :k"), {"k": key})
+    # the lease released, the same detection opens its incident
+    opened = await opener.run(IncidentActivities(client, db_engine).open_incident, down)
+    assert opened.suppressed_reason is None
+    assert opened.run_id is not None
+    await client.get_workflow_handle(opened.workflow_id).terminate(reason="test done")

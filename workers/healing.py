@@ -50,7 +50,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         TelemetryActivities(deps.engine).probe_fleet,
         detection.scrape_fleet,
         detection.diagnose_fleet,
-        IncidentActivities(deps.client).open_incident,
+        IncidentActivities(deps.client, deps.engine).open_incident,
         chaos.steady_state,
         chaos.inject_fault,
         chaos.watch_incident,
