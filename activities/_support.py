@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -13,6 +13,8 @@ from typing import Any
 from temporalio import activity
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+
+from nofx.logging import get_logger
 
 # Reads and idempotent writes: retry for a while (a database restart must not fail an incident).
 STORE_RETRY = RetryPolicy(
@@ -28,6 +30,18 @@ ACTION_RETRY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=["InvalidInput", "NotFound", "UnknownTarget"],
 )
+
+
+def progress_reporter(what: str) -> Callable[[str], None]:
+    """A progress callback for a long activity: each step is a heartbeat (what `nofx ... train`
+    shows) and a log line naming `what`."""
+    log = get_logger("activities")
+
+    def report(step: str) -> None:
+        activity.heartbeat(step)
+        log.info(what, step=step)
+
+    return report
 
 
 def invalid_input(message: str) -> ApplicationError:

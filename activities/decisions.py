@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities._support import invalid_input
+from activities._support import invalid_input, progress_reporter
 from models.decisions import (
     CandidateList,
     DecisionContext,
@@ -89,12 +89,10 @@ class DecisionActivities:
         if inp.until is None:
             raise invalid_input("until is required")
 
-        def progress(message: str) -> None:
-            activity.heartbeat(message)
-            log.info("success model training", step=message)
-
         try:
-            report = training.train_and_judge(self._engine, now=inp.until, progress=progress)
+            report = training.train_and_judge(
+                self._engine, now=inp.until, progress=progress_reporter("success model training")
+            )
         except LearningError as err:
             raise ApplicationError(str(err), type="NotEnoughHistory", non_retryable=True) from err
         log.info(
@@ -104,13 +102,4 @@ class DecisionActivities:
             verdict=report.verdict,
             holdout=report.challenger,
         )
-        return SuccessModelReport(
-            model_id=report.model_id,
-            version=report.version,
-            promoted=report.promoted,
-            verdict=report.verdict,
-            challenger=report.challenger,
-            champion=report.champion,
-            champion_id=report.champion_id,
-            data=report.data,
-        )
+        return report

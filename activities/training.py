@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities._support import progress_reporter
 from activities.telemetry import metric_source
 from models.detection import DetectorModelReport, TrainDetectorInput
 from nofx.detection.learned import TrainingError
@@ -48,10 +49,6 @@ class TrainingActivities:
             raise ApplicationError("until is required", type="InvalidInput", non_retryable=True)
         since = inp.until - timedelta(hours=inp.hours)
 
-        def progress(message: str) -> None:
-            activity.heartbeat(message)
-            log.info("detector training", step=message)
-
         try:
             stored = train_detector(
                 self._engine,
@@ -62,7 +59,7 @@ class TrainingActivities:
                 holdout_share=inp.holdout_share,
                 holdout_from=inp.holdout_from,
                 activate=inp.activate,
-                progress=progress,
+                progress=progress_reporter("detector training"),
             )
         except TrainingError as err:
             raise ApplicationError(str(err), type="NotEnoughHistory", non_retryable=True) from err

@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -255,7 +256,7 @@ def best_action(line: Mapping[str, Any]) -> str | None:
 
 
 @dataclass
-class Engine_:
+class Harness:
     engine: Engine
     model: training.ActiveSuccessModel
     tiers: dict[str, str]
@@ -367,7 +368,7 @@ def record(
     )
 
 
-def evaluate(engine: Engine_, lines: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate(engine: Harness, lines: list[dict[str, Any]]) -> dict[str, Any]:
     right = unsafe = 0
     regret = 0.0
     frozen: dict[tuple[str, str], Any] = {}
@@ -394,7 +395,7 @@ def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
     engine = make_engine(database_url)
     prior = BetaSuccessModel([])  # cold: no action-matrix priors either
     model = training.ActiveSuccessModel(engine, prior)
-    harness = Engine_(engine, model, {})
+    harness = Harness(engine, model, {})
     curve = [{"episodes": 0, "champion": model.version, **evaluate(harness, eval_lines)}]
     say(f"cold start: eval accuracy {curve[0]['accuracy']:.3f}")
     decide_ms: list[float] = []
@@ -503,8 +504,6 @@ def main(argv: Iterable[str] | None = None) -> None:
     for path in (args.train, args.eval):
         if not path.exists():
             parser.error(f"{path} does not exist")
-    import os
-
     url = args.database_url or os.environ.get("NOFX_TEST_DATABASE_URL")
     began = datetime.now(UTC)
     try:

@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from models.decisions import ModelInfo
 from nofx.audit import append_audit
 
 
 class RegistryError(Exception):
     """A model that does not exist, has no artifact, or whose artifact was altered."""
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    model_id: str
-    model_type: str
-    version: str
-    active: bool
-    created_at: datetime
-    deployed_at: datetime | None
-    training: dict[str, Any]
-    metrics: dict[str, Any]
 
 
 def _deactivate(conn: Connection, model_type: str) -> str | None:
@@ -131,7 +119,7 @@ def active_id(engine: Engine, model_type: str) -> str | None:
     return None if found is None else str(found)
 
 
-def get(engine: Engine, model_id: str) -> ModelRow:
+def get(engine: Engine, model_id: str) -> ModelInfo:
     with engine.connect() as conn:
         row = conn.execute(
             text(
@@ -146,8 +134,8 @@ def get(engine: Engine, model_id: str) -> ModelRow:
     return _row(row)
 
 
-def _row(row: Any) -> ModelRow:
-    return ModelRow(
+def _row(row: Any) -> ModelInfo:
+    return ModelInfo(
         model_id=str(row[0]),
         model_type=row[1],
         version=row[2],
@@ -159,7 +147,7 @@ def _row(row: Any) -> ModelRow:
     )
 
 
-def load_artifact(engine: Engine, model_id: str) -> tuple[ModelRow, str]:
+def load_artifact(engine: Engine, model_id: str) -> tuple[ModelInfo, str]:
     """A stored model and its artifact, checked against its recorded hash."""
     model = get(engine, model_id)
     with engine.connect() as conn:
@@ -175,7 +163,7 @@ def load_artifact(engine: Engine, model_id: str) -> tuple[ModelRow, str]:
     return model, artifact
 
 
-def list_models(engine: Engine, model_type: str, limit: int = 20) -> list[ModelRow]:
+def list_models(engine: Engine, model_type: str, limit: int = 20) -> list[ModelInfo]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
@@ -196,7 +184,7 @@ def promote(
     record: bool = True,
     actor: str = "nofx",
     reason: str | None = None,
-) -> ModelRow:
+) -> ModelInfo:
     """Make `model_id` the active model of its type; with `record`, the one it replaces is
     recorded on it (what `rollback` returns to)."""
     model = get(engine, model_id)
@@ -226,7 +214,7 @@ def rollback(
     *,
     actor: str = "nofx",
     reason: str | None = None,
-) -> ModelRow:
+) -> ModelInfo:
     """Put back the champion the active model replaced (its own record of what it replaced
     is kept, so rolling back again goes one further back).
 

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from models.decisions import Candidate, DecisionContext, SuccessEstimate
+from models.decisions import Candidate, DecisionContext, SuccessEstimate, SuccessModelReport
 from nofx import model_registry as registry
 from nofx.decisions.learned import (
     ARTIFACT_FORMAT,
@@ -224,18 +224,6 @@ def beats(challenger: dict[str, Any], champion: dict[str, Any]) -> tuple[bool, s
     return True, f"Brier {cb:.4f} below the champion's {pb:.4f}"
 
 
-@dataclass(frozen=True)
-class TrainingReport:
-    model_id: str
-    version: str
-    promoted: bool
-    verdict: str
-    challenger: dict[str, Any]
-    champion: dict[str, Any]
-    champion_id: str | None
-    data: dict[str, Any]
-
-
 def load_active(engine: Engine, prior: SuccessModel | None = None) -> LearnedSuccessModel | None:
     """The active success model on top of `prior` (the packaged Beta priors), or None."""
     model_id = registry.active_id(engine, MODEL_TYPE)
@@ -258,7 +246,7 @@ def train_and_judge(
     now: datetime | None = None,
     progress: Progress | None = None,
     prior: SuccessModel | None = None,
-) -> TrainingReport:
+) -> SuccessModelReport:
     """Build the data set, train a challenger, judge it against the champion, store it and
     promote it when it wins.
 
@@ -309,8 +297,15 @@ def train_and_judge(
         now=now,
     )
     say(f"{version}: {'promoted' if promoted else 'kept, not promoted'} ({verdict})")
-    return TrainingReport(
-        model_id, version, promoted, verdict, challenger, champion, champion_id, data
+    return SuccessModelReport(
+        model_id=model_id,
+        version=version,
+        promoted=promoted,
+        verdict=verdict,
+        challenger=challenger,
+        champion=champion,
+        champion_id=champion_id,
+        data=data,
     )
 
 

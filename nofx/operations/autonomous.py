@@ -174,7 +174,7 @@ class AutonomousOperations:
     async def models(self, limit: int = 20) -> list[ModelInfo]:
         """The success models, newest first; at most one is active (the champion)."""
         rows = await asyncio.to_thread(registry.list_models, self.engine, SUCCESS_MODEL, limit)
-        return [_model_info(r) for r in rows]
+        return rows
 
     async def promote(self, model_id: str, *, actor: str, reason: str = "") -> ModelInfo:
         """Make a stored success model the champion (audited); it replaces the active one."""
@@ -182,7 +182,7 @@ class AutonomousOperations:
         promoted = await asyncio.to_thread(
             registry.promote, self.engine, row.model_id, actor=actor, reason=reason or None
         )
-        return _model_info(promoted)
+        return promoted
 
     async def rollback(self, *, actor: str, reason: str = "") -> ModelInfo:
         """Put back the champion the active success model replaced (audited).
@@ -196,7 +196,7 @@ class AutonomousOperations:
             )
         except registry.RegistryError as err:
             raise RuleConflict(str(err), rule="previous_champion") from None
-        return _model_info(back)
+        return back
 
     async def experiment_start(self, spec: ExperimentSpec, *, actor: str) -> ExperimentSpec:
         """Start an A/B test of decision strategies (one runs at a time)."""
@@ -222,7 +222,7 @@ class AutonomousOperations:
                 raise NotFound(str(err)) from None
             raise RuleConflict(str(err), rule="running") from None
 
-    def _success_model(self, model_id: str) -> registry.ModelRow:
+    def _success_model(self, model_id: str) -> ModelInfo:
         try:
             uuid.UUID(model_id)
             row = registry.get(self.engine, model_id)
@@ -504,16 +504,3 @@ def _refused(cause: BaseException | None, kind: str) -> Exception:
     if cause.type == "not_a_candidate":
         return InvalidRequest([cause.message])
     return RuleConflict(cause.message, rule=_RULES.get(cause.type or "", "refused"))
-
-
-def _model_info(row: registry.ModelRow) -> ModelInfo:
-    return ModelInfo(
-        model_id=row.model_id,
-        model_type=row.model_type,
-        version=row.version,
-        active=row.active,
-        created_at=row.created_at,
-        deployed_at=row.deployed_at,
-        metrics=row.metrics,
-        training=row.training,
-    )
