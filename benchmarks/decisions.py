@@ -10,7 +10,11 @@ historical_data, predicted_outcomes, constraints, objectives, service with its t
 `recovery_seconds` per action. Unknown keys anywhere are ignored; metric names are whatever the
 file has. A candidate is allowed when blast_radius <= max_blast_radius and (reversible or not
 require_reversible); the best action is the allowed candidate of the highest success
-probability, candidates within 0.02 of it tie, and the tie goes to the shortest recovery.
+probability, candidates within 0.02 of it tie, and the tie goes to the shortest recovery —
+where several share that recovery exactly, each of them is a best action (`accuracy`;
+`accuracy_first_listed` takes the first of them in file order, which the engine cannot know,
+and `several_best_lines` counts such lines). A line with no allowed candidate is decided right
+by choosing nothing.
 
 The engine starts cold: a scratch database of its own (on `--database-url`, else
 `NOFX_TEST_DATABASE_URL`, else an embedded pgserver; migrations applied), no model, no feedback,
@@ -19,8 +23,10 @@ answers (`visible`) and turns what is left into the engine's own contract: a Dec
 (metrics, replicas, tier, pattern and cause, the constraints; every other number kept by its
 path in `observations`) and Candidates with their declared traits; the file's objective weights
 are the criteria weights, a criterion the file does not weigh counting 0 — except recovery time,
-which the format's own rule weighs: within 0.02 of the best success the faster recovery wins, a
-recovery weight of 0.02 per unit of success weight.
+which the format's own rule weighs: within 0.02 of the best success the faster recovery wins,
+said to the engine as a success tolerance of 0.02 (`objectives.success_tolerance`: success the
+evidence cannot tell from the best one's within it scores as the best) and a recovery weight of
+0.02 per unit of success weight.
 
 Train phase, lines in order: the engine decides as in production — `nofx.decisions.scoring`
 with the champion in force (`ActiveSuccessModel`), the recorded outcomes of the pattern and tier
@@ -182,8 +188,8 @@ def decision_of(seen: Mapping[str, Any]) -> tuple[DecisionContext, list[Candidat
     weights = (
         CriteriaWeights(
             success=float(weights_given.get("success", 0.0)),
-            # the format's own rule: within TIE of the best success the faster recovery wins,
-            # which a recovery weight of TIE (per unit of success weight) expresses
+            # the format's own rule: within TIE of the best success the faster recovery wins —
+            # a success tolerance of TIE (below), and recovery weighed TIE per unit of success
             recovery_time=float(
                 weights_given.get("recovery_time", TIE * float(weights_given.get("success", 0)))
             ),
@@ -220,7 +226,7 @@ def decision_of(seen: Mapping[str, Any]) -> tuple[DecisionContext, list[Candidat
             require_reversible=bool(constraints.get("require_reversible", False)),
             change_freeze="scenario freeze" if constraints.get("change_freeze") else None,
         ),
-        objectives=BusinessObjectives(weights=weights, rto_seconds=rto),
+        objectives=BusinessObjectives(weights=weights, rto_seconds=rto, success_tolerance=TIE),
         observations=observations,
     )
     return context, candidates, service, pattern
@@ -241,15 +247,32 @@ def allowed(line: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def best_action(line: Mapping[str, Any]) -> str | None:
+def best_actions(line: Mapping[str, Any]) -> list[str]:
+    """The format's best actions, in file order: the allowed candidates within TIE of the
+    highest success probability that share the shortest recovery among those. Several when
+    that recovery is itself a tie (the rule does not tell them apart); none when nothing is
+    allowed."""
     ok = allowed(line)
     if not ok:
-        return None
+        return []
     p = line["success_probability"]
     top = max(float(p.get(a, 0.0)) for a in ok)
     tied = [a for a in ok if float(p.get(a, 0.0)) >= top - TIE]
     seconds = line["recovery_seconds"]
-    return min(tied, key=lambda a: (float(seconds.get(a, math.inf)), ok.index(a)))
+    fastest = min(float(seconds.get(a, math.inf)) for a in tied)
+    return [a for a in tied if float(seconds.get(a, math.inf)) == fastest]
+
+
+def best_action(line: Mapping[str, Any]) -> str | None:
+    """The first best action in file order (what the simulated person picks)."""
+    best = best_actions(line)
+    return best[0] if best else None
+
+
+def is_right(line: Mapping[str, Any], chosen: str | None) -> bool:
+    """A best action, or no choice when nothing is allowed."""
+    best = best_actions(line)
+    return chosen in best if best else chosen is None
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -368,10 +391,13 @@ def record(
     )
 
 
-def evaluate(engine: Harness, lines: list[dict[str, Any]]) -> dict[str, Any]:
-    right = unsafe = 0
+def evaluate(
+    engine: Harness, lines: list[dict[str, Any]], by_pattern: bool = False
+) -> dict[str, Any]:
+    right = unsafe = first_listed = 0
     regret = 0.0
     frozen: dict[tuple[str, str], Any] = {}
+    patterns: dict[str, list[int]] = {}
     for line in lines:
         ctx, candidates, service, pattern = decision_of(visible(line))
         ctx = engine.context(ctx, service, pattern, frozen)
@@ -380,12 +406,27 @@ def evaluate(engine: Harness, lines: list[dict[str, Any]]) -> dict[str, Any]:
         chosen = result.chosen
         if chosen is not None and chosen not in allowed(line):
             unsafe += 1
-        right += chosen == best
+        ok = is_right(line, chosen)
+        right += ok
+        first_listed += chosen == best
+        tally = patterns.setdefault(pattern, [0, 0])
+        tally[0] += ok
+        tally[1] += 1
         p = line["success_probability"]
         if best is not None:
             regret += float(p.get(best, 0.0)) - float(p.get(chosen, 0.0) if chosen else 0.0)
     n = len(lines)
-    return {"accuracy": round(right / n, 4), "unsafe": unsafe, "mean_regret": round(regret / n, 4)}
+    out: dict[str, Any] = {
+        "accuracy": round(right / n, 4),
+        "accuracy_first_listed": round(first_listed / n, 4),
+        "unsafe": unsafe,
+        "mean_regret": round(regret / n, 4),
+    }
+    if by_pattern:
+        out["by_pattern"] = {
+            k: {"lines": t, "accuracy": round(r / t, 4)} for k, (r, t) in sorted(patterns.items())
+        }
+    return out
 
 
 def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
@@ -448,10 +489,13 @@ def run(args: argparse.Namespace, database_url: str) -> dict[str, Any]:
                 f"{episode} episodes: champion {model.version}, eval accuracy"
                 f" {point['accuracy']:.3f}, regret so far {cumulative_regret:.1f}"
             )
-    final = evaluate(harness, eval_lines)
+    final = evaluate(harness, eval_lines, by_pattern=True)
     engine.dispose()
     return {
         "accuracy": final["accuracy"],
+        "accuracy_first_listed": final["accuracy_first_listed"],
+        "by_pattern": final["by_pattern"],
+        "several_best_lines": sum(len(best_actions(ln)) > 1 for ln in eval_lines),
         "unsafe": final["unsafe"],
         "eval_mean_regret": final["mean_regret"],
         "eval_lines": len(eval_lines),

@@ -142,6 +142,14 @@ class BusinessObjectives(Contract):
     error_budget_remaining: float | None = Field(
         default=None, ge=0, le=1, description="share of the period's error budget left"
     )
+    success_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="success probabilities this close to the best one's count as equal to it"
+        " (allowing for both estimates' uncertainty), so the other criteria decide among them;"
+        " 0 compares success as estimated",
+    )
 
 
 class DecisionContext(Contract):
@@ -211,6 +219,11 @@ class CriterionScores(Contract):
     u_risk: float = Field(ge=0, le=1)
     u_cost: float = Field(ge=0, le=1)
     total: float = Field(ge=0, le=1, description="weighted sum of the utilities")
+    success_as_best: bool = Field(
+        default=False,
+        description="within the success tolerance of the best candidate: its success utility"
+        " is the best one's",
+    )
 
 
 class RiskFactor(Contract):

@@ -1446,9 +1446,8 @@ def _figures(figures: dict[str, Any]) -> str:
 
     return (
         f"Brier {num('brier')}, AUC {num('auc')}, decision accuracy {num('decision_accuracy')}"
-        f" over {figures.get('outcomes', 0)} outcome(s) and"
-        f" {figures.get('decisions_with_known_good_action', 0)} decision(s) with a known good"
-        " action"
+        f" over {figures.get('outcomes', 0)} outcome(s) of"
+        f" {figures.get('decisions_judged', 0)} decision(s) with more than one candidate"
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from models.decisions import (
     ApprovalRecord,
     Candidate,
+    CriteriaWeights,
     DecisionContext,
     DecisionPolicy,
     HistoricalMetrics,
@@ -17,6 +18,7 @@ from models.decisions import (
     OperationalConstraints,
     OutcomeCount,
     Prediction,
+    SuccessEstimate,
     SystemState,
 )
 from nofx.decisions import approval, risk, scoring
@@ -155,6 +157,45 @@ def test_ties_break_by_success_recovery_rank_then_name() -> None:
     lost = result.find("another-restart")
     assert lost is not None
     assert "tie-break" in (lost.lost_because or "")
+
+
+class Fixed:
+    """A success model with one hand-set Beta posterior and recovery time per candidate."""
+
+    def __init__(self, beliefs: dict[str, tuple[float, float, float]]) -> None:
+        self.beliefs = beliefs
+
+    def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate:
+        a, b, seconds = self.beliefs[candidate.name]
+        return SuccessEstimate(
+            probability=a / (a + b), alpha=a, beta=b, expected_recovery_seconds=seconds, source="x"
+        )
+
+
+def test_success_the_evidence_cannot_tell_from_the_best_lets_recovery_decide() -> None:
+    slow = RESTART.model_copy(update={"name": "slow"})
+    fast = RESTART.model_copy(update={"name": "fast", "escalation_rank": 9})
+    weak = RESTART.model_copy(update={"name": "weak"})
+    # slow Beta(90, 10) 0.90 in 30 s; fast Beta(88, 12) 0.88 in 5 s; weak Beta(50, 50) 0.5 in 1 s
+    model = Fixed({"slow": (90, 10, 30.0), "fast": (88, 12, 5.0), "weak": (50, 50, 1.0)})
+    weights = CriteriaWeights(success=1.0, recovery_time=0.02, risk=0.0, cost=0.0)
+    ctx = context(cause="self")
+    plain = scoring.score(ctx, [slow, fast, weak], model, weights)
+    assert plain.chosen == "slow"  # 0.90 + 0.02 (1 - 30/300) beats 0.88 + 0.02 (1 - 5/300)
+    # the gap 0.02 lies within 0.01 + sqrt(0.9*0.1/101 + 0.88*0.12/101) = 0.054; weak's 0.4 not
+    tolerant = ctx.model_copy(
+        update={"objectives": ctx.objectives.model_copy(update={"success_tolerance": 0.01})}
+    )
+    result = scoring.score(tolerant, [slow, fast, weak], model, weights)
+    assert result.chosen == "fast"
+    flags = {c.candidate.name: c.scores.success_as_best for c in result.ranked if c.scores}
+    assert flags == {"slow": True, "fast": True, "weak": False}
+    chosen = result.find("fast")
+    assert chosen is not None
+    assert chosen.scores is not None
+    assert chosen.scores.u_success == pytest.approx(0.9)
+    assert chosen.scores.success_probability == pytest.approx(0.88)  # the estimate, unchanged
+    assert scoring.as_good_as(model.estimate(ctx, fast), model.estimate(ctx, slow), 0.0) is False
 
 
 def test_risk_levels_on_hand_computed_cases() -> None:

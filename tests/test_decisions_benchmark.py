@@ -102,6 +102,23 @@ def test_the_yardstick_follows_the_formats_rule() -> None:
         recovery_seconds={"rollback_config": 3.0, "restart": 30.0, "drain_all": 5.0},
     )
     assert bench.best_action(close) == "rollback_config"
+    # a tie on that recovery too leaves several best actions, any of them right
+    even = line(
+        success_probability={"rollback_config": 0.89, "restart": 0.9, "drain_all": 0.99},
+        recovery_seconds={"rollback_config": 3.0, "restart": 3.0, "drain_all": 5.0},
+    )
+    assert bench.best_actions(even) == ["rollback_config", "restart"]
+    assert bench.is_right(even, "restart")
+    assert bench.is_right(even, "rollback_config")
+    assert not bench.is_right(even, "drain_all")
+    # with nothing allowed, choosing nothing is right and anything else wrong
+    nothing = line()
+    nothing["context"]["constraints"].update(max_blast_radius=0.1, require_reversible=True)
+    assert bench.best_actions(nothing) == []
+    assert bench.is_right(nothing, None)
+    assert not bench.is_right(nothing, "rollback_config")
+    # the format's tie is told to the engine as its success tolerance
+    assert bench.decision_of(bench.visible(close))[0].objectives.success_tolerance == bench.TIE
     # and the engine's pruning agrees with the format on what is allowed
     ctx, candidates, _, _ = bench.decision_of(bench.visible(strict))
     result = scoring.score(ctx, candidates, BetaSuccessModel([]), ctx.objectives.weights)

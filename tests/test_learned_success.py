@@ -9,9 +9,16 @@ import random
 
 import pytest
 
-from models.decisions import DecisionContext, HistoricalMetrics, SystemState
+from models.decisions import DecisionContext, HistoricalMetrics, OutcomeCount, SystemState
 from nofx.decisions.features import extract
-from nofx.decisions.learned import Bundle, Example, LearnedSuccessModel, LearningError, train
+from nofx.decisions.learned import (
+    Bundle,
+    Example,
+    LearnedSuccessModel,
+    LearningError,
+    learnt_key,
+    train,
+)
 from nofx.decisions.success import BetaSuccessModel, Prior
 from tests.decision_cases import RESTART, ROLLBACK, SHIFT
 
@@ -118,3 +125,27 @@ def test_too_little_or_one_sided_evidence_is_refused() -> None:
     same = [Example(situation(5).model_dump(mode="json"), ROLLBACK, True) for _ in range(20)]
     with pytest.raises(LearningError, match="same outcome"):
         train(same)
+
+
+def with_history(ctx: DecisionContext, *outcomes: OutcomeCount) -> DecisionContext:
+    history = ctx.historical_data.model_copy(update={"outcomes": list(outcomes)})
+    return ctx.model_copy(update={"historical_data": history})
+
+
+def test_the_outcomes_it_learnt_from_are_not_counted_again(model: LearnedSuccessModel) -> None:
+    ctx = situation(5)
+    key = learnt_key(ctx.current_state.pattern, ctx.current_state.tier, ROLLBACK.name)
+    resolved, failed, rejected = model.bundle.learnt[key]
+    assert (resolved + failed, rejected) == (300, 0)  # every rollback example, as outcomes
+    # the history the context analyser reads holds those same 300 outcomes: counted once
+    learnt = with_history(
+        ctx, OutcomeCount(playbook=ROLLBACK.name, resolved=resolved, failed=failed)
+    )
+    assert model.estimate(learnt, ROLLBACK) == model.estimate(ctx, ROLLBACK)
+    # and 3 newer ones move the estimate before the next training does
+    newer = with_history(
+        ctx, OutcomeCount(playbook=ROLLBACK.name, resolved=resolved + 3, failed=failed)
+    )
+    assert model.estimate(newer, ROLLBACK).alpha == pytest.approx(
+        model.estimate(ctx, ROLLBACK).alpha + 3
+    )

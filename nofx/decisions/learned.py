@@ -8,10 +8,16 @@ top of it. A candidate the training data saw `n` times gets the Beta prior's pse
 
 so an action the model has too little data on stays near its prior (never tried: exactly the
 prior), one it knows well follows the model, and the posterior's width (the engine's
-confidence) grows with the evidence. The expected time to recover comes from a second LightGBM
-model (log seconds, trained on the fixed examples) when there were enough of them, else from the
-prior. Features come from `nofx.decisions.features`, so a new metric needs no code;
-`explain` gives each feature's contribution (LightGBM `pred_contrib`, log-odds).
+confidence) grows with the evidence. The prior's own counts of recorded outcomes (per pattern,
+tier and candidate, `HistoricalMetrics.outcomes`) are the same evidence the model learnt from:
+the bundle keeps what it was trained on per pattern, tier and candidate, and only the outcomes
+and rejections recorded beyond those (after training, or held out to judge it) still count in
+the prior — evidence is counted once, and a new outcome moves the estimate before the next
+training does. The expected time to recover comes from a second LightGBM model (natural log of
+the seconds, floored at `MIN_SECONDS`, so a 0.05 s fix and a 0.09 s one are as far apart as 5 s
+and 9 s; trained on the fixed examples) when there were enough of them, else from the prior.
+Features come from `nofx.decisions.features`, so a new metric needs no code; `explain` gives
+each feature's contribution (LightGBM `pred_contrib`, log-odds).
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from models.decisions import Candidate, DecisionContext, SuccessEstimate
+from models.decisions import Candidate, DecisionContext, OutcomeCount, SuccessEstimate
 from nofx.decisions.features import CATEGORICAL, Features, extract
 from nofx.decisions.success import SuccessModel
 
 MODEL_TYPE = "decision_success"
 ARTIFACT_FORMAT = "nofx-success-bundle"
-EVIDENCE_CAP = 50  # pseudo-observations the model adds at most
+EVIDENCE_CAP = 200  # pseudo-observations the model adds at most
 MIN_RECOVERY_EXAMPLES = 20  # fixed examples with a time needed for the recovery model
+MIN_SECONDS = 0.01  # recovery times are floored here before their log is taken
 PARAMS: dict[str, Any] = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -118,6 +125,16 @@ class Bundle:
     recovery: lgb.Booster | None
     counts: dict[str, int]  # training examples per candidate name
     summary: dict[str, Any] = field(default_factory=dict)
+    # what the prior's outcome counts would hold of the training data: "pattern|tier|candidate"
+    # -> [resolved, failed, rejected]
+    learnt: dict[str, list[int]] = field(default_factory=dict)
+    # what the recovery model predicts: "log" seconds; bundles before it was written, log1p
+    recovery_target: str = "log"
+
+    def seconds(self, predicted: float) -> float:
+        if self.recovery_target == "log1p":
+            return max(MIN_SECONDS, math.expm1(max(predicted, 0.0)))
+        return max(MIN_SECONDS, math.exp(predicted))
 
     def to_text(self) -> str:
         return json.dumps(
@@ -128,6 +145,8 @@ class Bundle:
                 "recovery": None if self.recovery is None else self.recovery.model_to_string(),
                 "counts": self.counts,
                 "summary": self.summary,
+                "learnt": self.learnt,
+                "recovery_target": self.recovery_target,
             }
         )
 
@@ -140,10 +159,48 @@ class Bundle:
             None if data["recovery"] is None else lgb.Booster(model_str=data["recovery"]),
             {k: int(v) for k, v in data["counts"].items()},
             data.get("summary") or {},
+            {k: [int(n) for n in v] for k, v in (data.get("learnt") or {}).items()},
+            data.get("recovery_target", "log1p"),
         )
+
+    def unlearnt(self, context: DecisionContext) -> DecisionContext:
+        """`context` with the outcome counts the model was trained on taken out (module doc)."""
+        state = context.current_state
+        outcomes = []
+        for seen in context.historical_data.outcomes:
+            known = self.learnt.get(learnt_key(state.pattern, state.tier, seen.playbook))
+            if known is None:
+                outcomes.append(seen)
+                continue
+            left = OutcomeCount(
+                playbook=seen.playbook,
+                resolved=max(0, seen.resolved - known[0]),
+                failed=max(0, seen.failed - known[1]),
+                rejected=max(0, seen.rejected - known[2]),
+            )
+            if left.resolved or left.failed or left.rejected:
+                outcomes.append(left)
+        history = context.historical_data.model_copy(update={"outcomes": outcomes})
+        return context.model_copy(update={"historical_data": history})
 
     def probabilities(self, rows: Sequence[Features]) -> np.ndarray:
         return np.asarray(self.classifier.predict(self.encoder.matrix(rows)), dtype=float)
+
+
+def learnt_key(pattern: str | None, tier: str | None, candidate: str) -> str:
+    return f"{pattern}|{tier}|{candidate}"
+
+
+def _learnt(examples: Sequence[Example]) -> dict[str, list[int]]:
+    """Per pattern, tier and candidate, the counts `context.outcomes_of` keeps of `examples`:
+    outcomes as resolved or failed, a person's verdict against the engine's pick as rejected."""
+    out: dict[str, list[int]] = {}
+    for e in examples:
+        state = e.context.get("current_state") or {}
+        key = learnt_key(state.get("pattern"), state.get("tier"), e.candidate.name)
+        counts = out.setdefault(key, [0, 0, 0])
+        counts[0 if e.source == "outcome" and e.success else 1 if e.source == "outcome" else 2] += 1
+    return out
 
 
 def _dataset(
@@ -175,7 +232,7 @@ def train(examples: Sequence[Example], rounds: int = ROUNDS) -> Bundle:
     weights = [max(e.weight, 0.0) for e in examples]
     classifier = lgb.train(PARAMS, _dataset(encoder, rows, labels, weights), rounds)
     timed = [
-        (r, math.log1p(e.recovery_seconds), w)
+        (r, math.log(max(e.recovery_seconds, MIN_SECONDS)), w)
         for r, e, w in zip(rows, examples, weights, strict=True)
         if e.success and e.recovery_seconds is not None and e.recovery_seconds >= 0
     ]
@@ -198,7 +255,7 @@ def train(examples: Sequence[Example], rounds: int = ROUNDS) -> Bundle:
         "recovery_examples": len(timed),
         "dropped_non_finite": dropped,
     }
-    return Bundle(encoder, classifier, recovery, counts, summary)
+    return Bundle(encoder, classifier, recovery, counts, summary, _learnt(examples))
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -217,7 +274,7 @@ class LearnedSuccessModel:
         self.version = version
 
     def estimate(self, context: DecisionContext, candidate: Candidate) -> SuccessEstimate:
-        base = self.prior.estimate(context, candidate)
+        base = self.prior.estimate(self.bundle.unlearnt(context), candidate)
         seen = self.bundle.counts.get(candidate.name, 0)
         if seen == 0:
             note = f"{base.source} (model {self.version} never saw it)"
@@ -230,7 +287,7 @@ class LearnedSuccessModel:
         recovery = base.expected_recovery_seconds
         if self.bundle.recovery is not None:
             log_seconds = float(self.bundle.recovery.predict(self.bundle.encoder.matrix([row]))[0])
-            recovery = max(0.1, math.expm1(max(log_seconds, 0.0)))
+            recovery = self.bundle.seconds(log_seconds)
         return SuccessEstimate(
             probability=alpha / (alpha + beta),
             alpha=alpha,

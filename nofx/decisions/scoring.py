@@ -12,9 +12,15 @@
    risk `u = 1 - risk score` (nofx.decisions.risk); cost `u = 1 - cost` where cost is the
    `STEP_COST` of its steps summed and capped at 1.
 3. **Total = sum of weight * utility** with the objectives' weights normalised to sum 1.
-4. **Ties** break deterministically: higher total, then higher success, then shorter recovery,
-   then lower escalation rank, then name.
-5. **Confidence** in the choice is the lower edge of the belief, `mean - sd` of the chosen
+4. **Ties** break deterministically: higher total, then higher success utility, then shorter
+   recovery, then lower escalation rank, then name.
+5. **Indifference on success** (`objectives.success_tolerance`, off at 0): a candidate whose
+   success probability is below the best one's by no more than the tolerance plus one standard
+   deviation of the difference of the two Beta posteriors is scored on success as the best
+   (`success_as_best`), so recovery time, risk and cost decide among candidates the evidence
+   cannot tell apart on success; estimation noise alone does not outvote a real difference in
+   the other criteria.
+6. **Confidence** in the choice is the lower edge of the belief, `mean - sd` of the chosen
    candidate's Beta posterior (clipped to [0, 1]): Beta(3, 1) (2 successes in 2 runs) gives
    0.56, Beta(1, 1) (nothing known) 0.21, Beta(31, 1) 0.94.
 """
@@ -104,10 +110,21 @@ def prune(context: DecisionContext, candidate: Candidate) -> list[str]:
     return fired
 
 
-def confidence_of(success: SuccessEstimate) -> float:
+def _variance(success: SuccessEstimate) -> float:
     a, b = success.alpha, success.beta
-    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    return max(0.0, min(1.0, success.probability - sd))
+    return a * b / ((a + b) ** 2 * (a + b + 1))
+
+
+def confidence_of(success: SuccessEstimate) -> float:
+    return max(0.0, min(1.0, success.probability - math.sqrt(_variance(success))))
+
+
+def as_good_as(success: SuccessEstimate, best: SuccessEstimate, tolerance: float) -> bool:
+    """Is `success` indistinguishable from `best` within `tolerance` (point 5 of the doc)?"""
+    if tolerance <= 0:
+        return False
+    gap = best.probability - success.probability
+    return gap <= tolerance + math.sqrt(_variance(success) + _variance(best))
 
 
 def criterion_scores(
@@ -116,10 +133,16 @@ def criterion_scores(
     success: SuccessEstimate,
     risk_score: float,
     weights: CriteriaWeights,
+    best: SuccessEstimate | None = None,
 ) -> CriterionScores:
+    """The candidate's utilities; with `best` (the most likely success among the candidates)
+    and an indifference tolerance, success within it scores as the best's."""
     rto = context.objectives.rto_seconds
     cost = candidate_cost(candidate)
     u_success = success.probability
+    as_best = best is not None and as_good_as(success, best, context.objectives.success_tolerance)
+    if as_best and best is not None:
+        u_success = max(u_success, best.probability)
     u_recovery = 1.0 - min(success.expected_recovery_seconds / rto, 1.0)
     u_risk = 1.0 - risk_score
     u_cost = 1.0 - cost
@@ -139,6 +162,7 @@ def criterion_scores(
         u_risk=round(u_risk, 4),
         u_cost=round(u_cost, 4),
         total=round(min(1.0, max(0.0, total)), 4),
+        success_as_best=as_best,
     )
 
 
@@ -186,20 +210,25 @@ def score(
     kept: list[ScoredCandidate] = []
     pruned: list[ScoredCandidate] = []
     rules_fired: list[str] = []
+    estimated = []
     for candidate in candidates:
         fired = prune(context, candidate)
         if fired:
             rules_fired += [f"{candidate.name}: {f}" for f in fired]
             pruned.append(ScoredCandidate(candidate=candidate, pruned_by=fired))
             continue
-        success = model.estimate(context, candidate)
+        estimated.append((candidate, model.estimate(context, candidate)))
+    likeliest = max((s for _c, s in estimated), key=lambda s: s.probability, default=None)
+    for candidate, success in estimated:
         assessed = risk.assess(context, candidate)
         kept.append(
             ScoredCandidate(
                 candidate=candidate,
                 success=success,
                 risk=assessed,
-                scores=criterion_scores(context, candidate, success, assessed.score, weights),
+                scores=criterion_scores(
+                    context, candidate, success, assessed.score, weights, likeliest
+                ),
             )
         )
 
@@ -207,7 +236,7 @@ def score(
         assert c.scores is not None
         return (
             -c.scores.total,
-            -c.scores.success_probability,
+            -c.scores.u_success,  # equal among candidates scored on success as the best
             c.scores.expected_recovery_seconds,
             c.candidate.escalation_rank,
             c.candidate.name,

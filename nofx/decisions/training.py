@@ -17,14 +17,18 @@ The hold-out is time-ordered: the latest `HOLDOUT_SHARE` of decisions (never shu
 the challenger and the champion (the active model, else the Beta prior alone) are judged alike:
 Brier score (each outcome weighted by the inverse of the propensity its choice was made with,
 so explored choices are not over-counted) and AUC of the predicted success on the outcome
-examples, and decision accuracy —
-of the held-out decisions whose good action is known (the one carried out fixed it), the share
-where the model ranks that action first among the decision's candidates. The challenger is
-promoted only when it beats the champion: a lower Brier score and no lower decision accuracy.
+examples, and decision accuracy — of the held-out decisions whose carried-out action has an
+outcome, the share (weighted alike) where the model's first choice agrees with it: the action
+that fixed the subject ranked first, or one that did not fix it ranked below another. (Counting
+only "ranks the action that worked first" would favour the champion, whose own choices the
+held-out decisions mostly are.) The challenger is promoted only when it beats the champion: a
+lower Brier score — a proper scoring rule, so a better-calibrated, sharper model — and a decision
+accuracy no lower than the champion's by more than its standard error on this hold-out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -175,7 +179,8 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
 def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
     """Brier, AUC and decision accuracy of `model` on the held-out decisions."""
     scores, labels, weights = [], [], []
-    right = known = 0
+    right = known = 0.0
+    judged = 0
     for episode in held:
         ctx = DecisionContext.model_validate(episode.context)
         for example in episode.examples:
@@ -184,13 +189,15 @@ def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
             scores.append(model.estimate(ctx, example.candidate).probability)
             labels.append(example.success)
             weights.append(1.0 / example.propensity)
-        if episode.good is not None and len(episode.candidates) > 1:
-            known += 1
-            ranked = sorted(
-                episode.candidates,
-                key=lambda c: (-model.estimate(ctx, c).probability, c.escalation_rank, c.name),
-            )
-            right += ranked[0].name == episode.good
+            if len(episode.candidates) > 1:
+                first = min(
+                    episode.candidates,
+                    key=lambda c: (-model.estimate(ctx, c).probability, c.escalation_rank, c.name),
+                )
+                agrees = (first.name == example.candidate.name) == example.success
+                judged += 1
+                known += 1.0 / example.propensity
+                right += agrees / example.propensity
     # inverse-propensity weighted: an outcome the sampling policy rarely chooses counts for
     # the times it was not tried
     brier = (
@@ -206,19 +213,26 @@ def evaluate(model: SuccessModel, held: Sequence[Episode]) -> dict[str, Any]:
         "outcomes": len(scores),
         "brier": brier,
         "auc": auc(scores, labels),
-        "decisions_with_known_good_action": known,
+        "decisions_judged": judged,
         "decision_accuracy": round(right / known, 4) if known else None,
     }
 
 
 def beats(challenger: dict[str, Any], champion: dict[str, Any]) -> tuple[bool, str]:
-    """A lower Brier score and no lower decision accuracy, on the same hold-out."""
+    """A lower Brier score, and a decision accuracy no lower than the champion's by more than
+    its standard error, on the same hold-out."""
     cb, pb = challenger["brier"], champion["brier"]
     if cb is None or pb is None:
         return False, "no held-out outcome to compare on"
     ca, pa = challenger["decision_accuracy"], champion["decision_accuracy"]
-    if ca is not None and pa is not None and ca < pa:
-        return False, f"decision accuracy {ca:.3f} below the champion's {pa:.3f}"
+    n = champion.get("decisions_judged") or 0
+    if ca is not None and pa is not None and n:
+        allowance = math.sqrt(pa * (1.0 - pa) / n)
+        if ca < pa - allowance:
+            return False, (
+                f"decision accuracy {ca:.3f} below the champion's {pa:.3f} by more than its"
+                f" standard error ({allowance:.3f})"
+            )
     if cb >= pb:
         return False, f"Brier {cb:.4f} not below the champion's {pb:.4f}"
     return True, f"Brier {cb:.4f} below the champion's {pb:.4f}"
