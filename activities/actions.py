@@ -20,7 +20,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._support import heartbeating, invalid_input
-from activities.infra import log_action, logged_action
 from activities.store import get_fleet_target
 from models.actions import (
     ACTION_CAPABILITY,
@@ -30,6 +29,7 @@ from models.actions import (
     ValidateRequestsParams,
 )
 from models.healing import ActionOutcome
+from nofx.healing.action_log import log_action, logged_action
 from nofx.healing.actions import ACTIONS, ActionContext, ActionError, capabilities
 from nofx.healing.probes import request_round
 from nofx.settings import Settings

