@@ -28,6 +28,7 @@ from nofx.healing.probes import check_health
 from nofx.logging import get_logger
 from nofx.providers.supervisor import SupervisorError
 from nofx.settings import Settings
+from nofx.telemetry.routing import InventoryRoutedSource
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
 from nofx.telemetry.sources import MetricSource, make_source
 
@@ -143,13 +144,16 @@ class DetectionActivities:
 
 
 def metric_source(engine: Engine, settings: Settings) -> MetricSource:
-    """The configured telemetry backend (NOFX_TELEMETRY)."""
+    """The configured telemetry backend (NOFX_TELEMETRY), with the services whose inventory
+    entry names a Prometheus server of their own read from it (a CSV replay is read as is)."""
+    if settings.telemetry == "csv":
+        return make_source("csv", path=settings.telemetry_csv_path)
     if settings.telemetry == "prometheus":
-        return make_source(
+        default = make_source(
             "prometheus",
             base_url=settings.prometheus_url,
             service_label=settings.prometheus_service_label,
         )
-    if settings.telemetry == "csv":
-        return make_source("csv", path=settings.telemetry_csv_path)
-    return make_source("scrape", engine=engine)
+    else:
+        default = make_source("scrape", engine=engine)
+    return InventoryRoutedSource(engine, default)

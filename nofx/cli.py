@@ -51,7 +51,9 @@ from models.decisions import (
 )
 from models.detection import TrainDetectorInput
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
+from models.inventory import ApplyReport
 from nofx import chaos
+from nofx import inventory as inventory_store
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
@@ -61,6 +63,7 @@ from nofx.decisions import store as decision_store
 from nofx.diagnosis.training import list_models
 from nofx.faults import clear_recorded, inject_recorded
 from nofx.healing import operations as ops
+from nofx.healing.actions import capabilities
 from nofx.healing.guardrails import (
     active_freezes,
     add_freeze,
@@ -1595,3 +1598,91 @@ def experiments_stop(
     )
     for line in _experiment_lines(r):
         typer.echo(line)
+
+
+# ---- nofx services: the inventory ---------------------------------------------------------
+
+ChangedBy = Annotated[str | None, typer.Option("--as", help="who makes the change (default: you)")]
+services_app = typer.Typer(
+    help="The service inventory: apply an inventory file (with a diff), list, show, remove."
+)
+app.add_typer(services_app, name="services")
+
+
+def _change_lines(report: ApplyReport) -> list[str]:
+    marks = {"add": "+", "change": "~", "unchanged": "=", "remove": "-"}
+    lines = []
+    for c in report.changes:
+        lines.append(f"{marks[c.change]} {c.service:<28} {c.change}")
+        if c.change == "change":
+            for field_, values in c.fields.items():
+                before = json.dumps(values["before"], default=str, sort_keys=True)
+                after = json.dumps(values["after"], default=str, sort_keys=True)
+                lines.append(f"    {field_}: {before} -> {after}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
+    lines.append(f"{'dry run, nothing written' if report.dry_run else 'applied'}: {counts}")
+    return lines
+
+
+@services_app.command("apply")
+def services_apply(
+    file: Annotated[Path, typer.Option("-f", "--file", help="the inventory file (YAML)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the diff only")] = False,
+    actor: ChangedBy = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add or change the file's services (all or none, audited); unlisted ones stay."""
+    with _engine() as engine:
+        try:
+            inventory = inventory_store.load(file)
+            report = inventory_store.apply(
+                engine, inventory, dry_run=dry_run, actor=actor or getpass.getuser()
+            )
+        except inventory_store.InventoryError as err:
+            raise fail(str(err)) from None
+    _emit(report.model_dump(mode="json"), as_json, _change_lines(report))
+
+
+@services_app.command("list")
+def services_list(as_json: JsonOption = False) -> None:
+    """Every service of the inventory: tier, owner, group, providers and endpoint."""
+    with _engine() as engine:
+        rows = inventory_store.describe(engine)
+    lines = [
+        f"{r['name']:<24} {r['tier']:<7} {r['owner'] or '-':<16}"
+        f" {(r['metadata'] or {}).get('group') or '-':<12} {r['provider']:<10} {r['endpoint']}"
+        for r in rows
+    ]
+    _emit(rows, as_json, lines or ["(no services)"])
+
+
+@services_app.command("show")
+def services_show(name: str) -> None:
+    """One service's inventory row, whole, as JSON (with what its providers can do)."""
+    with _engine() as engine:
+        rows = inventory_store.describe(engine, name)
+        target = inventory_store.find_target(engine, name)
+    if not rows:
+        raise fail(f"{name} is not in the inventory (nofx services list)")
+    row = rows[0]
+    if target is not None:
+        row["capabilities"] = capabilities(target)
+    typer.echo(json.dumps(row, default=str, indent=2))
+
+
+@services_app.command("remove")
+def services_remove(
+    names: Annotated[list[str], typer.Argument(help="the services to take out")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go")] = False,
+    actor: ChangedBy = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take services out of the inventory (and their configuration history), all or none."""
+    with _engine() as engine:
+        try:
+            report = inventory_store.remove(
+                engine, names, dry_run=dry_run, actor=actor or getpass.getuser()
+            )
+        except inventory_store.InventoryError as err:
+            raise fail(str(err)) from None
+    _emit(report.model_dump(mode="json"), as_json, _change_lines(report))

@@ -57,6 +57,7 @@ from pilot.config import (
     ENV_REDIS_URL,
     PilotConfig,
     VersionedConfig,
+    application_name,
     cache_prefix,
     config_path,
     data_dir,
@@ -450,21 +451,45 @@ class Fleet:
             return False
         return all(s.operational_state == "up" for s in servers)
 
-    def traffic_metadata(self, name: str) -> dict[str, Any]:
-        """What the healing track needs to reroute traffic around replica `name` (empty when it
-        is in no group; only the group when no HAProxy runs)."""
-        group = self.spec.get(name).group
-        if group is None:
-            return {}
-        if self.haproxy is None:
-            return {"group": group}
-        return {
-            "group": group,
-            "haproxy_socket": str(self.lb_socket),
-            "haproxy_backend": group,
-            "haproxy_server": name,
-            "haproxy_frontend": self.group_url(group),
-        }
+    def inventory(self, owner: str = "platform-sre") -> dict[str, Any]:
+        """The fleet's services as an inventory document: the format an SRE team writes for
+        its own services (`nofx services apply -f`), so the platform reaches the staging fleet
+        the way it reaches theirs: through providers named there."""
+        services = []
+        for spec in self.spec.services:
+            providers: dict[str, Any] = {
+                "process": {"kind": "supervisor", "socket": str(self.socket_path)},
+                "files": {"kind": "files", "data_dir": str(data_dir(self.state_dir, spec.name))},
+                "database": {"kind": "postgresql", "application_name": application_name(spec.name)},
+                "cache": {
+                    "kind": "redis",
+                    "url": self.redis_url,
+                    "prefix": cache_prefix(self.root, spec.name),
+                },
+                "config": {"kind": "pilot-fleet", "home": str(self.home)},
+            }
+            if spec.group is not None and self.haproxy is not None:
+                providers["traffic"] = {
+                    "kind": "haproxy",
+                    "socket": str(self.lb_socket),
+                    "backend": spec.group,
+                    "server": spec.name,
+                    "frontend": self.group_url(spec.group),
+                }
+            entry: dict[str, Any] = {
+                "name": spec.name,
+                "endpoint": f"http://{HOST}:{spec.port}",
+                "tier": "tier-2",
+                "owner": owner,
+                "dependencies": list(spec.depends_on),
+                "slo": {"availability": 0.999, "recovery_time_objective_s": 120},
+                "metrics": {"scrape": f"http://{HOST}:{spec.port}/metrics"},
+                "providers": providers,
+            }
+            if spec.group is not None:
+                entry["group"] = spec.group
+            services.append(entry)
+        return {"services": services}
 
     def group_url(self, group: str, path: str = "") -> str:
         """The URL of a replica group's frontend."""

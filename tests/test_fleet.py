@@ -269,13 +269,14 @@ def test_a_replica_group_is_balanced_by_the_fleets_haproxy(tmp_path: Path) -> No
             for _ in range(6)
         }
         assert served == {"web-1", "web-2"}  # round robin over both replicas
-        meta = fleet.traffic_metadata("web-2")
-        assert meta == {
-            "group": "web",
-            "haproxy_socket": str(fleet.lb_socket),
-            "haproxy_backend": "web",
-            "haproxy_server": "web-2",
-            "haproxy_frontend": f"http://127.0.0.1:{base + 2}",
+        entry = next(e for e in fleet.inventory()["services"] if e["name"] == "web-2")
+        assert entry["group"] == "web"
+        assert entry["providers"]["traffic"] == {
+            "kind": "haproxy",
+            "socket": str(fleet.lb_socket),
+            "backend": "web",
+            "server": "web-2",
+            "frontend": f"http://127.0.0.1:{base + 2}",
         }
         runtime = HAProxyRuntime(fleet.lb_socket)
         assert {s.server for s in runtime.servers("web")} == {"web-1", "web-2"}

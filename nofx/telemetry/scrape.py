@@ -62,10 +62,13 @@ class ScrapeTarget:
     service: str
     endpoint: str
     path: str = "/metrics"
+    metrics_url: str | None = None  # the inventory's own URL for it, when it names one
 
     @property
     def url(self) -> str:
         """The full URL scraped."""
+        if self.metrics_url:
+            return self.metrics_url
         return self.endpoint.rstrip("/") + "/" + self.path.lstrip("/")
 
 
@@ -255,12 +258,20 @@ def scrape_targets(
 
 
 def inventory_targets(engine: Engine) -> list[ScrapeTarget]:
-    """Every service of the inventory (table ``services``) that has an endpoint, by name."""
+    """Every service of the inventory (table ``services``) to scrape, by name: its
+    ``metrics.scrape`` URL when the inventory gives one, else ``{endpoint}/metrics``; a service
+    whose metrics live in a Prometheus server of its own is not scraped."""
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT name, endpoint FROM services WHERE endpoint IS NOT NULL ORDER BY name")
+            text(
+                "SELECT name, endpoint, metadata->'metrics'->>'scrape' AS url FROM services"
+                " WHERE endpoint IS NOT NULL AND NOT coalesce(metadata->'metrics' ? 'prometheus',"
+                " false) ORDER BY name"
+            )
         ).all()
-    return [ScrapeTarget(service=row.name, endpoint=row.endpoint) for row in rows]
+    return [
+        ScrapeTarget(service=row.name, endpoint=row.endpoint, metrics_url=row.url) for row in rows
+    ]
 
 
 def prune_samples(

@@ -1,0 +1,211 @@
+"""The inventory file an SRE team writes: its services, how to watch them and how to act on them.
+
+YAML (or JSON) with one list, ``services``; each entry is validated field by field (unknown
+keys are refused, so a typo is an error, not a silently ignored setting). `nofx services apply
+-f FILE` turns it into rows of the `services` table: the providers' settings become the row's
+`metadata` keys that the actions' capabilities read (`nofx.healing.actions.capabilities`).
+
+    services:
+      - name: checkout
+        endpoint: http://127.0.0.1:8101        # GET {endpoint}/health is the probe
+        tier: tier-1
+        owner: payments-sre
+        group: checkout                        # replica group (with checkout-2, ...)
+        dependencies: [orders]
+        slo: {availability: 0.999, recovery_time_objective_s: 120, latency_p95_ms: 250}
+        metrics: {scrape: http://127.0.0.1:8101/metrics}
+        limits: {rss_bytes: 536870912, disk_used_bytes: 268435456, pool_in_use: 5}
+        providers:
+          process: {kind: supervisor, socket: /srv/checkout/supervisor.sock, program: checkout}
+          traffic: {kind: haproxy, socket: /srv/lb/admin.sock, backend: checkout, server: c1}
+          database: {kind: postgresql, application_name: "checkout"}
+          cache: {kind: redis, url: "redis://127.0.0.1:6379/0", prefix: "checkout:"}
+          files: {kind: files, data_dir: /srv/checkout/data}
+
+`docs/inventory.example.yaml` is the documented example.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from models.decisions import Tier
+
+SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+ServiceName = Annotated[str, StringConstraints(pattern=SERVICE_NAME.pattern)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SloTargets(_Strict):
+    availability: float | None = Field(default=None, gt=0, lt=1, description="e.g. 0.999")
+    recovery_time_objective_s: float | None = Field(default=None, gt=0)
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    error_ratio: float | None = Field(default=None, ge=0, le=1)
+
+
+class PrometheusSeries(_Strict):
+    url: AnyHttpUrl = Field(description="the Prometheus server, e.g. http://prometheus:9090")
+    service_label: NonEmpty = Field(default="service", description="the label naming the service")
+    service_value: NonEmpty | None = Field(
+        default=None, description="the label's value for this service (default: its name)"
+    )
+
+
+class MetricSource(_Strict):
+    """Where the service's metrics come from: a /metrics page scraped into `metric_samples`, or
+    a Prometheus server queried with PromQL. Exactly one."""
+
+    scrape: AnyHttpUrl | None = Field(default=None, description="the /metrics URL to scrape")
+    prometheus: PrometheusSeries | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MetricSource:
+        if (self.scrape is None) == (self.prometheus is None):
+            raise ValueError("give exactly one of scrape or prometheus")
+        return self
+
+
+class SupervisorProcess(_Strict):
+    kind: Literal["supervisor"]
+    socket: NonEmpty = Field(description="supervisord's Unix socket (supervisorctl's serverurl)")
+    program: NonEmpty | None = Field(default=None, description="program name (default: service)")
+
+
+class HAProxyTraffic(_Strict):
+    kind: Literal["haproxy"]
+    socket: NonEmpty = Field(description="HAProxy's admin (runtime API) Unix socket")
+    backend: NonEmpty
+    server: NonEmpty
+    frontend: AnyHttpUrl | None = Field(default=None, description="the group's public URL")
+
+
+class PostgresSessions(_Strict):
+    kind: Literal["postgresql"]
+    application_name: NonEmpty = Field(
+        description="the application_name of the service's connections (pg_stat_activity)"
+    )
+
+
+class RedisCache(_Strict):
+    kind: Literal["redis"]
+    url: NonEmpty = Field(description="redis://host:port/db or unix://path?db=N")
+    prefix: NonEmpty = Field(description="the key prefix the service's cache entries share")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class Files(_Strict):
+    kind: Literal["files"]
+    data_dir: NonEmpty = Field(description="the directory a disk cleanup may quarantine files of")
+
+
+class PilotFleetConfig(_Strict):
+    """Versioned configuration of a NOFX staging-fleet service (the pilot's config files under
+    `home`); a generic file-plus-reload configuration provider replaces it (issue 9)."""
+
+    kind: Literal["pilot-fleet"]
+    home: NonEmpty = Field(description="the staging fleet's home directory")
+
+
+class Providers(_Strict):
+    process: SupervisorProcess | None = None
+    traffic: HAProxyTraffic | None = None
+    database: PostgresSessions | None = None
+    cache: RedisCache | None = None
+    files: Files | None = None
+    config: PilotFleetConfig | None = None
+
+
+class ServiceEntry(_Strict):
+    name: ServiceName = Field(description="lower-case letters, digits, '.', '_' and '-'")
+    endpoint: AnyHttpUrl = Field(description="base URL; GET {endpoint}/health is the probe")
+    tier: Tier = "tier-2"
+    owner: NonEmpty | None = None
+    dependencies: list[ServiceName] = Field(default_factory=list)
+    capacity: int = Field(default=1, ge=1, description="replicas the service normally runs")
+    group: ServiceName | None = Field(
+        default=None,
+        description="replica group: the services of one group serve the same traffic, and"
+        " guardrails keep enough of them serving",
+    )
+    slo: SloTargets = Field(default_factory=SloTargets)
+    metrics: MetricSource | None = Field(
+        default=None, description="default: scrape {endpoint}/metrics"
+    )
+    limits: dict[NonEmpty, float] = Field(
+        default_factory=dict,
+        description="per metric, the value at which it is exhausted (memory, disk, pool): what"
+        " a forecast's time to exhaustion is measured against",
+    )
+    providers: Providers = Field(default_factory=Providers)
+
+    @field_validator("limits")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v > 0)
+        if bad:
+            raise ValueError(f"must be positive: {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> ServiceEntry:
+        if self.name in self.dependencies:
+            raise ValueError(f"{self.name} lists itself among its dependencies")
+        return self
+
+
+class InventoryFile(_Strict):
+    services: list[ServiceEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> InventoryFile:
+        names = [s.name for s in self.services]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"services listed twice: {', '.join(twice)}")
+        return self
+
+
+ChangeKind = Literal["add", "change", "unchanged", "remove"]
+
+
+class ServiceChange(_Strict):
+    """One line of an apply's diff: a service added, changed (with the fields) or unchanged."""
+
+    service: str
+    change: ChangeKind
+    fields: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per changed field, its value before and after"
+    )
+
+
+class ApplyReport(_Strict):
+    dry_run: bool
+    changes: list[ServiceChange]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.changes:
+            out[c.change] = out.get(c.change, 0) + 1
+        return out
