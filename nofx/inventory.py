@@ -48,8 +48,6 @@ def _where(loc: tuple[Any, ...], raw: Any) -> str:
             parts[-1] += f"[{name}]" if isinstance(name, str) and name else f"[{key}]"
         elif isinstance(key, int):
             parts[-1] += f"[{key}]"
-        elif key in ("function-after", "function-before") or str(key).startswith("function-"):
-            continue
         else:
             parts.append(str(key))
     return ".".join(parts) or "(file)"
@@ -194,8 +192,7 @@ def apply(
         # one apply at a time: two concurrent applies would each plan against the old rows
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('nofx-inventory-apply'))"))
         changes = plan(conn, inventory)
-        if dry_run:
-            conn.rollback()
+        if dry_run:  # nothing written; the lock goes with the transaction
             return ApplyReport(dry_run=True, changes=changes)
         rows = {e.name: row_of(e) for e in inventory.services}
         for change in changes:
@@ -306,8 +303,7 @@ def remove(
             )
             for n in wanted
         ]
-        if dry_run:
-            conn.rollback()
+        if dry_run:  # nothing written; the lock goes with the transaction
             return ApplyReport(dry_run=True, changes=changes)
         _delete(conn, wanted)
         for n in wanted:
