@@ -23,13 +23,13 @@ from models.actions import CHECKS, ActionRequest, ValidateRequestsParams
 from models.chaos import ChaosExperimentInput, IncidentSeen, Injected, SteadyState, WatchIncident
 from models.guardrails import GuardrailCheck
 from models.healing import TERMINAL_STATES, IncidentState
-from nofx.faults import clear_recorded, inject_recorded
-from nofx.healing.actions import ACTIONS, ActionError, fleet_of
+from nofx.faults import active_faults, clear_recorded, inject_recorded, staging_fleet
+from nofx.healing.actions import ACTIONS
 from nofx.healing.guardrails import check_guardrails
 from nofx.healing.probes import check_health, request_round
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.settings import Settings
-from pilot.fleet import FleetError
+from pilot.fleet import Fleet, FleetError
 
 # Enough real requests to see errors and stale reads, few enough not to be load themselves.
 _STEADY_REQUESTS = ValidateRequestsParams(
@@ -60,10 +60,11 @@ class ChaosActivities:
         self._engine = engine
         self._settings = settings
 
-    def _fleet(self, service: str) -> Any:
+    def _fleet(self, service: str) -> Fleet:
+        target = get_fleet_target(self._engine, service)
         try:
-            return fleet_of(get_fleet_target(self._engine, service), self._settings.database_url)
-        except ActionError as err:
+            return staging_fleet(target, self._settings.database_url)
+        except FleetError as err:
             raise ApplicationError(str(err), type="NotAFleetService", non_retryable=True) from err
 
     @activity.defn
@@ -100,7 +101,7 @@ class ChaosActivities:
         if before_injecting:
             problems += self._not_ready_to_act(service)
             try:
-                present = self._fleet(service).active_faults(service)
+                present = active_faults(self._fleet(service), self._engine, service)
             except FleetError as err:
                 problems.append(f"faults unknown: {err}")
             else:

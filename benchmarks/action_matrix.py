@@ -79,11 +79,13 @@ from sqlalchemy.engine import Engine
 from activities.store import get_fleet_target
 from models.actions import ACTION_CAPABILITY, ACTION_PARAMS, CHECKS, ValidateRequestsParams
 from models.healing import FleetTarget, PlaybookStep
+from nofx import faults
 from nofx.chaos import FAULT_PARAMS, quantile
 from nofx.db import make_engine, migrate, scratch_database
 from nofx.healing.actions import ACTIONS, Action, ActionContext, capabilities
 from nofx.healing.probes import check_health, request_round
 from nofx.inventory import register_fleet, unregister
+from nofx.providers.config import ConfigError, ConfigStore
 from nofx.providers.haproxy import HAProxyError, HAProxyRuntime, UnknownServerError
 from nofx.providers.supervisor import SupervisorProvider
 from pilot.config import cache_prefix, config_path, read_config
@@ -388,7 +390,9 @@ class Lane:
             config_before = self.running_config()
             injected = self.load.stats()
             try:
-                self.fleet.inject(scenario.kind, self.service, **scenario.params)
+                faults.inject(
+                    self.fleet, self.engine, scenario.kind, self.service, **scenario.params
+                )
             except FleetError as err:
                 result.error = f"fault refused: {err}"
                 return result
@@ -564,7 +568,7 @@ class Lane:
                 trouble.append(f"undo {action.name}: {err}")
         for attempt in range(2):
             try:
-                self.fleet.clear(self.service)
+                faults.clear(self.fleet, self.engine, self.service)
                 break
             except FleetError as err:
                 if attempt:
@@ -573,13 +577,12 @@ class Lane:
         self._forget_refresh_lock()
         try:
             if config_before is not None and self.running_config() != config_before:
-                self.fleet.push_config(
-                    self.service,
+                ConfigStore.of(self.engine, self.service).push(
                     config_before,
                     applied_by=ACTOR,
                     reason="restore the configuration from before the fault",
                 )
-        except (FleetError, OSError, ValueError) as err:
+        except (ConfigError, OSError, ValueError) as err:
             trouble.append(f"config restore: {err}")
         if STOPPING.is_set():
             return

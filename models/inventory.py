@@ -119,12 +119,30 @@ class Files(_Strict):
     data_dir: NonEmpty = Field(description="the directory a disk cleanup may quarantine files of")
 
 
-class PilotFleetConfig(_Strict):
-    """Versioned configuration of a NOFX staging-fleet service (the pilot's config files under
-    `home`); a generic file-plus-reload configuration provider replaces it (issue 9)."""
+class FileConfig(_Strict):
+    """Configuration delivered as a file the service reads plus a reload (see
+    nofx.providers.config for the file's format and the proof of loading)."""
 
-    kind: Literal["pilot-fleet"]
-    home: NonEmpty = Field(description="the staging fleet's home directory")
+    kind: Literal["file"]
+    path: NonEmpty = Field(description="the JSON file the service reads its configuration from")
+    reload: Literal["signal", "http", "watch"] = Field(
+        default="signal",
+        description="signal: the process provider's process gets `signal`; http: POST"
+        " reload_url; watch: the service notices the file itself",
+    )
+    signal: Literal["HUP", "USR1", "USR2"] = "HUP"
+    reload_url: AnyHttpUrl | None = None
+    version_url: AnyHttpUrl | None = Field(
+        default=None, description="GET returns JSON whose `version_field` is the loaded version"
+    )
+    version_field: NonEmpty = "config_version"
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="wait for the proof")
+
+    @model_validator(mode="after")
+    def _reload_target(self) -> FileConfig:
+        if self.reload == "http" and self.reload_url is None:
+            raise ValueError("reload 'http' needs reload_url")
+        return self
 
 
 class Providers(_Strict):
@@ -133,7 +151,7 @@ class Providers(_Strict):
     database: PostgresSessions | None = None
     cache: RedisCache | None = None
     files: Files | None = None
-    config: PilotFleetConfig | None = None
+    config: FileConfig | None = None
 
 
 class ServiceEntry(_Strict):
@@ -158,6 +176,11 @@ class ServiceEntry(_Strict):
         " a forecast's time to exhaustion is measured against",
     )
     providers: Providers = Field(default_factory=Providers)
+    annotations: dict[NonEmpty, str] = Field(
+        default_factory=dict,
+        description="free-form notes for tools (as Kubernetes annotations); the platform's"
+        " decisions never read them",
+    )
 
     @field_validator("limits")
     @classmethod
@@ -171,6 +194,9 @@ class ServiceEntry(_Strict):
     def _not_itself(self) -> ServiceEntry:
         if self.name in self.dependencies:
             raise ValueError(f"{self.name} lists itself among its dependencies")
+        config = self.providers.config
+        if config is not None and config.reload == "signal" and self.providers.process is None:
+            raise ValueError("providers.config reload 'signal' needs providers.process")
         return self
 
 

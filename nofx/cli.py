@@ -61,7 +61,7 @@ from nofx.decisions import approval
 from nofx.decisions import context as decision_context
 from nofx.decisions import store as decision_store
 from nofx.diagnosis.training import list_models
-from nofx.faults import clear_recorded, inject_recorded
+from nofx.faults import FAULT_KINDS, active_faults, clear_recorded, inject_recorded
 from nofx.healing import operations as ops
 from nofx.healing.actions import capabilities
 from nofx.healing.guardrails import (
@@ -80,7 +80,7 @@ from nofx.settings import Settings, SettingsError, get_settings
 from nofx.shutdown import StopOnSignals
 from nofx.stack import Stack, StackError
 from nofx.temporal import exit_process, temporal_client
-from pilot.fleet import FAULT_KINDS, FleetError
+from pilot.fleet import FleetError
 
 app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
 db_app = typer.Typer(help="The platform database.")
@@ -694,10 +694,11 @@ def fleet_clear(
 @fleet_app.command("faults")
 def fleet_faults(service: Annotated[str, typer.Option("--service")]) -> None:
     """The faults active on a pilot service, with their parameters."""
-    try:
-        active = Stack(settings()).fleet().active_faults(service)
-    except FleetError as err:
-        raise fail(str(err)) from None
+    with _engine() as engine:
+        try:
+            active = active_faults(Stack(settings()).fleet(), engine, service)
+        except FleetError as err:
+            raise fail(str(err)) from None
     for kind, detail in active.items() or [("none", {})]:
         typer.echo(f"{kind:<16} {json.dumps(detail, default=str)}")
 

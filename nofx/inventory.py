@@ -112,11 +112,13 @@ def row_of(entry: ServiceEntry) -> dict[str, Any]:
     if providers.files is not None:
         meta["data_dir"] = providers.files.data_dir
     if providers.config is not None:
-        meta["fleet_home"] = providers.config.home
+        meta["config"] = providers.config.model_dump(mode="json", exclude_none=True)
     if entry.metrics is not None:
         meta["metrics"] = entry.metrics.model_dump(mode="json", exclude_none=True)
     if entry.limits:
         meta["limits"] = dict(entry.limits)
+    if entry.annotations:
+        meta["annotations"] = dict(entry.annotations)
     return {
         "tier": entry.tier,
         "owner": entry.owner,

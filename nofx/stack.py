@@ -46,6 +46,7 @@ from models.readmission import TrafficReadmissionInput
 from nofx.db import make_engine, migrate, to_libpq_url
 from nofx.inventory import register_fleet
 from nofx.logging import get_logger, redact_url
+from nofx.providers.config import ConfigStore
 from nofx.settings import (
     SEARCH_ATTRIBUTES,
     TASK_QUEUE_DECISIONS,
@@ -218,7 +219,10 @@ class Stack:
             fleet = self.fleet(database_url)
             engine = make_engine(database_url)
             try:
-                register_fleet(engine, fleet)  # before start: config versions reference it
+                names = register_fleet(engine, fleet)  # before start: config versions need it
+                for name in names:
+                    # a restarted fleet runs what was last pushed or rolled back
+                    ConfigStore.of(engine, name).reconcile()
             finally:
                 engine.dispose()
             if not fleet.is_running():

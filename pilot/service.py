@@ -213,6 +213,7 @@ class PilotService:
         self.config_file = config_file or config_path(state_dir, name)
         self._config_signature = _file_signature(self.config_file)
         self.versioned = _initial_config(self.config_file)
+        self.config_error: dict[str, Any] | None = None
         config = self.versioned.config
         self.slots = WorkSlots(config.workers)
         self.pool = (
@@ -389,6 +390,7 @@ class PilotService:
             "started_at": self.started_at,
             "uptime_seconds": round(self.uptime_seconds, 3),
             "config_version": self.versioned.version,
+            "config_error": self.config_error,
         }
 
     # -- config --------------------------------------------------------------------------------
@@ -407,14 +409,18 @@ class PilotService:
             versioned = read_config(self.config_file)
         except (OSError, ValueError) as exc:
             self.config_reloads.labels(result="error").inc()
+            message = _describe(exc)
+            # /health tells whoever pushed the file that this version was refused, and why
+            self.config_error = {"version": _version_in(self.config_file), "message": message}
             log.warning(
                 "config reload failed; keeping the config in force",
                 service=self.name,
                 version=self.versioned.version,
-                error=str(exc).splitlines()[0],
+                error=message,
             )
             return False
         self.config_reloads.labels(result="ok").inc()
+        self.config_error = None
         if versioned == self.versioned:
             return False
         self.apply_config(versioned)
@@ -658,6 +664,24 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _describe(exc: Exception) -> str:
+    """One line naming what is wrong with a config file (the field and why, when invalid)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+        )
+    return str(exc).splitlines()[0]
+
+
+def _version_in(path: Path) -> int | None:
+    """The version a config file claims, even when the rest of it is not a valid config."""
+    try:
+        version = json.loads(path.read_bytes()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) else None
 
 
 def _initial_config(path: Path) -> VersionedConfig:

@@ -63,7 +63,7 @@ class Traffic:
 
     @property
     def runtime(self) -> HAProxyRuntime:
-        return self.process.runtime()
+        return HAProxyRuntime(self.process.spec.socket_path)
 
     @property
     def url(self) -> str:

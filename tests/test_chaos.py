@@ -15,8 +15,9 @@ from models.chaos import ChaosFault, ChaosResult, ChaosSuiteInput, RollbackCheck
 from models.healing import MonitorInput
 from nofx import chaos
 from nofx.client import NofxClient
+from nofx.faults import FAULT_KINDS
 from nofx.settings import TASK_QUEUE_HEALING
-from pilot.fleet import FAULT_KINDS, Fleet
+from pilot.fleet import Fleet
 from pilot.load import LoadGenerator
 from workflows.monitor import FleetMonitorWorkflow
 

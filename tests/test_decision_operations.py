@@ -39,7 +39,11 @@ SERVICE = "svc-a"
 def add_service(engine: Engine, name: str = SERVICE) -> None:
     """A service the supervisord provider can restart (the socket is never used: no action
     runs here) and whose configuration is versioned."""
-    meta = {"supervisor_socket": "/nonexistent.sock", "process": name, "fleet_home": "/nonexistent"}
+    meta = {
+        "supervisor_socket": "/nonexistent.sock",
+        "process": name,
+        "config": {"kind": "file", "path": "/nonexistent/config.json", "reload": "signal"},
+    }
     with engine.begin() as conn:
         conn.execute(
             text(

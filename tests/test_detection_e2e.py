@@ -316,11 +316,14 @@ async def test_learned_detector_trains_on_recorded_faults_and_goes_live(
         )
         holdout = report.holdout
         # every faulted series of the second round is an episode: errors (cfg), request rate
-        # and latency (busy), memory (mem), disk (disk)
-        # Healing is on: a fault it fixes within seconds may leave too short an episode in some
-        # series, so at least four of the five must be there, and at most one missed.
+        # and latency (busy), memory (mem), disk (disk). Healing is on: a fault it fixes within
+        # seconds may leave too short an episode in some series, so at least four must be there.
+        # Each fault is caught in one of its series, at most one missed; series by series the
+        # product's own bar holds (how well beyond it is for benchmarks/detection.py to say).
         assert holdout["episodes"] >= 4, holdout
-        assert holdout["episodes_detected"] >= holdout["episodes"] - 1, holdout
+        assert holdout["faults"] >= 3, holdout
+        assert holdout["faults_detected"] >= holdout["faults"] - 1, holdout
+        assert holdout["episode_recall"] >= ACTIVATION["episode_recall"], holdout
         # The product's own bar for going live; the detector's accuracy is measured by
         # benchmarks/detection.py, not asserted here on a machine that may be busy.
         assert holdout["roc_auc"] >= ACTIVATION["roc_auc"], holdout

@@ -17,6 +17,7 @@ from nofx.diagnosis.evidence import (
 )
 from nofx.diagnosis.patterns import SIGNATURES, best_pattern, match_patterns
 from nofx.diagnosis.root_cause import dependency_closure, rank_root_causes
+from nofx.providers.config import ConfigStore
 from pilot.fleet import Fleet
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -228,9 +229,12 @@ def test_only_a_rollback_is_taken_for_one_a_repeated_bad_push_is_not(
 ) -> None:
     service = live_fleet.spec.services[1].name
     bad = {"extra_latency_ms": 300}
-    first = live_fleet.push_config(service, bad, applied_by="deploy-bot")
-    rolled = live_fleet.rollback_config(service, applied_by="alice")
-    again = live_fleet.push_config(service, bad, applied_by="deploy-bot")
+    store = ConfigStore.of(db_engine, service)
+    _, first = store.push(bad, applied_by="deploy-bot")
+    rollback = store.rollback(applied_by="alice")
+    assert rollback is not None
+    rolled = rollback[1]
+    _, again = store.push(bad, applied_by="deploy-bot")
     assert again.config == first.config  # the same bad configuration, pushed once more
 
     changes = recent_config_changes(db_engine, datetime.now(UTC))[service]

@@ -20,7 +20,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from models.healing import IncidentInput, IncidentState
+from nofx import faults
 from nofx.client import incident_workflow_id
+from nofx.providers.config import ConfigStore
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet, free_port
 from workflows.healing import HealingIncidentWorkflow
@@ -162,7 +164,7 @@ async def test_worker_killed_mid_rollback_rolls_back_once(
     """The same for a configuration rollback: the retried attempt finds its own rollback in
     place (its step key is in the version's reason) and does not roll back again."""
     service = live_fleet.spec.services[0].name
-    live_fleet.inject("bad_config", service, error_rate=0.6)
+    faults.inject(live_fleet, db_engine, "bad_config", service, error_rate=0.6)
     worker_process.start()
     handle = await client.start_workflow(
         HealingIncidentWorkflow.run,
@@ -196,9 +198,9 @@ async def test_worker_killed_mid_rollback_rolls_back_once(
     result = await asyncio.wait_for(handle.result(), timeout=180)
     assert result.state is IncidentState.RESOLVED
     assert len(healing_versions()) == 1, "rolled back more than once"
-    active = live_fleet.active_config(service)
+    active = ConfigStore.of(db_engine, service).active()
     assert active is not None
     assert active.config["error_rate"] == 0.0
     logged = logged_statuses(db_engine, handle.id, "rollback_config")
     assert logged == ["succeeded"]  # one row for the step, however many attempts ran it
-    live_fleet.clear(service)
+    faults.clear(live_fleet, db_engine, service)

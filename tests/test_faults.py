@@ -24,17 +24,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
+from nofx import faults
+from nofx.faults import FAULT_ACTOR, FAULT_KINDS
 from nofx.inventory import register_fleet, unregister
+from nofx.providers.config import ConfigError, ConfigStore
 from pilot.config import application_name
-from pilot.fleet import (
-    FAULT_ACTOR,
-    FAULT_KINDS,
-    Fleet,
-    FleetError,
-    FleetSpec,
-    ServiceSpec,
-    free_port,
-)
+from pilot.fleet import Fleet, FleetError, FleetSpec, ServiceSpec, free_port
 from pilot.load import LoadGenerator
 
 MIB = 1024 * 1024
@@ -178,12 +173,14 @@ def test_bad_config_push_raises_errors_and_latency_until_rolled_back(
     fast = (("le", "0.1"), ("path", "/"))
     fast_before = scrape(fleet, name)[("pilot_request_duration_seconds_bucket", fast)]
 
-    pushed = fleet.inject("bad_config", name, error_rate=0.5, extra_latency_ms=120)
+    pushed = faults.inject(
+        fleet, db_engine, "bad_config", name, error_rate=0.5, extra_latency_ms=120
+    )
 
     assert (pushed["version"], pushed["previous_version"]) == (2, 1)
     rows = config_rows(db_engine, name)
     assert [(r["version"], r["active"], r["applied_by"]) for r in rows] == [
-        (1, False, "nofx-fleet"),
+        (1, False, "nofx-config"),
         (2, True, FAULT_ACTOR),
     ]
     assert rows[0]["config"]["error_rate"] == 0.0
@@ -201,47 +198,56 @@ def test_bad_config_push_raises_errors_and_latency_until_rolled_back(
     assert samples[("pilot_config_version", ())] == 2
     assert samples[("pilot_requests_total", (("path", "/"), ("status", "500")))] == failed
     assert samples[("pilot_request_duration_seconds_bucket", fast)] == fast_before  # none fast
+    assert faults.active_faults(fleet, db_engine, name)["bad_config"]["version"] == 2
 
-    with pytest.raises(FleetError, match="already active"):
-        fleet.inject("bad_config", name)
+    with pytest.raises(FleetError, match="roll it back first"):
+        faults.inject(fleet, db_engine, "bad_config", name)
 
-    # A restart does not help: the pilot starts on the version that is active.
+    # A restart does not help: the pilot starts on the file the platform delivered.
     supervisor: Any = fleet.rpc().supervisor
     fleet.inject("kill", name)
     wait_for(lambda: supervisor.getProcessInfo(name)["statename"] == "EXITED")
     assert fleet.clear(name, "kill")[0].startswith("kill: started")
     assert httpx.get(fleet.health_url(name), timeout=1.0).json()["config_version"] == 2
 
-    assert fleet.clear(name) == ["bad_config: rolled back v2 to v1 as v3"]
+    assert faults.clear(fleet, db_engine, name) == ["bad_config: rolled back v2 to v1 as v3"]
 
     rows = config_rows(db_engine, name)
     assert [(r["version"], r["active"]) for r in rows] == [(1, False), (2, False), (3, True)]
     assert rows[2]["config"] == rows[0]["config"]
-    assert fleet.active_config(name) is not None
-    assert fleet.active_config(name).version == 3  # type: ignore[union-attr]
+    active = ConfigStore.of(db_engine, name).active()
+    assert active is not None
+    assert (active.version, active.rolled_back_to) == (3, 1)
     assert all(work(fleet, name).status_code == 200 for _ in range(10))
     assert metric(fleet, name, "pilot_config_version") == 3
-    assert fleet.clear(name) == []
+    assert faults.clear(fleet, db_engine, name) == []
+    assert "bad_config" not in faults.active_faults(fleet, db_engine, name)
 
 
-def test_config_pushes_are_validated_and_a_broken_file_keeps_the_config(
-    fleet: Fleet, name: str, tmp_path: Path, database_url: str
+def test_config_pushes_are_checked_refused_by_the_service_undone_and_a_broken_file_kept(
+    fleet: Fleet, name: str, db_engine: Engine
 ) -> None:
-    with pytest.raises(FleetError, match="error_rate"):
-        fleet.push_config(name, {"error_rate": 2}, applied_by="test")
-    with pytest.raises(FleetError, match="db_pool_sise"):
-        fleet.push_config(name, {"db_pool_sise": 3}, applied_by="test")
-    assert fleet.config_history(name) == []  # a refused push leaves no baseline behind
+    store = ConfigStore.of(db_engine, name)
+    with pytest.raises(ConfigError, match="db_pool_sise: not a setting"):
+        store.push({"db_pool_sise": 3}, applied_by="test")
+    with pytest.raises(ConfigError, match="workers: 'two' is a string"):
+        store.push({"workers": "two"}, applied_by="test")
+    # A value the platform cannot judge is the service's to refuse: it says so on /health, the
+    # previous version is put back and nothing is recorded.
+    with pytest.raises(
+        ConfigError,
+        match=r"refused v2: config.error_rate: .* less than or equal to 1; v1 is back in force",
+    ):
+        store.push({"error_rate": 2}, applied_by="test")
+    assert store.history() == []  # a refused push leaves no baseline behind
+    assert httpx.get(fleet.health_url(name), timeout=1.0).json()["config_error"] is None
+    assert work(fleet, name).status_code == 200
 
-    unregistered = Fleet(
-        tmp_path / "other",
-        FleetSpec(services=[ServiceSpec(name="f-unregistered", port=free_port())]),
-        database_url=database_url,
-    )
-    with pytest.raises(FleetError, match="not registered"):
-        unregistered.push_config("f-unregistered", {"error_rate": 0.1}, applied_by="test")
+    with pytest.raises(ConfigError, match="not in the inventory"):
+        ConfigStore.of(db_engine, "f-unregistered")
 
-    pushed = fleet.push_config(name, {"workers": 2}, applied_by="alice", reason="fewer workers")
+    previous, pushed = store.push({"workers": 2}, applied_by="alice", reason="fewer workers")
+    assert (previous.version, previous.applied_by) == (1, "nofx-config")
     assert (pushed.version, pushed.applied_by, pushed.config["workers"]) == (2, "alice", 2)
     assert metric(fleet, name, "pilot_workers") == 2
 
@@ -253,9 +259,15 @@ def test_config_pushes_are_validated_and_a_broken_file_keeps_the_config(
     )
     assert metric(fleet, name, "pilot_config_version") == 2
     assert work(fleet, name).status_code == 200
+    # The platform puts its active version back where someone broke the file.
+    delivered = store.reconcile()
+    assert delivered is not None
+    assert delivered.loaded, delivered
+    assert store.reconcile() is None  # in step now
 
-    rolled = fleet.rollback_config(name, applied_by="alice")
-    assert (rolled.version, rolled.config["workers"]) == (3, 4)
+    rolled = store.rollback(applied_by="alice")
+    assert rolled is not None
+    assert (rolled[1].version, rolled[1].config["workers"], rolled[1].rolled_back_to) == (3, 4, 1)
     assert metric(fleet, name, "pilot_workers") == 4
 
 
@@ -399,8 +411,12 @@ def test_memory_leak_grows_rss_within_its_limit_and_clear_frees_it(fleet: Fleet,
     wait_for(lambda: rss(fleet, name) < start + 30 * MIB, what="RSS back down")
 
 
-def test_disk_fill_reaches_the_quota_and_clear_deletes_the_files(fleet: Fleet, name: str) -> None:
-    fleet.push_config(name, {"disk_quota_mb": 16}, applied_by="test", reason="a quick fill")
+def test_disk_fill_reaches_the_quota_and_clear_deletes_the_files(
+    fleet: Fleet, name: str, db_engine: Engine
+) -> None:
+    ConfigStore.of(db_engine, name).push(
+        {"disk_quota_mb": 16}, applied_by="test", reason="a quick fill"
+    )
     assert metric(fleet, name, "pilot_disk_quota_bytes") == 16 * MIB
     assert metric(fleet, name, "pilot_disk_used_bytes") == 0
 
@@ -447,10 +463,10 @@ def test_clear_without_a_kind_removes_every_fault(
         ("overload", {"concurrency": 2}),
         ("hang", {}),
     ]:
-        fleet.inject(kind, name, **params)
-    assert set(fleet.active_faults(name)) == {"hang", "overload", "bad_config"}
+        faults.inject(fleet, db_engine, kind, name, **params)
+    assert set(faults.active_faults(fleet, db_engine, name)) == {"hang", "overload", "bad_config"}
 
-    cleared = fleet.clear(name)
+    cleared = faults.clear(fleet, db_engine, name)
 
     assert [line.split(":")[0] for line in cleared] == [
         "hang",
@@ -461,10 +477,10 @@ def test_clear_without_a_kind_removes_every_fault(
         "disk_fill",
         "bad_config",
     ]
-    assert fleet.active_faults(name) == {}
+    assert faults.active_faults(fleet, db_engine, name) == {}
     assert leaked_backends(db_engine, name) == []
     assert work(fleet, name).status_code == 200
-    assert fleet.clear(name) == []
+    assert faults.clear(fleet, db_engine, name) == []
 
 
 def test_faults_and_their_parameters_are_refused_by_name(fleet: Fleet, name: str) -> None:

@@ -116,7 +116,7 @@ def spec(tmp_path: Path, backends: dict[str, int]) -> HAProxySpec:
 @pytest.fixture
 def haproxy(spec: HAProxySpec, tmp_path: Path) -> Iterator[HAProxyProcess]:
     with HAProxyProcess(spec, tmp_path / "haproxy") as process:
-        runtime = process.runtime()
+        runtime = HAProxyRuntime(process.spec.socket_path)
         # haproxy counts servers UP before the first check; this catches a replica that
         # does not answer before a test blames the provider for it.
         wait_for(
@@ -127,7 +127,7 @@ def haproxy(spec: HAProxySpec, tmp_path: Path) -> Iterator[HAProxyProcess]:
 
 @pytest.fixture
 def runtime(haproxy: HAProxyProcess) -> HAProxyRuntime:
-    return haproxy.runtime()
+    return HAProxyRuntime(haproxy.spec.socket_path)
 
 
 def hits(haproxy: HAProxyProcess, count: int = REQUESTS) -> Counter[str]:
@@ -307,6 +307,6 @@ def test_stopped_haproxy_is_unavailable(spec: HAProxySpec, tmp_path: Path) -> No
     with process:
         pid = process.pid
         assert pid is not None
-        assert "Name: HAProxy" in process.runtime().command("show info")
+        assert "Name: HAProxy" in HAProxyRuntime(process.spec.socket_path).command("show info")
     with pytest.raises(HAProxyUnavailableError):
-        process.runtime(timeout=1.0).command("show info")
+        HAProxyRuntime(process.spec.socket_path, timeout=1.0).command("show info")

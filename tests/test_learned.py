@@ -87,13 +87,15 @@ def test_evaluate_counts_points_and_episodes() -> None:
         features=np.zeros((6, len(FEATURES))),
         labels=np.array([0, 1, 1, 0, 1, 1], dtype=np.int8),
         timestamps=np.arange(6, dtype=float) * 2.0,
-        episode_ids=[None, "x", "x", None, "y", "y"],
+        episode_ids=[None, "f:x", "f:x", None, "f:y", "f:y"],
     )
-    # flags: a false positive at 0, episode x from its second sample, episode y missed
+    # flags: a false positive at 0, episode x from its second sample, episode y missed; both
+    # are series of one fault, which is caught
     got = evaluate(np.array([0.9, 0.1, 0.7, 0.2, 0.3, 0.4]), data, level=0.5)
     assert (got.points, got.positives) == (6, 4)
     assert (got.precision, got.recall, got.false_positive_rate) == (0.5, 0.25, 0.5)
     assert (got.episodes, got.episodes_detected, got.episode_recall) == (2, 1, 0.5)
+    assert (got.faults, got.faults_detected) == (1, 1)
     assert got.detection_delay_p50_s == 2.0
 
 
@@ -159,6 +161,8 @@ def evaluation(**overrides: object) -> dict[str, object]:
         false_positive_rate=0.01,
         episodes=4,
         episodes_detected=3,
+        faults=3,
+        faults_detected=3,
         detection_delay_p50_s=6.0,
         level=0.5,
     ).as_dict()

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from nofx.healing import operations as ops
 from nofx.healing.guardrails import set_paused
 from nofx.operations.errors import OperationError
+from nofx.providers.config import ConfigStore
 from pilot.fleet import Fleet
 
 
@@ -178,7 +179,7 @@ def test_simulate_touches_nothing_and_reports_guardrails(
     nofx_cli: Any,
 ) -> None:
     service = live_fleet.spec.services[0].name
-    before = live_fleet.active_config(service)
+    before = ConfigStore.of(db_engine, service).active()
 
     def counts() -> tuple[int, int, int]:
         with db_engine.connect() as conn:
@@ -199,7 +200,7 @@ def test_simulate_touches_nothing_and_reports_guardrails(
     assert plan["rollback_plan"] == ["re-apply the configuration it replaced"]
     assert plan["expected_outcome"].startswith("would run 2 step(s)")
     assert counts() == recorded  # no action, no lease, no recorded verdict
-    assert live_fleet.active_config(service) == before
+    assert ConfigStore.of(db_engine, service).active() == before
 
     set_paused(db_engine, True, actor="ivy", reason="maintenance")
     try:

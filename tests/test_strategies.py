@@ -46,10 +46,12 @@ from models.healing import (
     IncidentState,
     PlaybookCandidate,
 )
+from nofx import faults
 from nofx.client import start_incident
 from nofx.db import to_libpq_url
 from nofx.decisions import store
 from nofx.healing.actions import ACTIONS, capabilities
+from nofx.providers.config import ConfigStore
 from nofx.settings import Settings
 from pilot.config import application_name
 from pilot.fleet import Fleet
@@ -181,18 +183,18 @@ def test_capabilities_come_from_the_inventory(db_engine: Engine, live_fleet: Fle
 
 
 async def test_bad_config_is_rolled_back_and_the_undo_restores_it(
-    client: Client, healing_worker: None, live_fleet: Fleet, undo: Any
+    client: Client, healing_worker: None, live_fleet: Fleet, undo: Any, db_engine: Engine
 ) -> None:
     service = live_fleet.spec.services[1].name
-    live_fleet.inject("bad_config", service, error_rate=0.6)
-    bad = live_fleet.active_config(service)
+    faults.inject(live_fleet, db_engine, "bad_config", service, error_rate=0.6)
+    bad = ConfigStore.of(db_engine, service).active()
     assert bad is not None
     assert sum(r["status"] >= 500 for r in work(live_fleet, service, 20)) > 3
 
     result, workflow_id = await heal(client, service, "error_spike_after_config_change")
     assert result.state is IncidentState.RESOLVED
     assert actions_of(result) == ["rollback_config"]
-    healed = live_fleet.active_config(service)
+    healed = ConfigStore.of(db_engine, service).active()
     assert healed is not None
     assert healed.config["error_rate"] == 0.0
     assert healed.applied_by == "nofx-healing"
@@ -203,10 +205,10 @@ async def test_bad_config_is_rolled_back_and_the_undo_restores_it(
     )
     assert undone.performed
     assert undone.detail["prior_state_restored"], undone.detail
-    restored = live_fleet.active_config(service)
+    restored = ConfigStore.of(db_engine, service).active()
     assert restored is not None
     assert restored.config == bad.config  # the prior (bad) configuration is back
-    live_fleet.clear(service)
+    faults.clear(live_fleet, db_engine, service)
 
 
 async def test_stuck_sessions_are_ended_but_sessions_with_writes_are_spared(
@@ -369,7 +371,7 @@ async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
                 {"n": name, "s": json.dumps(steps), "r": rank},
             )
     try:
-        before = live_fleet.active_config(service)
+        before = ConfigStore.of(db_engine, service).active()
         size = (before.config if before else {}).get("db_pool_size", 5)
         pid = live_fleet.pid(service)
         result, _ = await heal(client, service, "overload")
@@ -377,7 +379,7 @@ async def test_a_failed_rung_is_rolled_back_and_the_ladder_goes_on(
         assert actions_of(result) == ["resize_pool", "undo_resize_pool", "restart_service"]
         assert result.actions[0].detail["to"] == size * 2
         assert result.actions[1].performed
-        after = live_fleet.active_config(service)
+        after = ConfigStore.of(db_engine, service).active()
         assert after is not None
         assert after.config["db_pool_size"] == size  # the prior size is back
         assert served_version(live_fleet, service) == after.version  # and the pilot runs it

@@ -152,6 +152,8 @@ class Evaluation:
     false_positive_rate: float | None
     episodes: int
     episodes_detected: int
+    faults: int
+    faults_detected: int
     detection_delay_p50_s: float | None
     level: float
 
@@ -171,6 +173,8 @@ class Evaluation:
             "episodes": self.episodes,
             "episodes_detected": self.episodes_detected,
             "episode_recall": self.episode_recall,
+            "faults": self.faults,
+            "faults_detected": self.faults_detected,
             "detection_delay_p50_s": self.detection_delay_p50_s,
             "level": self.level,
         }
@@ -217,8 +221,13 @@ def evaluate(probabilities: FloatArray, data: Dataset, level: float) -> Evaluati
         if episode is not None:
             by_episode.setdefault(episode, []).append(index)
     delays = []
-    for indices in by_episode.values():
+    # An episode is one series of one fault ("fault:series"): a fault is caught when any of
+    # the series it shows in is flagged.
+    faults: dict[str, bool] = {}
+    for episode, indices in by_episode.items():
         hits = [i for i in indices if flagged[i]]
+        fault = episode.rsplit(":", 1)[0]
+        faults[fault] = faults.get(fault, False) or bool(hits)
         if hits:
             delays.append(float(data.timestamps[hits[0]] - data.timestamps[indices[0]]))
     return Evaluation(
@@ -231,6 +240,8 @@ def evaluate(probabilities: FloatArray, data: Dataset, level: float) -> Evaluati
         false_positive_rate=_round(false_pos / negatives if negatives else None),
         episodes=len(by_episode),
         episodes_detected=len(delays),
+        faults=len(faults),
+        faults_detected=sum(faults.values()),
         detection_delay_p50_s=_round(float(np.median(delays)) if delays else None),
         level=level,
     )

@@ -44,6 +44,7 @@ from models.actions import (
 )
 from models.healing import FleetTarget
 from nofx.logging import get_logger
+from nofx.providers.config import ConfigError, ConfigStore, ConfigVersion, delivery_of
 from nofx.providers.haproxy import (
     HAProxyError,
     HAProxyRuntime,
@@ -53,7 +54,6 @@ from nofx.providers.haproxy import (
     TrafficSetting,
     UnknownServerError,
 )
-from pilot.fleet import Fleet, FleetError, FleetSpec, ServiceSpec
 
 log = get_logger(__name__)
 
@@ -72,9 +72,9 @@ def capabilities(target: FleetTarget) -> dict[Capability, str]:
         found["process.restart"] = "supervisor"
     if meta.get("data_dir"):
         found["disk.cleanup"] = "files"
-    if meta.get("fleet_home"):
-        found["config.rollback"] = "config_versions"
-        found["config.adjust"] = "config_versions"
+    if (meta.get("config") or {}).get("kind") == "file":
+        found["config.rollback"] = "config-file"
+        found["config.adjust"] = "config-file"
     if meta.get("application_name"):
         found["db.terminate_idle"] = "postgresql"
     if meta.get("redis_url") and meta.get("cache_prefix"):
@@ -110,23 +110,14 @@ class ActionContext:
             raise ActionError(f"service {self.service!r} has no metadata.{name} in the inventory")
         return value
 
-    def fleet(self) -> Fleet:
-        """The pilot fleet that runs the target, for its versioned configuration."""
-        self.meta("fleet_home")
-        return fleet_of(self.target, self.database_url)
-
-
-def fleet_of(target: FleetTarget, database_url: str | None) -> Fleet:
-    """The staging fleet that runs `target` (as far as this one service goes)."""
-    home = target.metadata.get("fleet_home")
-    if not home:
-        raise ActionError(f"service {target.service!r} has no metadata.fleet_home in the inventory")
-    port = int(httpx.URL(target.endpoint).port or 80)
-    return Fleet(
-        Path(home),
-        FleetSpec(services=[ServiceSpec(name=target.service, port=port)]),
-        database_url=database_url,
-    )
+    def config(self) -> ConfigStore:
+        """The target's configuration versions and their delivery (its config provider)."""
+        try:
+            return ConfigStore(
+                self.engine, self.service, delivery_of(self.service, self.target.metadata)
+            )
+        except ConfigError as err:
+            raise ActionError(str(err)) from err
 
 
 @dataclass
@@ -245,7 +236,7 @@ class RollbackConfig:
     name = "rollback_config"
 
     def capture(self, ctx: ActionContext, params: RollbackConfigParams) -> dict[str, Any]:
-        active = ctx.fleet().active_config(ctx.service)
+        active = ctx.config().active()
         if active is None:
             raise ActionError(f"{ctx.service} has no active configuration version to roll back")
         rolled_back = active.applied_by == HEALING_ACTOR and "roll back" in (active.reason or "")
@@ -260,21 +251,15 @@ class RollbackConfig:
     def perform(
         self, ctx: ActionContext, params: RollbackConfigParams, prior: Mapping[str, Any]
     ) -> Performed:
-        fleet = ctx.fleet()
-        active = fleet.active_config(ctx.service)
+        store = ctx.config()
+        active = store.active()
         if active is not None and ctx.key in (active.reason or ""):
             return Performed(
                 True, {"active_version": active.version, "note": "already rolled back"}
             )
-        try:
-            rolled = fleet.rollback_config(
-                ctx.service,
-                applied_by=HEALING_ACTOR,
-                reason=_reason(ctx, f"roll back v{prior['from_version']}"),
-                to_version=params.to_version,
-            )
-        except FleetError as err:
-            raise ActionError(str(err)) from err
+        rolled = self._roll_back(
+            ctx, store, params.to_version, f"roll back v{prior['from_version']}"
+        )
         return Performed(
             True,
             {
@@ -284,26 +269,37 @@ class RollbackConfig:
             },
         )
 
+    @staticmethod
+    def _roll_back(
+        ctx: ActionContext, store: ConfigStore, to_version: int | None, why: str
+    ) -> ConfigVersion:
+        try:
+            rolled = store.rollback(
+                applied_by=HEALING_ACTOR, reason=_reason(ctx, why), to_version=to_version
+            )
+        except ConfigError as err:
+            raise ActionError(str(err)) from err
+        assert rolled is not None  # only `only_over` makes a rollback a no-op
+        return rolled[1]
+
+    @staticmethod
+    def _before(store: ConfigStore, prior: Mapping[str, Any]) -> ConfigVersion | None:
+        wanted = int(prior["from_version"])
+        return next((v for v in store.history() if v.version == wanted), None)
+
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
-        fleet = ctx.fleet()
-        history = {v.version: v for v in fleet.config_history(ctx.service)}
-        before = history.get(int(prior["from_version"]))
-        active = fleet.active_config(ctx.service)
+        store = ctx.config()
+        before, active = self._before(store, prior), store.active()
         if before is None or active is None or active.config == before.config:
             return Performed(False, {"reason": "the prior configuration is in force"})
-        restored = fleet.rollback_config(
-            ctx.service,
-            applied_by=HEALING_ACTOR,
-            reason=_reason(ctx, f"compensation: restore v{before.version}"),
-            to_version=before.version,
+        restored = self._roll_back(
+            ctx, store, before.version, f"compensation: restore v{before.version}"
         )
         return Performed(True, {"restored_version": before.version, "active": restored.version})
 
     def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
-        fleet = ctx.fleet()
-        history = {v.version: v for v in fleet.config_history(ctx.service)}
-        before = history.get(int(prior["from_version"]))
-        active = fleet.active_config(ctx.service)
+        store = ctx.config()
+        before, active = self._before(store, prior), store.active()
         if before is None or active is None:
             return False, f"v{prior['from_version']} or the active version is missing"
         if active.config != before.config:
@@ -320,52 +316,47 @@ class ResizePool:
 
     name = "resize_pool"
 
+    @staticmethod
+    def _size(active: ConfigVersion | None, default: int) -> int:
+        return int((active.config if active else {}).get("db_pool_size", default))
+
     def capture(self, ctx: ActionContext, params: ResizePoolParams) -> dict[str, Any]:
-        active = ctx.fleet().active_config(ctx.service)
-        size = int((active.config if active else {}).get("db_pool_size", 5))
+        size = self._size(ctx.config().active(), 5)
         return {
             "size": size,
             "target": min(params.max_size, max(size + 1, round(size * params.factor))),
         }
 
+    def _set(self, ctx: ActionContext, size: int, why: str) -> ConfigVersion:
+        try:
+            _, pushed = ctx.config().push(
+                {"db_pool_size": size}, applied_by=HEALING_ACTOR, reason=_reason(ctx, why)
+            )
+        except ConfigError as err:
+            raise ActionError(str(err)) from err
+        return pushed
+
     def perform(
         self, ctx: ActionContext, params: ResizePoolParams, prior: Mapping[str, Any]
     ) -> Performed:
-        fleet = ctx.fleet()
-        active = fleet.active_config(ctx.service)
-        current = int((active.config if active else {}).get("db_pool_size", prior["size"]))
+        current = self._size(ctx.config().active(), int(prior["size"]))
         target = int(prior["target"])
         if current >= target:
             return Performed(False, {"size": current, "reason": f"pool already {current}"})
-        try:
-            pushed = fleet.push_config(
-                ctx.service,
-                {"db_pool_size": target},
-                applied_by=HEALING_ACTOR,
-                reason=_reason(ctx, f"grow the database pool {current} -> {target}"),
-            )
-        except FleetError as err:
-            raise ActionError(str(err)) from err
+        pushed = self._set(ctx, target, f"grow the database pool {current} -> {target}")
         return Performed(True, {"from": current, "to": target, "version": pushed.version})
 
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
-        fleet = ctx.fleet()
-        active = fleet.active_config(ctx.service)
         size = int(prior["size"])
-        if active is None or int(active.config.get("db_pool_size", size)) == size:
+        active = ctx.config().active()
+        if active is None or self._size(active, size) == size:
             return Performed(False, {"reason": f"the pool is back at {size}"})
-        fleet.push_config(
-            ctx.service,
-            {"db_pool_size": size},
-            applied_by=HEALING_ACTOR,
-            reason=_reason(ctx, f"compensation: pool back to {size}"),
-        )
+        self._set(ctx, size, f"compensation: pool back to {size}")
         return Performed(True, {"size": size})
 
     def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]:
-        active = ctx.fleet().active_config(ctx.service)
         size = int(prior["size"])
-        now = int((active.config if active else {}).get("db_pool_size", 5))
+        now = self._size(ctx.config().active(), 5)
         return now == size, f"pool size {now} (before the step: {size})"
 
     def plan(self, params: ResizePoolParams) -> tuple[str, str]:
