@@ -28,9 +28,8 @@ from nofx.healing.probes import check_health
 from nofx.logging import get_logger
 from nofx.providers.supervisor import SupervisorError
 from nofx.settings import Settings
-from nofx.telemetry.routing import InventoryRoutedSource
+from nofx.telemetry.routing import metric_source
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
-from nofx.telemetry.sources import MetricSource, make_source
 
 log = get_logger(__name__)
 # How often the monitor's worker looks for a newly activated learned detector.
@@ -141,19 +140,3 @@ class DetectionActivities:
             diagnoses=diagnoses,
             evidence={name: ev for name, ev in evidence.items() if ev.signals},
         )
-
-
-def metric_source(engine: Engine, settings: Settings) -> MetricSource:
-    """The configured telemetry backend (NOFX_TELEMETRY), with the services whose inventory
-    entry names a Prometheus server of their own read from it (a CSV replay is read as is)."""
-    if settings.telemetry == "csv":
-        return make_source("csv", path=settings.telemetry_csv_path)
-    if settings.telemetry == "prometheus":
-        default = make_source(
-            "prometheus",
-            base_url=settings.prometheus_url,
-            service_label=settings.prometheus_service_label,
-        )
-    else:
-        default = make_source("scrape", engine=engine)
-    return InventoryRoutedSource(engine, default)

@@ -10,12 +10,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._support import progress_reporter
-from activities.telemetry import metric_source
 from models.detection import DetectorModelReport, TrainDetectorInput
 from nofx.detection.learned import TrainingError
 from nofx.diagnosis.training import train_detector
 from nofx.logging import get_logger
 from nofx.settings import Settings
+from nofx.telemetry.routing import metric_source
 
 log = get_logger(__name__)
 

@@ -50,6 +50,7 @@ from models.decisions import (
     VerdictAck,
 )
 from models.detection import TrainDetectorInput
+from models.forecasting import ForecastRequest
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from models.inventory import ApplyReport
 from nofx import chaos
@@ -1687,3 +1688,99 @@ def services_remove(
         except inventory_store.InventoryError as err:
             raise fail(str(err)) from None
     _emit(report.model_dump(mode="json"), as_json, _change_lines(report))
+
+
+# ---- predictive ----------------------------------------------------------------------------
+
+predictive_app = typer.Typer(
+    help="Forecasts with intervals, time to exhaustion, maintenance predictions and jobs."
+)
+app.add_typer(predictive_app, name="predictive")
+
+
+def _limit_of(engine: Engine, service: str, metric: str) -> float | None:
+    """The inventory's limit for `metric` of `service` (None when it declares none)."""
+    rows = inventory_store.describe(engine, service)
+    if not rows:
+        raise fail(f"{service} is not in the inventory (nofx services list)")
+    limits = (rows[0]["metadata"] or {}).get("limits") or {}
+    value = limits.get(metric)
+    return float(value) if value is not None else None
+
+
+@predictive_app.command("forecast")
+def predictive_forecast(
+    service: Annotated[str, typer.Option("--service", help="a service of the inventory")],
+    metric: Annotated[str, typer.Option("--metric", help="the metric, as the source names it")],
+    horizon: Annotated[int, typer.Option(help="steps ahead")] = 288,
+    step: Annotated[float, typer.Option(help="seconds per step")] = 300.0,
+    history_hours: Annotated[float, typer.Option(help="history to fit on")] = 168.0,
+    until: Annotated[
+        datetime | None, typer.Option(help="forecast from this moment (UTC; default now)")
+    ] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="write a PNG: history, forecast, intervals")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Forecast a service's metric with 80% and 95% intervals, and its time to exhaustion
+    when the inventory sets a limit for it."""
+    from nofx.forecasting.plot import plot
+    from nofx.forecasting.service import ForecastError, forecast_metric
+    from nofx.telemetry.routing import metric_source
+    from nofx.telemetry.sources import MetricSourceError
+
+    try:
+        request = ForecastRequest(
+            service=service,
+            metric=metric,
+            horizon_steps=horizon,
+            step_seconds=step,
+            history_hours=history_hours,
+            until=until.replace(tzinfo=until.tzinfo or UTC) if until else None,
+        )
+    except ValidationError as err:
+        raise fail("; ".join(field_errors(err))) from None
+    with _engine() as engine:
+        limit = _limit_of(engine, service, metric)
+        try:
+            report = forecast_metric(metric_source(engine, settings()), request, limit=limit)
+        except (ForecastError, MetricSourceError) as err:
+            raise fail(str(err)) from None
+    if plot_path is not None:
+        plot(report, plot_path)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"{service} {metric}: {len(report.history)} steps of {step:g}s history"
+        f" ({report.repairs}); model {report.model}"
+    )
+    typer.echo(
+        "  backtest MAE (scaled): "
+        + ", ".join(f"{m} {v:.3f}" for m, v in sorted(report.backtest_mae.items()))
+    )
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+    marks = sorted({0, len(report.points) // 4, len(report.points) // 2, len(report.points) - 1})
+    typer.echo(f"  {'at':<25} {'mean':>12} {'80% interval':>27} {'95% interval':>27}")
+    for i in marks:
+        p = report.points[i]
+        typer.echo(
+            f"  {p.ts.isoformat():<25} {p.mean:>12.4g} [{p.lo80:>11.4g}, {p.hi80:>11.4g}]"
+            f" [{p.lo95:>11.4g}, {p.hi95:>11.4g}]"
+        )
+    found = report.exhaustion
+    if found is None:
+        typer.echo("  no limit for this metric in the inventory (limits:)")
+    elif found.eta is None:
+        typer.echo(
+            f"  limit {found.limit:g}: not reached within the horizon (p {found.probability})"
+        )
+    else:
+        typer.echo(
+            f"  limit {found.limit:g}: reached at {found.eta.isoformat()} (p {found.probability},"
+            f" from the {found.source}; between {found.earliest} and {found.latest})"
+        )
+    if plot_path is not None:
+        typer.echo(f"  plot: {plot_path}")

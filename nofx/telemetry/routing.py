@@ -19,7 +19,8 @@ import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from nofx.telemetry.sources import MetricSource, PrometheusSource, Sample
+from nofx.settings import Settings
+from nofx.telemetry.sources import MetricSource, PrometheusSource, Sample, make_source
 
 REFRESH_SECONDS = 30.0
 
@@ -111,3 +112,19 @@ class InventoryRoutedSource:
         closer: Any = getattr(self.default, "close", None)
         if callable(closer):
             closer()
+
+
+def metric_source(engine: Engine, settings: Settings) -> MetricSource:
+    """The configured telemetry backend (NOFX_TELEMETRY), with the services whose inventory
+    entry names a Prometheus server of their own read from it (a CSV replay is read as is)."""
+    if settings.telemetry == "csv":
+        return make_source("csv", path=settings.telemetry_csv_path)
+    if settings.telemetry == "prometheus":
+        default = make_source(
+            "prometheus",
+            base_url=settings.prometheus_url,
+            service_label=settings.prometheus_service_label,
+        )
+    else:
+        default = make_source("scrape", engine=engine)
+    return InventoryRoutedSource(engine, default)

@@ -563,12 +563,17 @@ class PrometheusSource:
 # csv: recorded series replayed
 
 
-def _parse_timestamps(column: pd.Series) -> pd.DatetimeIndex:
+def parse_timestamps(column: pd.Series) -> pd.DatetimeIndex:
     """A CSV time column as UTC (naive times are UTC); unparseable cells become NaT.
 
-    ISO 8601 (what NAB and most exports write) parses fast and exactly; anything else falls back
-    to parsing cell by cell, so one odd row costs time, never the whole file.
+    Numbers are epoch seconds (milliseconds when they are that large). ISO 8601 (what NAB and
+    most exports write) parses fast and exactly; anything else falls back to parsing cell by
+    cell, so one odd row costs time, never the whole file.
     """
+    numbers = pd.to_numeric(column, errors="coerce")
+    if len(column) and numbers.notna().mean() > 0.5:
+        unit = "ms" if float(numbers.abs().median()) > 1e11 else "s"
+        return pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True)).as_unit("ns")
     try:
         stamps = pd.to_datetime(column, utc=True, format="ISO8601")
     except (ValueError, TypeError):
@@ -649,7 +654,7 @@ class CsvReplaySource:
                     f"{file} has no {self.timestamp_column!r} column (columns: "
                     f"{', '.join(map(str, frame.columns))})"
                 )
-            frame.index = _parse_timestamps(frame.pop(self.timestamp_column))
+            frame.index = parse_timestamps(frame.pop(self.timestamp_column))
             if self.start_at is not None and frame.index.notna().any():
                 frame.index = frame.index + (self.start_at - frame.index.min())
             self._frames[file] = frame

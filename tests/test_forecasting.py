@@ -1,0 +1,314 @@
+"""Forecasts, intervals, time to exhaustion and maintenance windows on hand-checkable series."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.forecasting import ForecastRequest
+from nofx.forecasting.direct import DirectLightGBM, Track, scale_of
+from nofx.forecasting.exhaustion import (
+    Quantiles,
+    exhaustion,
+    recent_trend,
+    seasonal_expectation,
+    usual_rise,
+)
+from nofx.forecasting.forecaster import Forecaster, seasonal_naive_paths
+from nofx.forecasting.series import read_csv, regular, regular_values
+from nofx.maintenance.windows import DisruptionBudget, Interval, choose_window
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP = 300.0
+DAY = 288
+
+
+def daily(days: int, *, noise: float = 0.02, seed: int = 1) -> np.ndarray:
+    """A daily cycle around 10 with a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * DAY)
+    return 10 + 2 * np.sin(2 * np.pi * t / DAY) + noise * rng.standard_normal(len(t))
+
+
+def test_messy_samples_are_put_on_the_grid_and_every_repair_is_counted() -> None:
+    # 0, 300 (twice), 900 (600 missing), a NaN, then the clock goes back to 600
+    stamps = [0.0, 300.0, 300.0, 900.0, 1200.0, 600.0, 1500.0]
+    values = [1.0, 2.0, 4.0, 6.0, math.nan, 5.0, 8.0]
+    reg = regular(stamps, values, STEP)
+    assert reg.values.tolist() == [1.0, 3.0, 5.0, 6.0, 7.0, 8.0]
+    r = reg.repairs
+    assert (r.points_in, r.dropped_not_finite, r.duplicate_timestamps) == (7, 1, 1)
+    assert r.out_of_order == 1
+    assert r.filled_steps == 1  # 1200 (its value was NaN), interpolated
+    assert "clock went back" in r.summary()
+    gap = regular([0.0, 300.0, 30_000.0], [1.0, 1.0, 2.0], STEP, max_gap=12)
+    assert (gap.repairs.long_gaps, gap.repairs.longest_gap_steps) == (1, 98)
+    assert regular([], [], STEP).repairs.summary() == "no finite sample"
+    with pytest.raises(ValueError, match="step must be positive"):
+        regular([0.0], [1.0], 0)
+    assert regular_values([1.0, math.inf, 3.0], STEP).values.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_daily_cycle_is_forecast_within_its_bands() -> None:
+    values = daily(8)
+    history, future = values[: 7 * DAY], values[7 * DAY : 7 * DAY + DAY]
+    made = Forecaster((12, DAY)).forecast([("cycle", regular_values(history, STEP))])
+    day = made[DAY][0]
+    assert day.model in ("lightgbm", "lightgbm+naive", "seasonal_naive")
+    assert set(day.backtest_mae) >= {"naive", "seasonal_naive", "lightgbm"}
+    assert day.backtest_mae[day.model] == min(day.backtest_mae.values())
+    error = np.mean(np.abs(day.mean - future))
+    naive_error = np.mean(np.abs(history[-1] - future))
+    assert error < 0.2 * naive_error  # it knows the cycle; the naive forecast does not
+    inside95 = np.mean((future >= day.lower(95)) & (future <= day.upper(95)))
+    assert inside95 >= 0.8
+    assert np.all(day.lower(95) <= day.lower(80))
+    assert np.all(day.upper(80) <= day.upper(95))
+    assert len(made[12][0].mean) == 12
+    assert day.times()[0] == pytest.approx(day.origin_time + STEP)
+
+
+def test_the_direct_model_continues_a_ramp_it_has_seen() -> None:
+    # trees do not extrapolate levels, but the model predicts changes: a steady climb goes on
+    values = 0.01 * np.arange(4 * DAY, dtype=float)
+    track = Track(values, 0.0, STEP, scale_of(values))
+    model = DirectLightGBM(48)
+    assert model.fit([track])
+    path = model.predict(track, np.array([len(values) - 1]), 48)[0]
+    expected = values[-1] + 0.01 * np.arange(1, 49)
+    assert np.max(np.abs(path - expected)) < 0.05
+    assert not DirectLightGBM(48).fit([Track(values[:100], 0.0, STEP, 1.0)])  # too short
+
+
+def test_seasonal_naive_repeats_the_day_before() -> None:
+    values = np.arange(2 * DAY, dtype=float)
+    path = seasonal_naive_paths(values, np.array([2 * DAY - 1]), 3, DAY)[0]
+    assert path.tolist() == [float(DAY), float(DAY + 1), float(DAY + 2)]
+
+
+def test_time_to_exhaustion_on_a_known_ramp() -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 36 * STEP, STEP)  # three hours of samples
+    values = 50 + t / 600 + 0.2 * rng.standard_normal(len(t))  # +1 every 10 minutes
+    ahead = t[-1] + STEP * np.arange(1, 37)
+    trend = recent_trend(t, values, ahead)
+    assert trend is not None
+    found = exhaustion(trend, 70.0, "trend")
+    now = t[-1]
+    level = 50 + now / 600  # 67.5
+    truth = now + (70 - level) * 600
+    assert found.eta is not None
+    assert abs(found.eta - truth) < 1200
+    assert found.earliest is not None
+    assert found.earliest <= found.eta
+    assert found.latest is None or found.latest >= found.eta
+    assert found.probability > 0.9
+    flat = 50 + 0.2 * rng.standard_normal(len(t))
+    assert recent_trend(t, flat, ahead) is None  # no rise with 95% confidence
+    assert exhaustion(trend, 1e6, "trend").source == "none"
+
+
+def test_a_daily_rise_is_no_trend_a_leak_on_top_of_it_is() -> None:
+    values = daily(4, noise=0.01)
+    expected = seasonal_expectation(values, DAY)
+    assert np.isnan(expected[:DAY]).all()
+    assert np.nanmax(np.abs(values - expected)[DAY:]) < 0.1
+    window = 36
+    rising = slice(3 * DAY + DAY // 2 - window, 3 * DAY + DAY // 2)  # the cycle's steepest rise
+    times = STEP * np.arange(rising.start, rising.stop)
+    departures = values - expected
+    usual = usual_rise(departures[: rising.stop], window)
+    assert usual is not None
+    ahead = times[-1] + STEP * np.arange(1, 37)
+    assert (
+        recent_trend(
+            times,
+            values[rising],
+            ahead,
+            expected=expected[rising],
+            expected_ahead=np.full(36, 10.0),
+            floor=max(usual, 0) / STEP,
+        )
+        is None
+    )
+    leak = values.copy()
+    leak[rising] += 0.05 * np.arange(window)
+    trend = recent_trend(
+        times,
+        leak[rising],
+        ahead,
+        expected=expected[rising],
+        expected_ahead=np.full(36, 10.0),
+        floor=max(usual, 0) / STEP,
+    )
+    assert trend is not None
+
+
+def test_quantiles_give_the_probability_of_being_over_a_limit() -> None:
+    q = Quantiles(np.array([1.0]), np.array([[0.0], [1.0], [2.0], [3.0], [4.0]]))
+    assert q.over(2.0)[0] == pytest.approx(0.5)
+    assert q.over(3.0)[0] == pytest.approx(0.1)
+    assert q.over(-5.0)[0] > 0.97
+    assert q.over(10.0)[0] < 0.025
+
+
+def test_the_window_is_the_trough_and_respects_blackouts_freezes_and_the_budget() -> None:
+    hour = 3600.0
+    times = np.arange(0, 24 * hour, 1800.0)
+    load = 100 + 50 * np.cos(2 * np.pi * times / (24 * hour))  # lowest at 12:00
+    best = choose_window(0.0, 20 * hour, 1800.0, times, load)
+    assert best.start == pytest.approx(12 * hour)
+    assert not best.urgent
+    assert best.load_rank == 0.0
+    blackout = Interval(11 * hour, 13.5 * hour, "blackout: quarter close")
+    freeze = Interval(9 * hour, 10 * hour, "change freeze CHG-1")
+    moved = choose_window(0.0, 20 * hour, 1800.0, times, load, [blackout.refuses, freeze.refuses])
+    assert moved.start is not None
+    assert not 9 * hour <= moved.start < 10 * hour
+    assert moved.start + 1800 <= 11 * hour or moved.start >= 13.5 * hour  # not across it
+    assert moved.refused["blackout: quarter close"] >= 1
+    spent = DisruptionBudget(per_day=1, booked=(3 * hour,))
+    none = choose_window(0.0, 20 * hour, 1800.0, times, load, [spent.refuses])
+    assert none.start is None
+    assert "disruption budget" in none.reason
+    tight = choose_window(0.0, 1800.0, 1800.0, times, load)
+    assert (tight.start, tight.urgent) == (0.0, True)
+    late = choose_window(0.0, 600.0, 1800.0, times, load)
+    assert late.start is None
+    assert "no room" in late.reason
+
+
+def test_forecast_benchmark_writes_the_issue_shape(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rows = ["timestamp,load,flat"]
+    start = 1_700_000_000
+    n = 4 * DAY
+    for i in range(n):
+        t = start + i * 300
+        value = 10 + 2 * math.sin(2 * math.pi * i / DAY) + 0.05 * rng.standard_normal()
+        stamp = f"{t}"
+        rows.append(f"{stamp},{'nan' if i == 400 else value},{5.0}")
+        if i == 500:
+            rows.append(f"{stamp},{value},5.0")  # a duplicate timestamp
+    csv = tmp_path / "trace.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    series = read_csv(csv, STEP)
+    assert set(series) == {"load", "flat"}
+    assert series["load"].repairs.duplicate_timestamps == 1
+    out = tmp_path / "forecast.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "forecast.py"),
+            "--data",
+            str(csv),
+            "--horizons",
+            "12",
+            "--days",
+            "0.5",
+            "--origin-every",
+            "72",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    keys = {"file", "series", "horizon", "model", "mase", "smape", "coverage_80", "coverage_95"}
+    assert report["results"]
+    assert all(keys <= set(row) for row in report["results"])
+    assert {r["model"] for r in report["results"]} == {"nofx", "naive", "seasonal_naive", "mstl"}
+    summary = {(s["horizon"], s["model"]) for s in report["summary"]}
+    assert (12, "nofx") in summary
+    assert all(
+        {"mase_ratio_to_seasonal_naive", "mase_ratio_to_best_baseline"} <= set(s)
+        for s in report["summary"]
+    )
+    assert report["repairs"]["trace.csv"]["load"]["duplicate_timestamps"] == 1
+
+
+def test_a_service_metric_is_forecast_from_its_source_with_its_limit_plotted_and_shown(
+    tmp_path: Path,
+    fresh_engine: Any,
+    fresh_database_url: str,
+    nofx_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nofx import inventory
+    from nofx.forecasting.plot import plot
+    from nofx.forecasting.service import ForecastError, forecast_metric
+    from nofx.telemetry.sources import CsvReplaySource
+
+    # three days of a daily cycle, then a leak: +0.5 a step for the last three hours
+    values = daily(3, noise=0.02)
+    values[-36:] += 0.5 * np.arange(36)
+    start = 1_700_000_000
+    rows = ["timestamp,memory"] + [f"{start + i * 300},{v}" for i, v in enumerate(values)]
+    rows.insert(100, rows[99])  # a duplicated row
+    csv = tmp_path / "api.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    document = {
+        "services": [{"name": "api", "endpoint": "http://127.0.0.1:1", "limits": {"memory": 40.0}}]
+    }
+    inventory.apply(fresh_engine, inventory.parse(document))
+    source = CsvReplaySource(csv)
+    until = datetime.fromtimestamp(start + (len(values) - 1) * 300, UTC)
+    request = ForecastRequest(
+        service="api", metric="memory", horizon_steps=48, history_hours=72, until=until
+    )
+    report = forecast_metric(source, request, limit=40.0)
+    assert len(report.points) == 48
+    assert report.points[0].lo95 <= report.points[0].mean <= report.points[0].hi95
+    found = report.exhaustion
+    assert found is not None
+    assert found.eta is not None
+    assert found.source.startswith("trend")
+    level = values[-1]
+    truth = until.timestamp() + (40.0 - level) / 0.5 * 300
+    assert abs(found.eta.timestamp() - truth) < 3600
+    png = plot(report, tmp_path / "api.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ForecastError, match="api disk: api has no column 'disk'"):
+        forecast_metric(source, request.model_copy(update={"metric": "disk"}))
+
+    monkeypatch.setenv("NOFX_TELEMETRY", "csv")
+    monkeypatch.setenv("NOFX_TELEMETRY_CSV_PATH", str(csv))
+    shown = nofx_cli(
+        fresh_database_url,
+        "predictive",
+        "forecast",
+        "--service",
+        "api",
+        "--metric",
+        "memory",
+        "--horizon",
+        "48",
+        "--until",
+        until.strftime("%Y-%m-%dT%H:%M:%S"),
+        "--plot",
+        str(tmp_path / "cli.png"),
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "limit 40: reached at" in shown.output
+    assert (tmp_path / "cli.png").exists()
+
+    def forecast(*args: str) -> Any:
+        return nofx_cli(fresh_database_url, "predictive", "forecast", *args)
+
+    refused = forecast("--service", "api", "--metric", "memory", "--horizon", "0")
+    assert refused.exit_code != 0
+    assert "horizon_steps" in refused.output
+    unknown = forecast("--service", "nope", "--metric", "m")
+    assert "nope is not in the inventory" in unknown.output
