@@ -1,14 +1,15 @@
 """How good are the forecasts? A rolling-origin backtest on real traces.
 
     python benchmarks/forecast.py --data FILE.csv|DIR [FILE.csv|DIR ...] [--horizons 12 288]
-        [--days 7] [--origin-every 144] [--out F.json]
+        [--days 7] [--origin-every 100] [--out F.json]
 
 Each numeric column of each CSV is a series at 300-second steps; a column named `timestamp` is
 the clock (the series are put on the 300-second grid by `nofx.forecasting.series.regular`, which
 reports what it repaired: duplicates, order, gaps, NaN), else row i is step i. A directory stands
 for the CSV files under it.
 
-Origins every `--origin-every` steps over the last `--days` days of each series, each with at
+Origins every `--origin-every` steps (100: not a divisor of a day, so origins fall at every time
+of day) over the last `--days` days of each series, each with at
 least two days of history before it and the longest horizon after it. At each origin every model
 is fitted only on the data up to it and forecasts the longest horizon; the first H steps of that
 path are the H-step forecast. Models, in one run and one configuration for the whole corpus:
@@ -277,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", required=True, help="CSV files or directories")
     parser.add_argument("--horizons", nargs="+", type=int, default=[12, 288])
     parser.add_argument("--days", type=float, default=7.0, help="backtest span at the end")
-    parser.add_argument("--origin-every", type=int, default=144, help="steps between origins")
+    parser.add_argument(
+        "--origin-every",
+        type=int,
+        default=100,
+        help="steps between origins (not a divisor of a day, so origins fall at every time of day)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if min(args.horizons) < 1 or args.origin_every < 1 or args.days <= 0:

@@ -245,6 +245,14 @@ class MaintenancePrediction(SQLModel, table=True):
     recommended_action: Any | None = _column(_JSONB, nullable=True)
     business_impact: Any | None = _column(_JSONB, nullable=True)
     created_at: datetime | None = _timestamptz(server_default=True)
+    # sql/024_maintenance_predictions.sql
+    metric: str | None = _column(Text, nullable=True)
+    eta: datetime | None = _timestamptz()
+    eta_earliest: datetime | None = _timestamptz()
+    eta_latest: datetime | None = _timestamptz()
+    source: str | None = _column(Text, nullable=True)
+    status: str | None = _column(Text, nullable=False, server_default="open")
+    updated_at: datetime | None = _timestamptz(server_default=True, nullable=False)
 
 
 class MaintenanceSchedule(SQLModel, table=True):

@@ -1784,3 +1784,34 @@ def predictive_forecast(
         )
     if plot_path is not None:
         typer.echo(f"  plot: {plot_path}")
+
+
+@predictive_app.command("maintenance")
+def predictive_maintenance(
+    service: Annotated[str | None, typer.Option(help="one service only")] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="forecast every limited metric first")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The open maintenance predictions: what runs out, when, and what to do before then."""
+    from nofx.maintenance.predictions import open_predictions, predict
+    from nofx.telemetry.routing import metric_source
+
+    with _engine() as engine:
+        if refresh:
+            for r in predict(
+                engine,
+                metric_source(engine, settings()),
+                services=[service] if service else None,
+            ):
+                if not as_json:
+                    typer.echo(f"  {r.service} {r.metric}: {r.issue} {r.change}")
+        rows = open_predictions(engine, service)
+    lines = [
+        f"{r['service']:<24} {r['predicted_issue']:<16} p={float(r['probability']):.2f}"
+        f" at {r['eta'].isoformat() if r['eta'] else '?'} ({r['source']});"
+        f" {(r['recommended_action'] or {}).get('action') or 'no action known'}"
+        for r in rows
+    ]
+    _emit(rows, as_json, lines or ["(no open prediction)"])

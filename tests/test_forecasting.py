@@ -6,7 +6,7 @@ import json
 import math
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ def test_a_daily_rise_is_no_trend_a_leak_on_top_of_it_is() -> None:
     values = daily(4, noise=0.01)
     expected = seasonal_expectation(values, DAY)
     assert np.isnan(expected[:DAY]).all()
+    assert np.isnan(seasonal_expectation(values[: DAY // 2], DAY)).all()  # less than a day
     assert np.nanmax(np.abs(values - expected)[DAY:]) < 0.1
     window = 36
     rising = slice(3 * DAY + DAY // 2 - window, 3 * DAY + DAY // 2)  # the cycle's steepest rise
@@ -312,3 +313,61 @@ def test_a_service_metric_is_forecast_from_its_source_with_its_limit_plotted_and
     assert "horizon_steps" in refused.output
     unknown = forecast("--service", "nope", "--metric", "m")
     assert "nope is not in the inventory" in unknown.output
+
+
+def test_a_predicted_exhaustion_is_opened_updated_and_withdrawn(
+    tmp_path: Path,
+    fresh_engine: Any,
+    fresh_database_url: str,
+    nofx_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nofx import inventory
+    from nofx.maintenance.predictions import issue_of, open_predictions, predict
+    from nofx.telemetry.sources import CsvReplaySource
+
+    assert issue_of("rss_bytes") == ("oom", "restart_service")
+    assert issue_of("disk_used_bytes") == ("disk_full", "cleanup_disk")
+    assert issue_of("queue_depth") == ("queue_depth_exhausted", None)
+    values = daily(3, noise=0.02)
+    values[-36:] += 0.5 * np.arange(36)  # memory leaking for three hours
+    start = 1_700_000_000
+    csv = tmp_path / "api.csv"
+    csv.write_text(
+        "timestamp,memory\n" + "".join(f"{start + i * 300},{v}\n" for i, v in enumerate(values))
+    )
+    document = {
+        "services": [
+            {
+                "name": "api",
+                "endpoint": "http://127.0.0.1:1",
+                "tier": "tier-1",
+                "limits": {"memory": 40.0},
+            }
+        ]
+    }
+    inventory.apply(fresh_engine, inventory.parse(document))
+    source = CsvReplaySource(csv)
+    now = datetime.fromtimestamp(start + (len(values) - 1) * 300, UTC)
+    first = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
+    assert [(r.issue, r.change) for r in first] == [("oom", "opened")]
+    again = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
+    assert [r.change for r in again] == ["updated"]
+    rows = open_predictions(fresh_engine)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["recommended_action"]["action"] == "restart_service"
+    assert row["business_impact"]["tier"] == "tier-1"
+    assert row["eta_earliest"] <= row["eta"]
+    assert float(row["probability"]) >= 0.8
+    # a day earlier, before the leak, nothing points at the limit: the prediction is withdrawn
+    calm = predict(
+        fresh_engine, source, now=now - timedelta(hours=4), horizon_steps=48, history_hours=48
+    )
+    assert [r.change for r in calm] == ["withdrawn"]
+    assert open_predictions(fresh_engine) == []
+    monkeypatch.setenv("NOFX_TELEMETRY", "csv")
+    monkeypatch.setenv("NOFX_TELEMETRY_CSV_PATH", str(csv))
+    shown = nofx_cli(fresh_database_url, "predictive", "maintenance")
+    assert shown.exit_code == 0, shown.output
+    assert "(no open prediction)" in shown.output

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy.stats import theilslopes
 
 FloatArray = npt.NDArray[np.float64]
@@ -117,7 +118,8 @@ def seasonal_expectation(values: npt.ArrayLike, season: int, days: int = 3) -> F
     y = np.asarray(values, dtype=np.float64)
     stack = np.full((days, len(y)), np.nan)
     for d in range(1, days + 1):
-        stack[d - 1, d * season :] = y[: len(y) - d * season]
+        if d * season < len(y):
+            stack[d - 1, d * season :] = y[: len(y) - d * season]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no earlier day
         return np.asarray(np.nanmean(stack, axis=0), dtype=np.float64)
@@ -125,11 +127,15 @@ def seasonal_expectation(values: npt.ArrayLike, season: int, days: int = 3) -> F
 
 def usual_rise(departures: npt.ArrayLike, window: int, quantile: float = 0.99) -> float | None:
     """How steep a rise over `window` steps the departures have shown before: the `quantile`
-    of the least-squares slopes (per step) of every earlier window, None with fewer than a
-    hundred of them. A busy day rises too; only a rise steeper than what was seen is a trend."""
+    of the least-squares slopes (per step) of every earlier window of the rolling median, None
+    with fewer than a hundred of them. A busy day rises too; only a rise steeper than what was
+    seen is a trend."""
     y = np.asarray(departures, dtype=np.float64)[:-window]  # the windows before the current
     if len(y) < window + 100:
         return None
+    # A spike is no rise: the slopes are of the rolling median, as a leak survives it.
+    width = max(3, window // 6)
+    y = pd.Series(y).rolling(width, center=True, min_periods=1).median().to_numpy()
     x = np.arange(window, dtype=np.float64) - (window - 1) / 2
     kernel = x[::-1] / float(np.sum(x * x))
     filled = np.where(np.isfinite(y), y, np.nan)
@@ -223,7 +229,8 @@ def assess(
 ) -> Exhaustion | None:
     """The earliest warning for a series (one value per `step` from `start`) against `limit`:
     the forecast's quantiles, and the rise of the last 3, 6 and 12 hours (in steps) over what
-    an ordinary day does — None when nothing points at the limit."""
+    an ordinary day does, when it is steeper than any such rise before or goes where the series
+    has never been — None when nothing points at the limit."""
     y = np.asarray(values, dtype=np.float64)
     if len(y) < 6:
         return None
@@ -251,7 +258,12 @@ def assess(
     for window in TREND_WINDOWS:
         if window > len(y):
             continue
-        usual = usual_rise(departures, window) if has_days else None
+        # Rising steeper than ever before, or rising where it has never been: either is a trend
+        # (a series that jumps about has steep rises, but not to a level it never reached).
+        unprecedented = (
+            bool(np.median(y[-6:]) > np.nanmax(y[:-window])) if len(y) > window else False
+        )
+        usual = usual_rise(departures, window) if has_days and not unprecedented else None
         trend = recent_trend(
             times[-window:],
             y[-window:],

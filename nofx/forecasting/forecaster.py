@@ -13,8 +13,9 @@ For a family of series (one metric across services, or the columns of one trace)
    (the choice and every candidate's error are part of the result);
 4. refits the chosen candidate on everything and forecasts from the end of each series;
 5. puts 80% and 95% intervals around it from the chosen candidate's own held-out errors at the
-   same number of steps ahead (split conformal prediction; quantiles of the signed errors, so a
-   skewed series gets a skewed band).
+   same number of steps ahead (split conformal prediction, locally weighted: each error in
+   units of how much the series moved just before its origin; quantiles of the signed errors,
+   so a skewed series gets a skewed band).
 
 Nothing is tuned per series: the same settings serve every family.
 """
@@ -104,7 +105,7 @@ class Forecaster:
         self,
         horizons: tuple[int, ...],
         *,
-        calibration_days: float = 3.0,
+        calibration_days: float = 7.0,
         path_stride: int = 12,
         candidates: tuple[str, ...] = CANDIDATES,
     ) -> None:
@@ -225,10 +226,14 @@ class Forecaster:
             mean = seasonal_naive_paths(track.values, origin, horizon, season)[0]
         else:
             mean = naive_paths(track.values, origin, horizon)[0]
-        errors = (held.actual[:, :horizon] - held.paths[chosen][:, :horizon]) / track.scale
+        # Locally weighted: each held-out error in units of how much the series was moving
+        # just before its origin, so the band is wide when the series is restless and narrow
+        # when it is calm (the conformal guarantee holds for any such fixed scaling).
+        moving = _volatility(track.values, held.origins)[:, None]
+        errors = (held.actual[:, :horizon] - held.paths[chosen][:, :horizon]) / moving
         paths = int(np.sum(np.isfinite(errors[:, 0]))) if len(errors) else 0
         bands = {
-            level: _band(errors, mean, track, level, held)
+            level: _band(errors, mean, float(_volatility(track.values, origin)[0]), level)
             if paths >= MIN_PATHS
             else _random_walk_band(track, mean, level)
             for level in LEVELS
@@ -266,11 +271,25 @@ def _mae(held: list[_Held], horizon: int) -> dict[str, float]:
     return found or {"naive": math.inf}
 
 
+def _volatility(values: FloatArray, origins: IntArray, width: int = 12) -> FloatArray:
+    """How much the series moved over the `width` steps before each origin (mean absolute
+    change), never below a tenth of its usual movement."""
+    changes = np.abs(np.diff(values))
+    usual = float(np.mean(changes)) if len(changes) else 0.0
+    floor = max(0.1 * usual, 1e-12)
+    cumsum = np.concatenate([[0.0], np.cumsum(changes)])
+    hi = np.clip(origins, 0, len(changes))
+    lo = np.clip(origins - width, 0, len(changes))
+    span = np.maximum(hi - lo, 1)
+    moved: FloatArray = np.maximum((cumsum[hi] - cumsum[lo]) / span, floor)
+    return moved
+
+
 def _band(
-    errors: FloatArray, mean: FloatArray, track: Track, level: int, held: _Held
+    errors: FloatArray, mean: FloatArray, moving: float, level: int
 ) -> tuple[FloatArray, FloatArray]:
-    """Split-conformal band: quantiles of the held-out signed errors at each step ahead (pooled
-    with the neighbouring steps, ±10%), with the finite-sample correction."""
+    """Split-conformal band: quantiles of the held-out signed (scaled) errors at each step
+    ahead, pooled with the neighbouring steps (±10%), with the finite-sample correction."""
     alpha = 1 - level / 100
     horizon = len(mean)
     lo, hi = np.empty(horizon), np.empty(horizon)
@@ -282,7 +301,7 @@ def _band(
         q_hi = min(1.0, math.ceil((n + 1) * (1 - alpha / 2)) / n)
         q_lo = max(0.0, 1 - q_hi)
         lo[h], hi[h] = np.quantile(pool, q_lo), np.quantile(pool, q_hi)
-    return mean + lo * track.scale, mean + hi * track.scale
+    return mean + lo * moving, mean + hi * moving
 
 
 def _random_walk_band(track: Track, mean: FloatArray, level: int) -> tuple[FloatArray, FloatArray]:
