@@ -78,14 +78,19 @@ async def waiting_decision(client: Client, engine: Engine, incident: Any) -> Any
     while (await incident.describe()).search_attributes.get("NofxAwaitingApproval") != [True]:
         assert asyncio.get_running_loop().time() < deadline, "NofxAwaitingApproval never set"
         await asyncio.sleep(0.2)
-    found = rows(
-        engine,
-        "SELECT workflow_id FROM autonomous_decisions WHERE status = 'awaiting_approval'"
-        " AND context_data->>'incident_id' = :i",
-        i=status.incident_id,
-    )
-    assert len(found) == 1, found
-    return client.get_workflow_handle_for(DecisionWorkflow.run, found[0][0])
+    # The incident may still show the previous wait while its next decision is being made (a
+    # busy worker): wait for the decision that waits now, not for the first sight of the state.
+    while True:
+        found = rows(
+            engine,
+            "SELECT workflow_id FROM autonomous_decisions WHERE status = 'awaiting_approval'"
+            " AND context_data->>'incident_id' = :i",
+            i=status.incident_id,
+        )
+        if len(found) == 1:
+            return client.get_workflow_handle_for(DecisionWorkflow.run, found[0][0])
+        assert asyncio.get_running_loop().time() < deadline, found
+        await asyncio.sleep(0.2)
 
 
 async def test_assist_mode_waits_and_a_web_ui_signal_approves_then_it_heals(

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
-from workflows.saga import COMPENSATION_RETRY, Saga
+from workflows.remediation import Remediation, aborted, count_action, settle
 
 with workflow.unsafe.imports_passed_through():
-    from activities._support import ACTION_RETRY, STORE_RETRY
-    from activities.actions import ActionActivities
+    from activities._support import STORE_RETRY
     from activities.decisions import DecisionActivities
-    from activities.guardrails import GuardrailActivities
-    from activities.infra import InfraActivities
     from activities.store import StoreActivities
-    from models.actions import CHECKS, ActionRequest, ValidateRequestsParams, compensation
-    from models.common import AbortRequest, ApprovalRequest, AuditEventInput, Contract
+    from models.common import AbortRequest, ApprovalRequest, AuditEventInput
     from models.decisions import (
         Approve,
         Candidate,
@@ -38,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
         Override,
         Reject,
     )
-    from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import (
         TERMINAL_STATES,
         AbortAccepted,
@@ -52,10 +44,8 @@ with workflow.unsafe.imports_passed_through():
         PlaybookRequest,
         PlaybookStep,
         RecordIncidentInput,
-        ServiceActionInput,
         TimelineEntry,
         UpdateIncidentInput,
-        ValidateHealthInput,
     )
     from nofx.settings import TASK_QUEUE_DECISIONS
     from nofx.temporal import AWAITING_APPROVAL, SERVICE, STATUS, TRACK
@@ -65,13 +55,6 @@ STORE_TIMEOUT = timedelta(seconds=30)
 APPROVAL_TIMEOUT = timedelta(hours=1)
 # A decision waits at most its policy's longest approval timeout (7 days) plus its own work.
 DECISION_TIMEOUT = timedelta(days=8)
-
-
-def aborted(request: AbortRequest) -> ApplicationError:
-    """A person asked to stop: the failure the saga rolls back from."""
-    return ApplicationError(
-        f"aborted by {request.requested_by}: {request.reason}", type="Aborted", non_retryable=True
-    )
 
 
 @workflow.defn
@@ -84,8 +67,10 @@ class HealingIncidentWorkflow:
         self._incident_id = ""
         self._state = IncidentState.DETECTED
         self._timeline: list[TimelineEntry] = []
-        self._actions: list[ActionOutcome] = []
-        self._saga = Saga()
+        # Steps run through the shared runner; its saga and outcomes are the incident's.
+        self._runner = Remediation(inp.service, inp.detected_at, self)
+        self._actions: list[ActionOutcome] = self._runner.actions
+        self._saga = self._runner.saga
         self._choice: PlaybookChoice | None = None
         self._abort: AbortRequest | None = None
         self._approval: ApprovalRequest | None = None
@@ -223,7 +208,9 @@ class HealingIncidentWorkflow:
                 )
                 try:
                     for index, step in enumerate(self._choice.steps):
-                        await self._unless_aborted(self._run_step(index, step, rung=len(failed)))
+                        await self._runner.unless_aborted(
+                            self._run_step(index, step, rung=len(failed))
+                        )
                 except BaseException as err:
                     if not ladder or self._abort is not None or not _retryable_by_ladder(err):
                         raise
@@ -377,7 +364,7 @@ class HealingIncidentWorkflow:
                     break
                 if self._abort is not None:
                     handle.cancel()  # the decision is cancelled with the incident's abort
-                    await _settle(handle)
+                    await settle(handle)
                     raise aborted(self._abort)
                 self._announced = decision_id
                 await self._transition(
@@ -520,237 +507,44 @@ class HealingIncidentWorkflow:
         assert self._approval is not None
         self._note(f"approved by {self._approval.approver}: {self._approval.reason}")
 
-    async def _unless_aborted(self, step: Coroutine[Any, Any, None]) -> None:
-        """Run a step, but stop it as soon as an abort arrives."""
-        if self._abort is not None:
-            step.close()
-            raise aborted(self._abort)
-        task = asyncio.ensure_future(step)
-        abort_wait = asyncio.ensure_future(workflow.wait_condition(lambda: self._abort is not None))
-        await workflow.wait([task, abort_wait], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            await _settle(task)
-            assert self._abort is not None
-            raise aborted(self._abort)
-        abort_wait.cancel()
-        await task
-        if self._abort is not None and workflow.patched("abort-after-step"):
-            # The abort arrived in the same task as the step's end: it still stops the incident.
-            raise aborted(self._abort)
-
     async def _run_step(self, index: int, step: PlaybookStep, rung: int = 0) -> None:
         # The first playbook keeps the original key format (recorded action_log rows match it).
         place = f"r{rung + 1}/" if rung else ""
         key = f"{workflow.info().workflow_id}/{self._incident_id}/{place}{index}-{step.action}"
-        if step.action in CHECKS or not workflow.patched("guardrails"):
-            await self._run_unguarded(index, step, key)
-            return
-        await self._pass_guardrails(step, key)
-        try:
-            await self._run_unguarded(index, step, key)
-        finally:
-            # The lease must go even when the step failed or the incident is being cancelled.
-            release = workflow.execute_activity_method(
-                GuardrailActivities.release_lease,
-                ReleaseLease(idempotency_key=key),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-            )
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(asyncio.ensure_future(release))
+        await self._runner.run_step(index, step, key)
 
-    async def _pass_guardrails(self, step: PlaybookStep, key: str) -> None:
-        """Wait out temporary holds, ask a person where automation must stop (module doc of
-        nofx.healing.guardrails); return once the step holds its lease."""
-        began = workflow.now()
-        held_by: str | None = None
-        approver = self._approval.approver if self._approval else None
-        while True:
-            verdict = await workflow.execute_activity_method(
-                GuardrailActivities.check_guardrails,
-                GuardrailCheck(
-                    idempotency_key=key,
-                    workflow_id=workflow.info().workflow_id,
-                    service=self._inp.service,
-                    action=step.action,
-                    approved_by=approver,
-                ),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-            )
-            workflow.metric_meter().create_counter(
-                "nofx_guardrail_verdicts_total", "Guardrail checks by verdict and guardrail"
-            ).add(1, {"verdict": verdict.verdict, "guardrail": verdict.guardrail or "none"})
-            if verdict.verdict == "allow":
-                if held_by is not None or approver is not None:
-                    self._note(f"guardrails passed: {verdict.reason}")
-                return
-            if verdict.verdict == "ask" and workflow.patched("decision-engine"):
-                # A guardrail that must not be passed alone: its own decision, its own approval.
-                approver = await self._ask_person(
-                    step, f"guardrail {verdict.guardrail}: {verdict.reason}"
-                )
-                await self._transition(
-                    IncidentState.HEALING, f"approved by {approver}: {step.action} goes ahead"
-                )
-                continue
-            if verdict.verdict == "ask":
-                await self._await_person(
-                    f"guardrail {verdict.guardrail}: {verdict.reason}; waiting for `approve`"
-                )
-                await self._transition(IncidentState.HEALING, f"approved: {step.action} goes ahead")
-                continue
-            if held_by != verdict.guardrail:
-                held_by = verdict.guardrail
-                self._note(f"held by guardrail {verdict.guardrail}: {verdict.reason}")
-            if (workflow.now() - began).total_seconds() > verdict.max_wait_seconds:
-                raise ApplicationError(
-                    f"held by guardrail {verdict.guardrail} for more than"
-                    f" {verdict.max_wait_seconds:g}s: {verdict.reason}",
-                    type="GuardrailTimeout",
-                    non_retryable=True,
-                )
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._abort is not None, timeout=verdict.retry_after_seconds
-                )
-            if self._abort is not None:
-                raise aborted(self._abort)
+    # -- the runner's hooks (workflows.remediation.Hooks) -----------------------------------
 
-    async def _run_unguarded(self, index: int, step: PlaybookStep, key: str) -> None:
-        if step.action == "restart_service":
-            action = ServiceActionInput(
-                idempotency_key=key,
-                workflow_id=workflow.info().workflow_id,
-                step=f"{index}-{step.action}",
-                service=self._inp.service,
-                not_before=self._inp.detected_at,
-                params=step.params,
-            )
-            undo = action.model_copy(
-                update={"idempotency_key": f"{key}/undo", "step": f"{action.step}/undo"}
-            )
-            self._saga.register(
-                compensation(step.action, self._inp.service),
-                lambda: self._compensate(InfraActivities.restore_service_running, undo),
-            )
-            outcome = await workflow.execute_activity_method(
-                InfraActivities.restart_service,
-                action,
-                start_to_close_timeout=timedelta(seconds=step.timeout_seconds),
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=ACTION_RETRY,
-            )
-            await self._record_action(
-                outcome,
-                f"restart_service: {outcome.detail.get('reason', '')}"
-                if outcome.detail
-                else "restart_service done",
-            )
-        elif step.action == "validate_health":
-            await self._transition(
-                IncidentState.VALIDATING,
-                f"waiting for {step.params.get('consecutive_passes', 3)} passing health checks",
-            )
-            check = ValidateHealthInput(service=self._inp.service, **step.params)
-            result = await workflow.execute_activity_method(
-                InfraActivities.validate_health,
-                check,
-                start_to_close_timeout=timedelta(seconds=check.timeout_seconds + 30),
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_attempts=2),
-            )
-            if not result.passed:
-                raise ApplicationError(
-                    f"recovery not validated after {result.attempts} probes: {result.detail}",
-                    type="ValidationFailed",
-                    non_retryable=True,
-                )
-            self._note(
-                f"validated: {result.consecutive_passes} health checks passed in a row"
-                f" ({result.attempts} probes)"
-            )
-        elif step.action == "validate_requests":
-            await self._validate_requests(index, step)
-        else:
-            await self._act(index, step, key)
+    def note(self, message: str) -> None:
+        self._note(message)
 
-    def _action_request(self, index: int, step: PlaybookStep, key: str) -> ActionRequest:
-        return ActionRequest(
-            idempotency_key=key,
-            workflow_id=workflow.info().workflow_id,
-            step=f"{index}-{step.action}",
-            service=self._inp.service,
-            action=step.action,
-            params=step.params,
-            not_before=self._inp.detected_at,
-        )
+    async def validating(self, message: str) -> None:
+        await self._transition(IncidentState.VALIDATING, message)
 
-    async def _act(self, index: int, step: PlaybookStep, key: str) -> None:
-        """A state-changing action: its undo is registered first, then it runs once."""
-        request = self._action_request(index, step, key)
-        self._saga.register(
-            compensation(step.action, self._inp.service),
-            lambda: self._undo(request),
-        )
-        outcome = await workflow.execute_activity_method(
-            ActionActivities.perform_action,
-            request,
-            start_to_close_timeout=timedelta(seconds=step.timeout_seconds),
-            heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=ACTION_RETRY,
-        )
-        await self._record_action(outcome, f"{step.action}: {_summary(outcome.detail)}")
+    async def resumed(self, message: str) -> None:
+        await self._transition(IncidentState.HEALING, message)
+
+    async def acted(self, outcome: ActionOutcome, note: str) -> None:
+        await self._record_action(outcome, note)
+
+    async def ask_person(self, step: PlaybookStep, why: str) -> str:
+        return await self._ask_person(step, why)
+
+    async def await_person(self, why: str) -> None:
+        await self._await_person(why)
+
+    def abort_request(self) -> AbortRequest | None:
+        return self._abort
+
+    def approver(self) -> str | None:
+        return self._approval.approver if self._approval else None
 
     async def _record_action(self, outcome: ActionOutcome, note: str) -> None:
         """An action ran: keep it on the incident (row and timeline) and count it."""
         self._actions.append(outcome)
-        _count_action(outcome)
+        count_action(outcome)
         await self._update_row(healing_actions=True)
         self._note(note)
-
-    async def _undo(self, request: ActionRequest) -> None:
-        await self._compensate(ActionActivities.undo_action, request)
-
-    async def _validate_requests(self, index: int, step: PlaybookStep) -> None:
-        checks = ValidateRequestsParams.model_validate(step.params)
-        await self._transition(
-            IncidentState.VALIDATING,
-            f"sending {checks.requests} real requests to {checks.path} per round",
-        )
-        result = await workflow.execute_activity_method(
-            ActionActivities.validate_requests,
-            self._action_request(index, step, f"validate-{index}"),
-            start_to_close_timeout=timedelta(
-                seconds=checks.attempts
-                * (checks.interval_seconds + checks.requests * checks.request_timeout_seconds)
-                + 30
-            ),
-            heartbeat_timeout=timedelta(seconds=max(30, checks.requests * 2 + 10)),
-            retry_policy=RetryPolicy(maximum_attempts=2),
-        )
-        if not result.passed:
-            raise ApplicationError(
-                f"recovery not validated after {result.rounds} rounds: {result.detail}",
-                type="ValidationFailed",
-                non_retryable=True,
-            )
-        self._note(f"validated by real requests: {result.detail}")
-
-    async def _compensate(
-        self, activity_method: Callable[[Any, Any], ActionOutcome], inp: Contract
-    ) -> None:
-        """Run one compensation (a saga undo) and keep what it did on the incident."""
-        outcome = await workflow.execute_activity_method(
-            activity_method,
-            inp,
-            start_to_close_timeout=timedelta(seconds=60),
-            heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=COMPENSATION_RETRY,
-        )
-        self._actions.append(outcome)
-        _count_action(outcome)
 
     async def _roll_back_rung(self, err: BaseException) -> None:
         """One rung of the ladder failed: undo it (shielded) before the next one is tried."""
@@ -928,12 +722,6 @@ class HealingIncidentWorkflow:
         )
 
 
-async def _settle(task: asyncio.Future[Any]) -> None:
-    """Wait for a cancelled task to finish unwinding, whatever it raises."""
-    with contextlib.suppress(BaseException):  # only waiting for it to stop
-        await task
-
-
 def _describe(err: BaseException) -> str:
     if isinstance(err, asyncio.CancelledError):
         return "incident workflow cancelled"
@@ -943,13 +731,6 @@ def _describe(err: BaseException) -> str:
     if isinstance(cause, ApplicationError):
         return cause.message
     return f"{type(err).__name__}: {err}"
-
-
-def _summary(detail: dict[str, Any]) -> str:
-    """A one-line account of an action's detail for the timeline."""
-    parts = [f"{k}={v}" for k, v in detail.items() if not isinstance(v, (dict, list)) or not v]
-    parts += [f"{k}={len(v)} item(s)" for k, v in detail.items() if isinstance(v, list) and v]
-    return ", ".join(parts[:6]) or "done"
 
 
 def _retryable_by_ladder(err: BaseException) -> bool:
@@ -968,10 +749,3 @@ def _retryable_by_ladder(err: BaseException) -> bool:
             return False
         cause = cause.__cause__ or getattr(cause, "cause", None)
     return True
-
-
-def _count_action(outcome: ActionOutcome) -> None:
-    """`nofx_healing_actions_total{action, performed}` on the worker's /metrics."""
-    workflow.metric_meter().create_counter(
-        "nofx_healing_actions_total", "Healing actions and undos, by whether they changed anything"
-    ).add(1, {"action": outcome.action, "performed": str(outcome.performed).lower()})

@@ -3,10 +3,10 @@ intervals from that same backtest.
 
 For a family of series (one metric across services, or the columns of one trace), it
 
-1. holds out the last days of each series (the calibration span) and fits each candidate on what
-   comes before: the direct LightGBM model (`nofx.forecasting.direct`), its average with the
-   naive forecast (a combination is often better than either), and the naive and seasonal
-   naive forecasts;
+1. holds out the last days of each series (the calibration span: a week, or what is left after
+   two days to learn from, at least a day) and fits each candidate on what comes before: the
+   direct LightGBM model (`nofx.forecasting.direct`), its average with the naive forecast (a
+   combination is often better than either), and the naive and seasonal naive forecasts;
 2. forecasts from many origins inside the held-out span and keeps every path's errors, in units
    of the series' scale;
 3. chooses, per horizon, the candidate with the lowest mean absolute error over the family
@@ -156,7 +156,14 @@ class Forecaster:
         cuts = []
         for track in tracks:
             season = season_steps(track.step)
-            span = min(round(self.calibration_days * season), len(track.values) - season - 1)
+            n = len(track.values)
+            # Leave the model its two days to learn from while a day or more is held out;
+            # shorter series hold out what they can for the baselines.
+            learnable = n - 2 * season
+            span = min(
+                round(self.calibration_days * season),
+                learnable if learnable >= season else n - season - 1,
+            )
             cuts.append(max(season, len(track.values) - max(span, 0)))
         model: DirectLightGBM | None = None
         if any(c.startswith("lightgbm") for c in self.candidates):
@@ -293,14 +300,24 @@ def _band(
     alpha = 1 - level / 100
     horizon = len(mean)
     lo, hi = np.empty(horizon), np.empty(horizon)
+    last: tuple[int, float, float] | None = None
     for h in range(horizon):
         width = max(1, round(0.1 * (h + 1)))
         pool = errors[:, max(0, h - width) : h + width + 1]
         pool = pool[np.isfinite(pool)]
         n = len(pool)
+        if n < MIN_PATHS and last is not None:
+            # Past what the held-out span could see: the band keeps growing as a random walk's.
+            grow = math.sqrt((h + 1) / (last[0] + 1))
+            lo[h], hi[h] = last[1] * grow, last[2] * grow
+            continue
+        if n == 0:
+            lo[h] = hi[h] = 0.0
+            continue
         q_hi = min(1.0, math.ceil((n + 1) * (1 - alpha / 2)) / n)
         q_lo = max(0.0, 1 - q_hi)
         lo[h], hi[h] = np.quantile(pool, q_lo), np.quantile(pool, q_hi)
+        last = (h, float(lo[h]), float(hi[h]))
     return mean + lo * moving, mean + hi * moving
 
 
