@@ -143,7 +143,7 @@ class Forecaster:
                 final = DirectLightGBM(self.horizon)
                 final.fit(tracks)
             out[horizon] = [
-                self._one(key, track, h, horizon, chosen, mae, final, notes)
+                self._one(key, track, h, horizon, chosen, mae, final, notes, held)
                 for (key, _), track, h in zip(family, tracks, held, strict=True)
             ]
         return out
@@ -221,6 +221,7 @@ class Forecaster:
         mae: dict[str, float],
         final: DirectLightGBM | None,
         notes: list[str],
+        family_held: list[_Held],
     ) -> Forecast:
         origin = np.array([len(track.values) - 1], dtype=np.int64)
         season = season_steps(track.step)
@@ -236,8 +237,9 @@ class Forecaster:
         # Locally weighted: each held-out error in units of how much the series was moving
         # just before its origin, so the band is wide when the series is restless and narrow
         # when it is calm (the conformal guarantee holds for any such fixed scaling).
-        moving = _volatility(track.values, held.origins)[:, None]
-        errors = (held.actual[:, :horizon] - held.paths[chosen][:, :horizon]) / moving
+        # The family's series share the model and the scaling, so their scaled errors are
+        # pooled: more days behind a long horizon's band than one series holds out.
+        errors = np.vstack([_scaled_errors(h, chosen, horizon) for h in family_held])
         paths = int(np.sum(np.isfinite(errors[:, 0]))) if len(errors) else 0
         bands = {
             level: _band(errors, mean, float(_volatility(track.values, origin)[0]), level)
@@ -278,6 +280,13 @@ def _mae(held: list[_Held], horizon: int) -> dict[str, float]:
     return found or {"naive": math.inf}
 
 
+def _scaled_errors(held: _Held, chosen: str, horizon: int) -> FloatArray:
+    """A series' held-out errors of `chosen`, each in units of the movement before its origin."""
+    moving = _volatility(held.track.values, held.origins)[:, None]
+    scaled: FloatArray = (held.actual[:, :horizon] - held.paths[chosen][:, :horizon]) / moving
+    return scaled
+
+
 def _volatility(values: FloatArray, origins: IntArray, width: int = 12) -> FloatArray:
     """How much the series moved over the `width` steps before each origin (mean absolute
     change), never below a tenth of its usual movement."""
@@ -302,7 +311,7 @@ def _band(
     lo, hi = np.empty(horizon), np.empty(horizon)
     last: tuple[int, float, float] | None = None
     for h in range(horizon):
-        width = max(1, round(0.1 * (h + 1)))
+        width = round(0.1 * (h + 1))
         pool = errors[:, max(0, h - width) : h + width + 1]
         pool = pool[np.isfinite(pool)]
         n = len(pool)
