@@ -146,8 +146,8 @@ def clear(fleet: Fleet, engine: Engine, service: str, kind: str | None = None) -
     if kind in (None, "bad_config"):
         fleet.spec.get(service)
         try:
-            rolled = _store(engine, service, explicit=kind is not None)
-            changed = rolled and rolled.rollback(
+            store = _store(engine, service, explicit=kind is not None)
+            changed = store and store.rollback(
                 applied_by=CLEAR_ACTOR,
                 reason="clear bad_config",
                 skipping=FAULT_ACTOR,

@@ -129,27 +129,21 @@ def test_a_daily_rise_is_no_trend_a_leak_on_top_of_it_is() -> None:
     usual = usual_rise(departures[: rising.stop], window)
     assert usual is not None
     ahead = times[-1] + STEP * np.arange(1, 37)
-    assert (
-        recent_trend(
+
+    def trend_of(series: np.ndarray) -> Any:
+        return recent_trend(
             times,
-            values[rising],
+            series[rising],
             ahead,
             expected=expected[rising],
             expected_ahead=np.full(36, 10.0),
             floor=max(usual, 0) / STEP,
         )
-        is None
-    )
+
+    assert trend_of(values) is None
     leak = values.copy()
     leak[rising] += 0.05 * np.arange(window)
-    trend = recent_trend(
-        times,
-        leak[rising],
-        ahead,
-        expected=expected[rising],
-        expected_ahead=np.full(36, 10.0),
-        floor=max(usual, 0) / STEP,
-    )
+    trend = trend_of(leak)
     assert trend is not None
 
 

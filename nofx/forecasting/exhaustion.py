@@ -95,9 +95,6 @@ class Exhaustion:
     latest: float | None
     source: str  # "forecast", "trend" or "none"
 
-    def hours_from(self, now: float) -> float | None:
-        return None if self.eta is None else max(0.0, (self.eta - now) / 3600)
-
 
 def exhaustion(quantiles: Quantiles, limit: float, source: str) -> Exhaustion:
     over = quantiles.over(limit)

@@ -49,7 +49,7 @@ class Forecast:
     key: str
     horizon: int
     model: str
-    origin_time: float = field(metadata={"doc": "time of the last observed step"})
+    origin_time: float  # time of the last observed step
     step: float
     mean: FloatArray
     bands: dict[int, tuple[FloatArray, FloatArray]]
@@ -143,8 +143,8 @@ class Forecaster:
                 final = DirectLightGBM(self.horizon)
                 final.fit(tracks)
             out[horizon] = [
-                self._one(key, track, h, horizon, chosen, mae, final, notes, held)
-                for (key, _), track, h in zip(family, tracks, held, strict=True)
+                self._one(key, track, horizon, chosen, mae, final, notes, held)
+                for (key, _), track in zip(family, tracks, strict=True)
             ]
         return out
 
@@ -215,7 +215,6 @@ class Forecaster:
         self,
         key: str,
         track: Track,
-        held: _Held,
         horizon: int,
         chosen: str,
         mae: dict[str, float],
