@@ -28,6 +28,7 @@ keys are refused, so a typo is an error, not a silently ignored setting). `nofx 
 from __future__ import annotations
 
 import re
+from datetime import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -154,6 +155,44 @@ class Providers(_Strict):
     config: FileConfig | None = None
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Blackout(_Strict):
+    """A daily span (UTC) in which no maintenance of the service may run, e.g. a business peak.
+    An end before the start crosses midnight."""
+
+    start: time
+    end: time
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))
+    reason: NonEmpty
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Blackout:
+        if self.start == self.end:
+            raise ValueError("start and end are the same time: the blackout would be empty")
+        return self
+
+
+class MaintenancePolicy(_Strict):
+    """How the service's predictive maintenance is planned (nofx.maintenance.jobs)."""
+
+    duration_minutes: float = Field(default=10, gt=0, le=24 * 60, description="a job's length")
+    lead_minutes: float = Field(
+        default=0, ge=0, le=7 * 24 * 60, description="no job starts sooner than this from now"
+    )
+    load_metric: NonEmpty | None = Field(
+        default=None,
+        description="the metric whose forecast is the service's load (requests, say); a job"
+        " goes where it is lowest. Unset: the earliest allowed start",
+    )
+    disruption_budget_per_day: int = Field(
+        default=2, ge=1, le=1000, description="maintenance jobs a UTC day in the replica group"
+    )
+    blackouts: list[Blackout] = Field(default_factory=list)
+
+
 class ServiceEntry(_Strict):
     name: ServiceName = Field(description="lower-case letters, digits, '.', '_' and '-'")
     endpoint: AnyHttpUrl = Field(description="base URL; GET {endpoint}/health is the probe")
@@ -176,6 +215,9 @@ class ServiceEntry(_Strict):
         " a forecast's time to exhaustion is measured against",
     )
     providers: Providers = Field(default_factory=Providers)
+    maintenance: MaintenancePolicy | None = Field(
+        default=None, description="default: 10-minute jobs, 2 a day per group, no blackouts"
+    )
     annotations: dict[NonEmpty, str] = Field(
         default_factory=dict,
         description="free-form notes for tools (as Kubernetes annotations); the platform's"

@@ -270,6 +270,16 @@ class MaintenanceSchedule(SQLModel, table=True):
     required_resources: Any | None = _column(_JSONB, nullable=True)
     status: str = _column(Text, nullable=False)
     completed_at: datetime | None = _timestamptz()
+    # sql/025_maintenance_jobs.sql
+    workflow_id: str | None = _column(Text, nullable=True)
+    component_id: str | None = _column(Text, nullable=True)
+    predicted_issue: str | None = _column(Text, nullable=True)
+    deadline: datetime | None = _timestamptz()
+    decision_id: uuid.UUID | None = _column(UUID(as_uuid=True), nullable=True)
+    window_plan: Any | None = _column(_JSONB, nullable=True)
+    detail: str | None = _column(Text, nullable=True)
+    created_at: datetime | None = _timestamptz(server_default=True, nullable=False)
+    updated_at: datetime | None = _timestamptz(server_default=True, nullable=False)
 
 
 class OptimizationRecommendation(SQLModel, table=True):

@@ -36,6 +36,7 @@ from models.decisions import (
 )
 from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
+from models.maintenance import JobStatusView, MaintenanceJobInput, job_workflow_id
 from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.operations.autonomous import AutonomousOperations
@@ -63,25 +64,34 @@ def incident_workflow_id(service: str, incident_type: str) -> str:
     return f"incident-{service}-{incident_type}"
 
 
-async def start_incident(
-    client: Client, incident: IncidentInput
+async def _start_or_join(
+    client: Client,
+    workflow: str,
+    arg: Any,
+    *,
+    workflow_id: str,
+    task_queue: str,
+    result_type: type,
+    track: str,
+    service: str,
+    status: str,
 ) -> tuple[WorkflowHandle[Any, Any], bool]:
-    """Start `HealingIncidentWorkflow`, or join the run already open for this failure.
+    """Start `workflow` as `workflow_id`, or join the run already open under it (USE_EXISTING).
 
     Returns the handle and whether this call started a new run (False: it joined one).
     """
     handle = await client.start_workflow(
-        "HealingIncidentWorkflow",
-        incident,
-        id=incident_workflow_id(incident.service, incident.incident_type),
-        task_queue=TASK_QUEUE_HEALING,
-        result_type=IncidentResult,
+        workflow,
+        arg,
+        id=workflow_id,
+        task_queue=task_queue,
+        result_type=result_type,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         search_attributes=TypedSearchAttributes(
             [
-                SearchAttributePair(TRACK, "healing"),
-                SearchAttributePair(SERVICE, incident.service),
-                SearchAttributePair(STATUS, "detected"),
+                SearchAttributePair(TRACK, track),
+                SearchAttributePair(SERVICE, service),
+                SearchAttributePair(STATUS, status),
             ]
         ),
     )
@@ -89,6 +99,41 @@ async def start_incident(
     # the handle without a public accessor yet.
     response = getattr(handle, "_start_workflow_response", None)
     return handle, response is None or bool(response.started)
+
+
+async def start_incident(
+    client: Client, incident: IncidentInput
+) -> tuple[WorkflowHandle[Any, Any], bool]:
+    """Start `HealingIncidentWorkflow`, or join the run already open for this failure."""
+    return await _start_or_join(
+        client,
+        "HealingIncidentWorkflow",
+        incident,
+        workflow_id=incident_workflow_id(incident.service, incident.incident_type),
+        task_queue=TASK_QUEUE_HEALING,
+        result_type=IncidentResult,
+        track="healing",
+        service=incident.service,
+        status="detected",
+    )
+
+
+async def start_maintenance_job(
+    client: Client, job: MaintenanceJobInput
+) -> tuple[WorkflowHandle[Any, Any], bool]:
+    """Start `MaintenanceJobWorkflow` `maintenance-{component}-{issue}`, or join the job already
+    open for it; True when this call started it."""
+    return await _start_or_join(
+        client,
+        "MaintenanceJobWorkflow",
+        job,
+        workflow_id=job_workflow_id(job.component, job.issue),
+        task_queue=TASK_QUEUE_MAINTENANCE,
+        result_type=JobStatusView,
+        track="maintenance",
+        service=job.component,
+        status="planning",
+    )
 
 
 class NofxClient:

@@ -117,6 +117,8 @@ def row_of(entry: ServiceEntry) -> dict[str, Any]:
         meta["metrics"] = entry.metrics.model_dump(mode="json", exclude_none=True)
     if entry.limits:
         meta["limits"] = dict(entry.limits)
+    if entry.maintenance is not None:
+        meta["maintenance"] = entry.maintenance.model_dump(mode="json")
     if entry.annotations:
         meta["annotations"] = dict(entry.annotations)
     return {

@@ -1,19 +1,26 @@
-"""Small waits the end-to-end tests share."""
+"""Small waits the end-to-end tests share, and a track worker run as its own process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
 
 from models.healing import IncidentState, IncidentStatus
+from pilot.fleet import free_port
 from workflows.healing import HealingIncidentWorkflow
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
@@ -29,18 +36,36 @@ async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -
         await asyncio.sleep(0.2)
 
 
+async def query_until(
+    handle: Any,
+    query: Any,
+    done: Callable[[Any], bool],
+    describe: Callable[[Any], str],
+    timeout: float = 120,
+) -> Any:
+    """Query the workflow until `done` holds for what it answers; fail with `describe` of it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await handle.query(query)
+        if done(answer):
+            return answer
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(describe(answer))
+        await asyncio.sleep(0.2)
+
+
 async def wait_for_state(
     handle: Any, *states: IncidentState, timeout: float = 120
 ) -> IncidentStatus:
     """Query the incident until it is in one of `states`; fail with its status otherwise."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status: IncidentStatus = await handle.query(HealingIncidentWorkflow.status)
-        if status.state in states:
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"incident still {status.state.value}: {status.timeline[-3:]}")
-        await asyncio.sleep(0.2)
+    status: IncidentStatus = await query_until(
+        handle,
+        HealingIncidentWorkflow.status,
+        lambda s: s.state in states,
+        lambda s: f"incident still {s.state.value}: {s.timeline[-3:]}",
+        timeout,
+    )
+    return status
 
 
 async def assert_replays(handle: Any) -> None:
@@ -63,3 +88,42 @@ async def assert_replays(handle: Any) -> None:
     kept.write_text(history.to_json())
     tail = [f"{e.event_id} {EventType.Name(e.event_type)}" for e in history.events[-40:]]
     raise AssertionError(f"{result.replay_failure}; history kept in {kept}; last events {tail}")
+
+
+class WorkerProcess:
+    """`python -m <module>` (a track worker) as its own OS process, the way `nofx up` runs it."""
+
+    def __init__(self, env: WorkflowEnvironment, database_url: str, log: Path, module: str) -> None:
+        self._module = module
+        self._env = {
+            **os.environ,
+            "NOFX_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+            "NOFX_DATABASE_URL": database_url,
+            "NOFX_METRICS_PORT": str(free_port()),
+            "NOFX_LOG_LEVEL": "INFO",
+        }
+        self._log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self._module],
+                cwd=ROOT,
+                env=self._env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill_9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

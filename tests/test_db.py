@@ -223,7 +223,7 @@ def test_concurrent_migrate_calls_apply_each_file_once(pg_admin_url: str) -> Non
         assert migration_status(url).up_to_date
         with psycopg.connect(to_libpq_url(url)) as conn:
             playbooks = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-        assert playbooks == (27,)  # 008, 013, 015, 016 and 018 seed 2 + 6 + 2 + 1 + 16
+        assert playbooks == (33,)  # 008, 013, 015, 016, 018 and 025 seed 2 + 6 + 2 + 1 + 16 + 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def test_seed_playbooks_are_not_duplicated_when_rerun(fresh_database_url: str) -
         ):
             conn.execute((SQL_DIR / seed).read_text().encode())
         count = conn.execute("SELECT count(*) FROM recovery_playbooks").fetchone()
-    assert count == (27,)
+    assert count == (33,)
 
 
 DRAINING = (

@@ -5,10 +5,6 @@ log) and a configuration rollback (counted in config_versions)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,55 +20,18 @@ from nofx import faults
 from nofx.client import incident_workflow_id
 from nofx.providers.config import ConfigStore
 from nofx.settings import TASK_QUEUE_HEALING
-from pilot.fleet import Fleet, free_port
+from pilot.fleet import Fleet
+from tests.helpers import WorkerProcess
 from workflows.healing import HealingIncidentWorkflow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class WorkerProcess:
-    """`python -m workers.healing` as its own OS process, the way `nofx up` runs it."""
-
-    def __init__(self, env: WorkflowEnvironment, database_url: str, log: Path) -> None:
-        self._env = {
-            **os.environ,
-            "NOFX_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-            "NOFX_DATABASE_URL": database_url,
-            "NOFX_METRICS_PORT": str(free_port()),
-            "NOFX_LOG_LEVEL": "INFO",
-        }
-        self._log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self._log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "workers.healing"],
-                cwd=ROOT,
-                env=self._env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill_9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @pytest.fixture
 def worker_process(
     temporal_env: WorkflowEnvironment, database_url: str, tmp_path: Path
 ) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(temporal_env, database_url, tmp_path / "worker-healing.log")
+    worker = WorkerProcess(
+        temporal_env, database_url, tmp_path / "worker-healing.log", "workers.healing"
+    )
     try:
         yield worker
     finally:

@@ -365,3 +365,93 @@ def test_a_predicted_exhaustion_is_opened_updated_and_withdrawn(
     shown = nofx_cli(fresh_database_url, "predictive", "maintenance")
     assert shown.exit_code == 0, shown.output
     assert "(no open prediction)" in shown.output
+
+
+def test_a_job_window_is_the_load_trough_outside_blackouts_freezes_and_a_spent_budget(
+    tmp_path: Path, fresh_engine: Any
+) -> None:
+    from sqlalchemy import text
+
+    from models.maintenance import WindowRequest
+    from nofx import inventory
+    from nofx.healing.guardrails import add_freeze
+    from nofx.maintenance.jobs import JobError, plan_window
+    from nofx.telemetry.sources import CsvReplaySource
+
+    # Four days of requests with their trough at 03:00 UTC and their peak at 15:00.
+    start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp())
+    t = np.arange(4 * DAY)
+    load = 100 - 80 * np.cos(2 * np.pi * (t * STEP - 3 * 3600) / 86_400)
+    csv = tmp_path / "api.csv"
+    csv.write_text(
+        "timestamp,requests\n" + "".join(f"{start + i * 300},{v}\n" for i, v in enumerate(load))
+    )
+    policy = {"duration_minutes": 30, "load_metric": "requests", "disruption_budget_per_day": 1}
+    document = {
+        "services": [
+            {
+                "name": "api",
+                "endpoint": "http://127.0.0.1:1",
+                "group": "api",
+                "maintenance": policy,
+            },
+            {"name": "api-2", "endpoint": "http://127.0.0.1:2", "group": "api"},
+        ]
+    }
+    inventory.apply(fresh_engine, inventory.parse(document))
+    source = CsvReplaySource(csv)
+    now = datetime.fromtimestamp(start + (len(load) - 1) * 300, UTC)  # 23:55 on day 4
+    request = WindowRequest(
+        component="api",
+        issue="oom",
+        deadline=now + timedelta(hours=20),
+        workflow_id="maintenance-api-oom",
+        now=now,
+    )
+    plan = plan_window(fresh_engine, source, request)
+    assert plan.start is not None
+    assert plan.load_metric == "requests"
+    assert abs((plan.start.hour * 60 + plan.start.minute) - 3 * 60) <= 45  # the trough
+    assert plan.load_rank is not None
+    assert plan.load_rank < 0.1
+
+    # A blackout over the small hours moves it out of them, with the reason kept.
+    policy["blackouts"] = [{"start": "01:00", "end": "06:00", "reason": "batch close"}]
+    inventory.apply(fresh_engine, inventory.parse(document))
+    plan = plan_window(fresh_engine, source, request)
+    assert plan.start is not None
+    assert not 1 <= plan.start.hour < 6
+    assert any("batch close" in reason for reason in plan.refused)
+
+    # A freeze over the next window of the day, then the group's budget spent by api-2's job
+    # that day: no start is left in those hours.
+    add_freeze(
+        fresh_engine,
+        now,
+        now + timedelta(hours=12),
+        scope="api",
+        reason="release week",
+        actor="test",
+    )
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO maintenance_schedules (scheduled_at, maintenance_type, status,"
+                " workflow_id, component_id) VALUES (:at, 'restart', 'scheduled', 'other',"
+                " 'api-2')"
+            ),
+            {"at": now + timedelta(hours=13)},
+        )
+    plan = plan_window(fresh_engine, source, request)
+    assert plan.start is None  # day 5 is frozen, then its budget is spent
+    assert plan.urgent
+    assert any("release week" in reason for reason in plan.refused)
+    assert any("disruption budget" in reason for reason in plan.refused)
+
+    # A start a person asks for is checked against the same constraints.
+    with pytest.raises(JobError, match="release week"):
+        plan_window(
+            fresh_engine,
+            source,
+            request.model_copy(update={"requested_start": now + timedelta(hours=11)}),
+        )

@@ -16,6 +16,9 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.actions import ActionActivities
+from activities.guardrails import GuardrailActivities
+from activities.infra import InfraActivities
 from nofx.db import make_engine
 from nofx.logging import configure_logging, get_logger
 from nofx.payloads import ContractWorkflowRunner, contract_data_converter
@@ -35,6 +38,24 @@ class Dependencies:
 
 
 ActivityFactory = Callable[[Dependencies], Sequence[Callable[..., object]]]
+
+
+def remediation_activities(deps: Dependencies) -> list[Callable[..., object]]:
+    """What the shared remediation runner (workflows/remediation.py) calls on the worker of the
+    workflow that runs it: restarts and checks, provider actions and their undo, guardrails."""
+    infra = InfraActivities(deps.engine)
+    actions = ActionActivities(deps.engine, deps.settings)
+    guardrails = GuardrailActivities(deps.engine)
+    return [
+        infra.restart_service,
+        infra.restore_service_running,
+        infra.validate_health,
+        actions.perform_action,
+        actions.undo_action,
+        actions.validate_requests,
+        guardrails.check_guardrails,
+        guardrails.release_lease,
+    ]
 
 
 def build_worker(

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from activities.actions import ActionActivities
 from activities.chaos import ChaosActivities
-from activities.guardrails import GuardrailActivities
 from activities.incidents import IncidentActivities
-from activities.infra import InfraActivities
 from activities.store import StoreActivities
 from activities.telemetry import DetectionActivities, TelemetryActivities
 from nofx.settings import TASK_QUEUE_HEALING
-from workers.common import Dependencies, serve
+from workers.common import Dependencies, remediation_activities, serve
 from workflows.chaos import ChaosExperimentWorkflow, ChaosSuiteWorkflow
 from workflows.healing import HealingIncidentWorkflow
 from workflows.monitor import FleetMonitorWorkflow
@@ -29,24 +26,14 @@ WORKFLOWS: list[type] = [
 
 def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
     store = StoreActivities(deps.engine)
-    infra = InfraActivities(deps.engine)
     detection = DetectionActivities(deps.engine, deps.settings)
-    actions = ActionActivities(deps.engine, deps.settings)
-    guardrails = GuardrailActivities(deps.engine)
     chaos = ChaosActivities(deps.engine, deps.settings)
     return [
         store.append_audit_event,
         store.record_incident,
         store.update_incident,
         store.refresh_pattern,
-        infra.restart_service,
-        infra.restore_service_running,
-        infra.validate_health,
-        actions.perform_action,
-        actions.undo_action,
-        actions.validate_requests,
-        guardrails.check_guardrails,
-        guardrails.release_lease,
+        *remediation_activities(deps),
         TelemetryActivities(deps.engine).probe_fleet,
         detection.scrape_fleet,
         detection.diagnose_fleet,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from activities.maintenance import MaintenanceActivities
 from activities.readmission import ReadmissionActivities
 from activities.store import AuditActivities
 from activities.training import TrainingActivities
 from nofx.settings import TASK_QUEUE_MAINTENANCE
-from workers.common import Dependencies, serve
+from workers.common import Dependencies, remediation_activities, serve
 from workflows.maintenance import (
     AuditChainVerificationWorkflow,
     DetectorTrainingWorkflow,
+    MaintenanceJobWorkflow,
     TrafficReadmissionWorkflow,
 )
 
@@ -20,6 +22,7 @@ TASK_QUEUE = TASK_QUEUE_MAINTENANCE
 WORKFLOWS: list[type] = [
     AuditChainVerificationWorkflow,
     DetectorTrainingWorkflow,
+    MaintenanceJobWorkflow,
     TrafficReadmissionWorkflow,
 ]
 
@@ -29,7 +32,13 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         AuditActivities(deps.engine).verify_audit_chain,
         TrainingActivities(deps.engine, deps.settings).train_anomaly_detector,
         ReadmissionActivities(deps.engine, deps.settings).readmit_traffic,
+        *_maintenance(MaintenanceActivities(deps.engine, deps.settings)),
+        *remediation_activities(deps),
     ]
+
+
+def _maintenance(jobs: MaintenanceActivities) -> list[Callable[..., object]]:
+    return [jobs.plan_window, jobs.record_schedule, jobs.capture_metric, jobs.judge_outcome]
 
 
 if __name__ == "__main__":

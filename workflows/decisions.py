@@ -219,6 +219,9 @@ class PlaybookDecisionWorkflow:
 
 STORE_TIMEOUT = timedelta(seconds=30)
 SCORE_TIMEOUT = timedelta(seconds=60)
+# A decision waits at most its policy's longest approval timeout (7 days) plus its own work:
+# what a workflow that starts one as a child gives it.
+DECISION_TIMEOUT = timedelta(days=8)
 
 
 def rollback_plan(steps: list[PlaybookStep], service: str) -> list[str]:

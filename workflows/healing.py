@@ -14,11 +14,16 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
-from workflows.remediation import Remediation, aborted, count_action, settle
+from workflows.remediation import (
+    Remediation,
+    aborted,
+    count_action,
+    record_decision_outcome,
+    settle,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities._support import STORE_RETRY
-    from activities.decisions import DecisionActivities
     from activities.store import StoreActivities
     from models.common import AbortRequest, ApprovalRequest, AuditEventInput
     from models.decisions import (
@@ -49,12 +54,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from nofx.settings import TASK_QUEUE_DECISIONS
     from nofx.temporal import AWAITING_APPROVAL, SERVICE, STATUS, TRACK
-    from workflows.decisions import DecisionWorkflow, PlaybookDecisionWorkflow
+    from workflows.decisions import DECISION_TIMEOUT, DecisionWorkflow, PlaybookDecisionWorkflow
 
 STORE_TIMEOUT = timedelta(seconds=30)
 APPROVAL_TIMEOUT = timedelta(hours=1)
-# A decision waits at most its policy's longest approval timeout (7 days) plus its own work.
-DECISION_TIMEOUT = timedelta(days=8)
 
 
 @workflow.defn
@@ -459,8 +462,7 @@ class HealingIncidentWorkflow:
             for a in self._actions[self._rung_start :]
             if "prior_state_restored" in a.detail
         ]
-        await workflow.execute_activity_method(
-            DecisionActivities.record_outcome,
+        await record_decision_outcome(
             DecisionOutcome(
                 decision_id=choice.decision_id,
                 resolved=resolved,
@@ -472,10 +474,7 @@ class HealingIncidentWorkflow:
                     None if resolved or not restored else all(r is not False for r in restored)
                 ),
                 detail=self._error or "" if not resolved else f"resolved by {choice.playbook_name}",
-            ),
-            task_queue=TASK_QUEUE_DECISIONS,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
+            )
         )
 
     async def _wait_for_approval_if_needed(self, choice: PlaybookChoice) -> None:

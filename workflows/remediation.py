@@ -30,12 +30,15 @@ from workflows.saga import COMPENSATION_RETRY, Saga
 with workflow.unsafe.imports_passed_through():
     from activities._support import ACTION_RETRY, STORE_RETRY
     from activities.actions import ActionActivities
+    from activities.decisions import DecisionActivities
     from activities.guardrails import GuardrailActivities
     from activities.infra import InfraActivities
     from models.actions import CHECKS, ActionRequest, ValidateRequestsParams, compensation
     from models.common import AbortRequest, Contract
+    from models.decisions import DecisionOutcome
     from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import ActionOutcome, PlaybookStep, ServiceActionInput, ValidateHealthInput
+    from nofx.settings import TASK_QUEUE_DECISIONS
 
 STORE_TIMEOUT = timedelta(seconds=30)
 
@@ -323,3 +326,15 @@ def count_action(outcome: ActionOutcome) -> None:
     workflow.metric_meter().create_counter(
         "nofx_healing_actions_total", "Healing actions and undos, by whether they changed anything"
     ).add(1, {"action": outcome.action, "performed": str(outcome.performed).lower()})
+
+
+async def record_decision_outcome(outcome: DecisionOutcome) -> None:
+    """How the decision's choice turned out, written on the decision (and learnt from), by the
+    decisions worker."""
+    await workflow.execute_activity_method(
+        DecisionActivities.record_outcome,
+        outcome,
+        task_queue=TASK_QUEUE_DECISIONS,
+        start_to_close_timeout=STORE_TIMEOUT,
+        retry_policy=STORE_RETRY,
+    )

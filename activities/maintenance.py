@@ -1,0 +1,85 @@
+"""Activities of the maintenance job (the logic: nofx.maintenance.jobs).
+
+Each is safe to retry: planning reads, the schedule row is an upsert on its id, the readings
+only read (taking a scrape of the one service where the platform keeps its own samples), and
+labelling a prediction averted changes only an open one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+
+from activities._support import heartbeating, invalid_input
+from models.maintenance import (
+    Captured,
+    OutcomeCheck,
+    OutcomeVerdict,
+    ScheduleRecord,
+    WindowPlan,
+    WindowRequest,
+)
+from nofx.maintenance import jobs
+from nofx.settings import Settings
+from nofx.telemetry.routing import metric_source
+from nofx.telemetry.scrape import inventory_targets, scrape_targets
+
+
+class MaintenanceActivities:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    def _refresh(self, service: str) -> Callable[[], None] | None:
+        """Scrape `service` now, when the platform keeps its own samples."""
+        if self._settings.telemetry != "scrape":
+            return None
+        targets = [t for t in inventory_targets(self._engine) if t.service == service]
+
+        def scrape() -> None:
+            scrape_targets(self._engine, targets)
+
+        return scrape
+
+    @activity.defn
+    def plan_window(self, req: WindowRequest) -> WindowPlan:
+        """The job's window and why (a refused start a person asked for fails, with why)."""
+        with heartbeating(step="plan_window"):
+            try:
+                return jobs.plan_window(
+                    self._engine, metric_source(self._engine, self._settings), req
+                )
+            except jobs.JobError as err:
+                raise invalid_input(str(err)) from None
+
+    @activity.defn
+    def record_schedule(self, rec: ScheduleRecord) -> None:
+        jobs.record_schedule(self._engine, rec)
+
+    @activity.defn
+    def capture_metric(self, check: OutcomeCheck) -> Captured:
+        """The metric that runs out, read fresh just before the work."""
+        with heartbeating(step="capture_metric"):
+            return jobs.capture(
+                metric_source(self._engine, self._settings),
+                check,
+                self._refresh(check.component),
+            )
+
+    @activity.defn
+    def judge_outcome(self, check: OutcomeCheck) -> OutcomeVerdict:
+        """After the work: averted or not, and the prediction labelled when it was."""
+        with heartbeating(step="judge_outcome"):
+            try:
+                return jobs.judge_outcome(
+                    self._engine,
+                    metric_source(self._engine, self._settings),
+                    check,
+                    datetime.now(UTC),
+                    self._refresh(check.component),
+                )
+            except jobs.JobError as err:
+                raise invalid_input(str(err)) from None

@@ -1,0 +1,187 @@
+"""Contracts of the maintenance job (Track C): what it maintains and before when, the window it
+chose and why, and what a person may ask of it while it waits (reschedule, run now, cancel).
+
+Every signal takes one model, so the Web UI's single JSON payload works:
+`{"requested_by": "alice", "at": "2026-12-03T02:00:00Z", "reason": "after the release"}`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from models.common import Contract
+from models.decisions import Candidate
+
+JobStatus = Literal[
+    "planning",
+    "deciding",
+    "scheduled",
+    "running",
+    "verifying",
+    "completed",
+    "rolled_back",
+    "cancelled",
+    "declined",
+    "failed",
+]
+TERMINAL: frozenset[str] = frozenset(
+    {"completed", "rolled_back", "cancelled", "declined", "failed"}
+)
+
+
+class MaintenanceJobInput(Contract):
+    """Start `maintenance-{component}-{issue}`: maintain `component` before `deadline`."""
+
+    component: str = Field(min_length=1, description="the service maintained")
+    issue: str = Field(min_length=1, description="the predicted issue, e.g. oom, disk_full")
+    deadline: AwareDatetime = Field(description="the earliest the failure is predicted to come")
+    prediction_id: str | None = None
+    metric: str | None = Field(default=None, description="the metric running out")
+    requested_by: str = "nofx-predictive"
+    duration_minutes: float | None = Field(
+        default=None, gt=0, le=24 * 60, description="default: the service's maintenance policy"
+    )
+    candidates: list[Candidate] | None = Field(
+        default=None,
+        description="the options to decide among; default: the playbooks of maintenance:<issue>",
+    )
+
+
+class WindowRequest(Contract):
+    """Plan a window for a job: the deadline and, when a person moved it, the start they want."""
+
+    component: str
+    issue: str
+    deadline: datetime
+    duration_minutes: float | None = None
+    workflow_id: str
+    requested_start: datetime | None = None
+    now: datetime
+
+
+class WindowPlan(Contract):
+    """The window chosen and why; refusals counted by reason ("why not earlier?")."""
+
+    start: datetime | None
+    end: datetime | None
+    duration_minutes: float
+    expected_load: float | None = None
+    load_metric: str | None = None
+    load_rank: float | None = Field(
+        default=None, description="0 = the quietest allowed start, 1 = the busiest"
+    )
+    urgent: bool = False
+    reason: str
+    refused: dict[str, int] = Field(default_factory=dict)
+    candidates: int = 0
+
+
+class ScheduleRecord(Contract):
+    """Write the job's `maintenance_schedules` row as it is now (idempotent on its id)."""
+
+    schedule_id: str
+    workflow_id: str
+    component: str
+    issue: str
+    prediction_id: str | None = None
+    status: JobStatus
+    scheduled_at: datetime | None = None
+    deadline: datetime
+    maintenance_type: str | None = None
+    decision_id: str | None = None
+    window: WindowPlan | None = None
+    detail: str = ""
+    completed: bool = False
+
+
+class Reschedule(Contract):
+    """Move the job: `{"requested_by": "alice", "at": "…Z", "reason": "after the release"}`."""
+
+    requested_by: str = Field(min_length=1)
+    at: AwareDatetime
+    reason: str = Field(min_length=1)
+
+
+class RunNow(Contract):
+    requested_by: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class CancelJob(Contract):
+    requested_by: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class PredictionChanged(Contract):
+    """From the prediction pass: the job's prediction moved (or was withdrawn)."""
+
+    prediction_id: str | None = None
+    status: Literal["open", "withdrawn"] = "open"
+    deadline: AwareDatetime | None = Field(
+        default=None, description="the new earliest failure time"
+    )
+    probability: float | None = Field(default=None, ge=0, le=1)
+
+
+class JobAck(Contract):
+    """What an update did: the job's status and start after it."""
+
+    status: JobStatus
+    scheduled_at: datetime | None
+    message: str
+
+
+class OutcomeCheck(Contract):
+    """After the maintenance: did the risk go (the metric fell), and no failure came?"""
+
+    component: str
+    issue: str
+    metric: str | None
+    prediction_id: str | None
+    started_at: datetime
+    before: float | None = Field(default=None, description="the metric just before the work")
+
+
+class Captured(Contract):
+    value: float | None
+    detail: str
+
+
+class OutcomeVerdict(Contract):
+    averted: bool
+    before: float | None = None
+    after: float | None = None
+    limit: float | None = None
+    incidents: int = 0
+    detail: str
+
+
+class TimelineNote(Contract):
+    at: AwareDatetime
+    status: JobStatus
+    message: str
+
+
+class JobStatusView(Contract):
+    """The `status` query: enough to see from the Web UI what the job will do and when."""
+
+    workflow_id: str
+    component: str
+    issue: str
+    status: JobStatus
+    deadline: datetime
+    scheduled_at: datetime | None
+    window: WindowPlan | None
+    chosen: str | None
+    decision_id: str | None
+    rollback_plan: list[str]
+    timeline: list[TimelineNote]
+    outcome: OutcomeVerdict | None = None
+    error: str | None = None
+
+
+def job_workflow_id(component: str, issue: str) -> str:
+    return f"maintenance-{component}-{issue}"
