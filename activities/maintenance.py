@@ -18,11 +18,16 @@ from models.maintenance import (
     Captured,
     OutcomeCheck,
     OutcomeVerdict,
+    PredictionChange,
+    PredictionPassInput,
+    PredictionPassReport,
     ScheduleRecord,
+    ValidationInput,
+    ValidationReport,
     WindowPlan,
     WindowRequest,
 )
-from nofx.maintenance import jobs
+from nofx.maintenance import jobs, predictions, validation
 from nofx.settings import Settings
 from nofx.telemetry.routing import metric_source
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
@@ -83,3 +88,36 @@ class MaintenanceActivities:
                 )
             except jobs.JobError as err:
                 raise invalid_input(str(err)) from None
+
+    @activity.defn
+    def predict(self, inp: PredictionPassInput) -> PredictionPassReport:
+        """One forecasting pass over the limited metrics: what opened, moved or went."""
+        with heartbeating(step="predict"):
+            recorded = predictions.predict(
+                self._engine,
+                metric_source(self._engine, self._settings),
+                services=inp.services,
+                horizon_steps=inp.horizon_steps,
+            )
+        return PredictionPassReport(
+            changes=[
+                PredictionChange(
+                    service=r.service,
+                    metric=r.metric,
+                    issue=r.issue,
+                    change=r.change,  # type: ignore[arg-type]
+                    prediction_id=r.prediction_id,
+                    deadline=(r.estimate.earliest or r.estimate.eta) if r.estimate else None,
+                    probability=r.estimate.probability if r.estimate else None,
+                )
+                for r in recorded
+            ]
+        )
+
+    @activity.defn
+    def validate_predictions(self, inp: ValidationInput) -> ValidationReport:
+        """Settle the predictions whose fate is known and judge the period's."""
+        with heartbeating(step="validate_predictions"):
+            return validation.validate(
+                self._engine, metric_source(self._engine, self._settings), days=inp.days
+            )

@@ -185,3 +185,60 @@ class JobStatusView(Contract):
 
 def job_workflow_id(component: str, issue: str) -> str:
     return f"maintenance-{component}-{issue}"
+
+
+class ForecastErrorRow(Contract):
+    service: str
+    metric: str
+    origin: datetime
+    horizon_steps: int
+    points: int
+    mae: float
+    naive_mae: float
+    ratio_to_naive: float | None
+    model: str
+
+
+class ValidationReport(Contract):
+    """`nofx predictive validate`: stored predictions against what happened."""
+
+    since: datetime
+    until: datetime
+    labelled: dict[str, int] = Field(description="predictions settled by this run, by label")
+    predictions: int
+    by_status: dict[str, int]
+    failures: int = Field(description="exhaustion incidents of the period")
+    failures_predicted: int = Field(description="of those, warned of before they started")
+    precision: float | None = Field(description="(happened + averted) / settled predictions")
+    precision_without_averted: float | None = Field(
+        description="happened / (happened + did_not_happen): averted ones left out"
+    )
+    recall: float | None
+    lead_minutes_median: float | None
+    eta_error_hours_median: float | None
+    forecast_error: list[ForecastErrorRow] = Field(default_factory=list)
+
+
+class ValidationInput(Contract):
+    days: float = Field(default=30.0, gt=0, le=365)
+
+
+class PredictionPassInput(Contract):
+    services: list[str] | None = None
+    horizon_steps: int = Field(default=288, ge=1, le=4032)
+
+
+class PredictionChange(Contract):
+    service: str
+    metric: str
+    issue: str
+    change: Literal["opened", "updated", "withdrawn", "quiet"]
+    prediction_id: str | None = None
+    deadline: datetime | None = None
+    probability: float | None = None
+
+
+class PredictionPassReport(Contract):
+    changes: list[PredictionChange] = Field(default_factory=list)
+    jobs_started: list[str] = Field(default_factory=list)
+    jobs_moved: list[str] = Field(default_factory=list)

@@ -53,6 +53,7 @@ from models.detection import TrainDetectorInput
 from models.forecasting import ForecastRequest
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from models.inventory import ApplyReport
+from models.maintenance import CancelJob, JobAck, Reschedule, RunNow
 from nofx import chaos
 from nofx import inventory as inventory_store
 from nofx.audit import verify_chain
@@ -1815,3 +1816,138 @@ def predictive_maintenance(
         for r in rows
     ]
     _emit(rows, as_json, lines or ["(no open prediction)"])
+
+
+JobOption = Annotated[
+    str | None, typer.Option(metavar="WORKFLOW_ID", help="a job: maintenance-<service>-<issue>")
+]
+
+
+@predictive_app.command("schedule")
+def predictive_schedule(
+    service: Annotated[str | None, typer.Option(help="one service only")] = None,
+    reschedule: JobOption = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="with --reschedule: the new start (UTC)")
+    ] = None,
+    run_now: JobOption = None,
+    cancel: JobOption = None,
+    reason: Annotated[str | None, typer.Option(help="why (kept on the job)")] = None,
+    approver: AsOption = None,
+    limit: Annotated[int, typer.Option(help="how many jobs")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Maintenance jobs: when each runs and why; --reschedule/--run-now/--cancel one of them."""
+    from nofx.maintenance.jobs import list_schedules
+
+    who = approver or getpass.getuser()
+    asked = [
+        (n, v)
+        for n, v in (("reschedule", reschedule), ("run-now", run_now), ("cancel", cancel))
+        if v
+    ]
+    if len(asked) > 1:
+        raise fail("give one of --reschedule, --run-now and --cancel")
+    if asked:
+        name, workflow_id = asked[0]
+        if name == "reschedule":
+            if at is None:
+                raise fail("--reschedule needs --at")
+            request: Any = _request(
+                Reschedule,
+                requested_by=who,
+                at=at if at.tzinfo else at.replace(tzinfo=UTC),
+                reason=reason or "rescheduled from the CLI",
+            )
+        else:
+            model = RunNow if name == "run-now" else CancelJob
+            request = _request(model, requested_by=who, reason=reason or f"{name} from the CLI")
+
+        async def go() -> JobAck:
+            async with NofxClient.connect(settings()) as nofx:
+                if name == "reschedule":
+                    return await nofx.reschedule_job(workflow_id, request)
+                if name == "run-now":
+                    return await nofx.run_job_now(workflow_id, request)
+                return await nofx.cancel_job(workflow_id, request)
+
+        try:
+            ack = asyncio.run(go())
+        except WorkflowUpdateFailedError as err:
+            raise fail(f"{workflow_id}: refused: {_root_cause(err)}") from None
+        except RPCError as err:
+            raise fail(f"{workflow_id}: {err.message}") from None
+        typer.echo(f"{workflow_id}: {ack.status}: {ack.message}")
+        return
+    with _engine() as engine:
+        rows = list_schedules(engine, service, limit)
+    lines = [
+        f"{r['workflow_id']:<40} {r['status']:<12} at {r['scheduled_at']:%Y-%m-%d %H:%M} UTC"
+        f" (failure from {r['deadline']:%Y-%m-%d %H:%M}) {r['maintenance_type']}: {r['detail']}"
+        for r in rows
+        if r["deadline"] is not None
+    ]
+    _emit(rows, as_json, lines or ["(no maintenance job)"])
+
+
+@predictive_app.command("validate")
+def predictive_validate(
+    days: Annotated[float, typer.Option(help="judge the predictions of this many days")] = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Stored predictions against what happened: precision, recall, lead time, forecast error."""
+    from nofx.maintenance.validation import validate
+    from nofx.telemetry.routing import metric_source
+
+    with _engine() as engine:
+        report = validate(engine, metric_source(engine, settings()), days=days)
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    lines = [
+        f"{report.predictions} prediction(s) since {report.since:%Y-%m-%d %H:%M} UTC:"
+        f" {', '.join(f'{k} {v}' for k, v in sorted(report.by_status.items())) or 'none'}"
+        f" (settled now: {report.labelled})",
+        f"precision {pct(report.precision)} (averted counted right;"
+        f" {pct(report.precision_without_averted)} without them)",
+        f"recall {pct(report.recall)}: {report.failures_predicted} of {report.failures}"
+        " exhaustion failure(s) warned of before they started",
+        "lead time (median) "
+        + (f"{report.lead_minutes_median:.0f} min" if report.lead_minutes_median else "n/a")
+        + "; time-to-failure error (median) "
+        + (f"{report.eta_error_hours_median:.1f} h" if report.eta_error_hours_median else "n/a"),
+        *(
+            f"  forecast {e.service} {e.metric} ({e.model}, {e.horizon_steps} steps from"
+            f" {e.origin:%H:%M}): MAE {e.mae:.3g}, naive {e.naive_mae:.3g}"
+            + (f", ratio {e.ratio_to_naive:.2f}" if e.ratio_to_naive is not None else "")
+            for e in report.forecast_error
+        ),
+    ]
+    _emit(report.model_dump(mode="json"), as_json, lines)
+
+
+@predictive_app.command("schedules")
+def predictive_schedules(
+    every_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="forecasting pass interval (default NOFX_PREDICTION_INTERVAL_MINUTES or 60)"
+        ),
+    ] = None,
+) -> None:
+    """Install Track C's Schedules: forecasting (hourly by default) and daily validation."""
+    every = timedelta(minutes=every_minutes or settings().prediction_interval_minutes or 60)
+
+    async def go() -> list[str]:
+        async with NofxClient.connect(settings()) as nofx:
+            return await nofx.install_predictive_schedules(every)
+
+    try:
+        created = asyncio.run(go())
+    except RPCError as err:
+        raise fail(f"cannot reach Temporal ({err.message}): is the stack up? (`nofx up`)") from None
+    typer.echo(
+        f"forecasting every {every.total_seconds() / 60:g} min, validation daily: "
+        + (f"created {', '.join(created)}" if created else "already installed")
+    )

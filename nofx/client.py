@@ -36,12 +36,22 @@ from models.decisions import (
 )
 from models.detection import DetectorModelReport, TrainDetectorInput
 from models.healing import IncidentInput, IncidentResult, IncidentStatus
-from models.maintenance import JobStatusView, MaintenanceJobInput, job_workflow_id
+from models.maintenance import (
+    CancelJob,
+    JobAck,
+    JobStatusView,
+    MaintenanceJobInput,
+    PredictionPassInput,
+    Reschedule,
+    RunNow,
+    ValidationInput,
+    job_workflow_id,
+)
 from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.operations.autonomous import AutonomousOperations
 from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
-from nofx.temporal import SERVICE, STATUS, TRACK, connect
+from nofx.temporal import SERVICE, STATUS, TRACK, StandingJob, connect, ensure_schedules
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -136,6 +146,30 @@ async def start_maintenance_job(
     )
 
 
+FORECASTING_SCHEDULE_ID = "predictive-forecast-pass"
+PREDICTION_VALIDATION_SCHEDULE_ID = "predictive-validation"
+
+
+def predictive_jobs(every: timedelta) -> list[StandingJob]:
+    """Track C's Schedules: the forecasting pass every `every`, validation daily."""
+    return [
+        StandingJob(
+            FORECASTING_SCHEDULE_ID,
+            "PredictionPassWorkflow",
+            [PredictionPassInput()],
+            every,
+            TASK_QUEUE_MAINTENANCE,
+        ),
+        StandingJob(
+            PREDICTION_VALIDATION_SCHEDULE_ID,
+            "PredictionValidationWorkflow",
+            [ValidationInput()],
+            timedelta(days=1),
+            TASK_QUEUE_MAINTENANCE,
+        ),
+    ]
+
+
 class NofxClient:
     """Operations on NOFX Autonomy's workflows and records, with pydantic models in and out.
 
@@ -160,6 +194,43 @@ class NofxClient:
             if engine is not None:
                 engine.dispose()
             del client  # see nofx.temporal.temporal_client: avoid the exit-time crash
+
+    # ---- Track C: maintenance jobs -----------------------------------------------------------
+
+    async def start_maintenance_job(self, job: MaintenanceJobInput) -> JobStatusView:
+        """Start (or join) the job of `job.component` and `job.issue`; its status now."""
+        handle, _ = await start_maintenance_job(self.temporal, job)
+        view: JobStatusView = await handle.query("status", result_type=JobStatusView)
+        return view
+
+    async def maintenance_job(self, workflow_id: str) -> JobStatusView:
+        view: JobStatusView = await self.temporal.get_workflow_handle(workflow_id).query(
+            "status", result_type=JobStatusView
+        )
+        return view
+
+    async def reschedule_job(self, workflow_id: str, request: Reschedule) -> JobAck:
+        """Move a waiting job (refused, before history, when it is past waiting or `at` is in
+        the past; refused with the reason when a blackout, freeze or budget forbids `at`)."""
+        return await self._job_update(workflow_id, "reschedule_job", request)
+
+    async def run_job_now(self, workflow_id: str, request: RunNow) -> JobAck:
+        return await self._job_update(workflow_id, "run_job_now", request)
+
+    async def cancel_job(self, workflow_id: str, request: CancelJob) -> JobAck:
+        """Cancel a job: a waiting one ends without acting, a running one rolls back."""
+        return await self._job_update(workflow_id, "cancel_job", request)
+
+    async def _job_update(self, workflow_id: str, update: str, request: Any) -> JobAck:
+        ack: JobAck = await self.temporal.get_workflow_handle(workflow_id).execute_update(
+            update, request, result_type=JobAck
+        )
+        return ack
+
+    async def install_predictive_schedules(self, every: timedelta) -> list[str]:
+        """The forecasting pass every `every` and daily validation (Schedules that exist
+        already are left as they are); the ids created."""
+        return await ensure_schedules(self.temporal, predictive_jobs(every))
 
     async def _db(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.engine is None:

@@ -37,6 +37,7 @@ _ENV = {
     "metrics_host": "NOFX_METRICS_HOST",
     "metrics_port": "NOFX_METRICS_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
+    "prediction_interval_minutes": "NOFX_PREDICTION_INTERVAL_MINUTES",
     "log_level": "NOFX_LOG_LEVEL",
     "telemetry": "NOFX_TELEMETRY",
     "prometheus_url": "NOFX_PROMETHEUS_URL",
@@ -69,6 +70,13 @@ class Settings(BaseModel):
         default=None, ge=1, le=65535, description="this worker's /metrics port (default: base)"
     )
     probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    prediction_interval_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        le=24 * 60,
+        description="how often the forecasting pass runs: default 5 in the dev stack (nofx up),"
+        " 60 where `nofx predictive schedules` installs it",
+    )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     telemetry: str = Field(default="scrape", pattern="^(scrape|prometheus|csv)$")
     prometheus_url: str | None = None

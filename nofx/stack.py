@@ -31,11 +31,6 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleSpec,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 
@@ -43,6 +38,7 @@ from models.decisions import TrainRequest
 from models.detection import TrainDetectorInput
 from models.healing import MonitorInput
 from models.readmission import TrafficReadmissionInput
+from nofx.client import predictive_jobs
 from nofx.db import make_engine, migrate, to_libpq_url
 from nofx.inventory import register_fleet
 from nofx.logging import get_logger, redact_url
@@ -55,7 +51,7 @@ from nofx.settings import (
     Settings,
 )
 from nofx.shutdown import StopOnSignals
-from nofx.temporal import connect
+from nofx.temporal import StandingJob, connect, ensure_schedules
 from pilot.fleet import Fleet, FleetError, FleetSpec, port_in_use
 
 with warnings.catch_warnings():
@@ -76,30 +72,31 @@ AUDIT_SCHEDULE_ID = "maintenance-audit-chain"
 TRAINING_SCHEDULE_ID = "maintenance-detector-training"
 READMISSION_SCHEDULE_ID = "maintenance-traffic-readmission"
 DECISION_TRAINING_SCHEDULE_ID = "decisions-success-training"
-# Scheduled workflows: (schedule id, workflow, arguments, interval, task queue).
-STANDING_JOBS: tuple[tuple[str, str, list[Any], timedelta, str], ...] = (
-    (
+# Scheduled workflows of the dev stack (the predictive ones: nofx.client.predictive_jobs).
+STANDING_JOBS: tuple[StandingJob, ...] = (
+    StandingJob(
         AUDIT_SCHEDULE_ID,
         "AuditChainVerificationWorkflow",
         [],
         timedelta(minutes=15),
         TASK_QUEUE_MAINTENANCE,
     ),
-    (
+    StandingJob(
         TRAINING_SCHEDULE_ID,
         "DetectorTrainingWorkflow",
         [TrainDetectorInput(hours=6, skip_without_history=True)],
         timedelta(hours=6),
         TASK_QUEUE_MAINTENANCE,
     ),
-    (
+    StandingJob(
         READMISSION_SCHEDULE_ID,
         "TrafficReadmissionWorkflow",
         [TrafficReadmissionInput()],
         timedelta(seconds=30),
         TASK_QUEUE_MAINTENANCE,
     ),
-    (  # nightly: the success model learns from the day's decisions, outcomes and overrides
+    # nightly: the success model learns from the day's decisions, outcomes and overrides
+    StandingJob(
         DECISION_TRAINING_SCHEDULE_ID,
         "TrainingWorkflow",
         [TrainRequest(skip_without_history=True)],
@@ -371,17 +368,8 @@ class Stack:
             task_queue=TASK_QUEUE_HEALING,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
-        for schedule_id, workflow, args, every, queue in STANDING_JOBS:
-            with contextlib.suppress(ScheduleAlreadyRunningError):
-                await client.create_schedule(
-                    schedule_id,
-                    Schedule(
-                        action=ScheduleActionStartWorkflow(
-                            workflow, args=args, id=schedule_id, task_queue=queue
-                        ),
-                        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-                    ),
-                )
+        every = timedelta(minutes=self.settings.prediction_interval_minutes or 5)
+        await ensure_schedules(client, [*STANDING_JOBS, *predictive_jobs(every)])
 
     def _undo_started(self) -> None:
         for name in reversed(self.started):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NoReturn
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+)
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -64,3 +74,33 @@ async def temporal_client(settings: Settings) -> AsyncIterator[Client]:
         yield client
     finally:
         del client
+
+
+@dataclass(frozen=True)
+class StandingJob:
+    """A workflow a Temporal Schedule starts every `every` (visible in the Web UI's Schedules)."""
+
+    schedule_id: str
+    workflow: str
+    args: list[Any]
+    every: timedelta
+    task_queue: str
+
+
+async def ensure_schedules(client: Client, jobs: list[StandingJob]) -> list[str]:
+    """Create the Schedules that do not exist yet (one that does is left as it is); the ids
+    created."""
+    created = []
+    for job in jobs:
+        with contextlib.suppress(ScheduleAlreadyRunningError):
+            await client.create_schedule(
+                job.schedule_id,
+                Schedule(
+                    action=ScheduleActionStartWorkflow(
+                        job.workflow, args=job.args, id=job.schedule_id, task_queue=job.task_queue
+                    ),
+                    spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=job.every)]),
+                ),
+            )
+            created.append(job.schedule_id)
+    return created

@@ -455,3 +455,65 @@ def test_a_job_window_is_the_load_trough_outside_blackouts_freezes_and_a_spent_b
             source,
             request.model_copy(update={"requested_start": now + timedelta(hours=11)}),
         )
+
+
+def test_validation_settles_predictions_and_reports_precision_recall_and_lead_time(
+    fresh_engine: Any, fresh_database_url: str, nofx_cli: Any
+) -> None:
+    from sqlalchemy import text
+
+    from nofx import inventory
+    from nofx.maintenance.validation import validate
+
+    document = {
+        "services": [
+            {"name": n, "endpoint": "http://127.0.0.1:1"} for n in ("api", "web", "db", "cache")
+        ]
+    }
+    inventory.apply(fresh_engine, inventory.parse(document))
+    now = datetime.now(UTC)
+    h = timedelta(hours=1)
+
+    def prediction(service: str, issue: str, created: datetime, eta: datetime, status: str) -> None:
+        with fresh_engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO maintenance_predictions (component_type, component_id,"
+                    " predicted_issue, probability, eta, eta_earliest, eta_latest, status,"
+                    " created_at) VALUES ('service', :s, :i, 0.9, :eta, :eta, :eta, :st, :c)"
+                ),
+                {"s": service, "i": issue, "eta": eta, "st": status, "c": created},
+            )
+
+    def incident(service: str, kind: str, started: datetime) -> None:
+        with fresh_engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO healing_incidents (incident_type, detection_method, root_cause,"
+                    " healing_strategy, status, started_at) VALUES (:t, 'test',"
+                    " CAST(:rc AS jsonb), 'none', 'resolved', :at)"
+                ),
+                {"t": kind, "rc": json.dumps({"service": service}), "at": started},
+            )
+
+    prediction("api", "oom", now - 10 * h, now - 6 * h, "open")  # came true: 2 h of warning
+    incident("api", "memory_leak", now - 8 * h)
+    prediction("web", "disk_full", now - 10 * h, now - 5 * h, "open")  # passed quietly
+    prediction("db", "oom", now - 3 * h, now - h, "averted")  # maintenance ran
+    prediction("cache", "oom", now - h, now + 5 * h, "open")  # still standing
+    incident("cache", "disk_filling", now - 2 * h)  # a failure nobody predicted
+    report = validate(fresh_engine, None, days=1, now=now)
+    assert report.labelled == {"happened": 1, "did_not_happen": 1}
+    assert report.by_status == {"happened": 1, "did_not_happen": 1, "averted": 1, "open": 1}
+    assert report.precision == pytest.approx(2 / 3)  # happened + averted of the settled three
+    assert report.precision_without_averted == pytest.approx(1 / 2)
+    assert (report.failures, report.failures_predicted) == (2, 1)
+    assert report.recall == pytest.approx(1 / 2)
+    assert report.lead_minutes_median == pytest.approx(120)  # 2 h (api) and 2 h (db)
+    assert report.eta_error_hours_median == pytest.approx(2)
+    again = validate(fresh_engine, None, days=1, now=now)
+    assert again.labelled == {"happened": 0, "did_not_happen": 0}  # settled once
+
+    shown = nofx_cli(fresh_database_url, "predictive", "validate", "--days", "1")
+    assert shown.exit_code == 0, shown.output
+    assert "recall 50.0%: 1 of 2" in shown.output

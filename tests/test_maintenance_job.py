@@ -4,6 +4,7 @@ while the job waits. Real pilot processes, real supervisord, real HAProxy, real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, text
 from temporalio.api.enums.v1 import EventType
@@ -25,7 +27,16 @@ from temporalio.testing import WorkflowEnvironment
 
 from models.decisions import Candidate
 from models.healing import PlaybookStep
-from models.maintenance import CancelJob, JobStatusView, MaintenanceJobInput, Reschedule, RunNow
+from models.maintenance import (
+    CancelJob,
+    JobStatusView,
+    MaintenanceJobInput,
+    PredictionPassInput,
+    PredictionPassReport,
+    Reschedule,
+    RunNow,
+    job_workflow_id,
+)
 from nofx.client import start_maintenance_job
 from nofx.healing.guardrails import add_freeze
 from nofx.settings import TASK_QUEUE_MAINTENANCE
@@ -34,7 +45,7 @@ from tests.fixtures_traffic import Traffic
 from tests.helpers import WorkerProcess, assert_replays, eventually, query_until
 from workers import maintenance
 from workers.common import Dependencies, build_worker
-from workflows.maintenance import MaintenanceJobWorkflow
+from workflows.maintenance import MaintenanceJobWorkflow, PredictionPassWorkflow
 
 MEMORY = "process_resident_memory_bytes"
 
@@ -241,21 +252,38 @@ async def test_updates_refuse_bad_input_before_history_and_signals_move_the_job(
     await assert_replays(handle)
 
 
-async def test_cancel_by_update_ends_a_waiting_job_without_acting(
-    client: Client, job_worker: None, live_fleet: Fleet, db_engine: Engine
+async def test_the_cli_lists_refuses_and_cancels_a_waiting_job(
+    client: Client,
+    job_worker: None,
+    live_fleet: Fleet,
+    db_engine: Engine,
+    database_url: str,
+    nofx_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("NOFX_TEMPORAL_ADDRESS", client.service_client.config.target_host)
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(nofx_cli, database_url, "predictive", "schedule", *args)
+
     service = live_fleet.spec.services[1].name
     set_policy(db_engine, service, lead_minutes=600)
     starts = len(live_fleet.starts(service))
     handle, _ = await start_maintenance_job(client, job(service, hours=24))
     await wait_status(handle, "scheduled")
-    ack = await handle.execute_update(
-        MaintenanceJobWorkflow.cancel_job,
-        CancelJob(requested_by="alice", reason="replaced by a new release"),
-    )
-    assert "cancelled by alice" in ack.message
+    listed = await cli("--service", service)
+    assert listed.exit_code == 0, listed.output
+    assert handle.id in listed.output
+    assert "scheduled" in listed.output
+    past = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    refused = await cli("--reschedule", handle.id, "--at", past)
+    assert refused.exit_code != 0
+    assert "in the past" in refused.output
+    cancelled = await cli("--cancel", handle.id, "--reason", "replaced by a new release")
+    assert cancelled.exit_code == 0, cancelled.output
     done: JobStatusView = await handle.result()
     assert done.status == "cancelled"
+    assert "replaced by a new release" in done.timeline[-1].message
     assert schedule_row(db_engine, handle.id)["status"] == "cancelled"
     assert len(live_fleet.starts(service)) == starts
 
@@ -330,3 +358,78 @@ async def test_a_worker_killed_while_the_job_waits_on_its_timer_loses_nothing(
     assert len(live_fleet.starts(service)) == starts + 1  # it ran once
     assert schedule_row(db_engine, handle.id)["status"] == "completed"
     assert uuid.UUID(str(schedule_row(db_engine, handle.id)["decision_id"]))
+
+
+def seed_memory(engine: Engine, service: str, *, leak: bool) -> None:
+    """Three days of the service's memory on a daily cycle up to now, the last three hours
+    leaking (or not), as the embedded telemetry would have scraped them."""
+    step = 300
+    now = int(datetime.now(UTC).timestamp()) // step * step
+    t = np.arange(3 * 288)
+    values = 1e8 + 2e7 * np.sin(2 * np.pi * t / 288)
+    if leak:
+        values[-36:] += 5e6 * np.arange(36)
+    stamps = [datetime.fromtimestamp(now - (len(t) - 1 - i) * step, UTC) for i in range(len(t))]
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM metric_samples WHERE service = :s AND metric = :m"),
+            {"s": service, "m": MEMORY},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO metric_samples (service, metric, labels, ts, value)"
+                " VALUES (:s, :m, '{}', :ts, :v)"
+            ),
+            [
+                {"s": service, "m": MEMORY, "ts": ts, "v": float(v)}
+                for ts, v in zip(stamps, values, strict=True)
+            ],
+        )
+
+
+async def forecasting_pass(client: Client, service: str) -> PredictionPassReport:
+    report: PredictionPassReport = await client.execute_workflow(
+        PredictionPassWorkflow.run,
+        PredictionPassInput(services=[service]),
+        id=f"pass-{uuid.uuid4()}",
+        task_queue=TASK_QUEUE_MAINTENANCE,
+    )
+    return report
+
+
+async def test_the_forecasting_pass_starts_moves_and_stands_down_the_job(
+    client: Client, job_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    service = live_fleet.spec.services[1].name
+    set_policy(db_engine, service, lead_minutes=30)
+    with db_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE services SET metadata = metadata || CAST(:m AS jsonb) WHERE name = :n"),
+            {"n": service, "m": json.dumps({"limits": {MEMORY: 4e8}})},
+        )
+    seed_memory(db_engine, service, leak=True)
+    starts = len(live_fleet.starts(service))
+
+    first = await forecasting_pass(client, service)
+    assert [(c.issue, c.change) for c in first.changes] == [("oom", "opened")]
+    job_id = job_workflow_id(service, "oom")
+    assert first.jobs_started == [job_id]
+    handle = client.get_workflow_handle(job_id, result_type=JobStatusView)
+    scheduled = await wait_status(handle, "scheduled")
+    change = first.changes[0]
+    assert change.deadline is not None
+    assert scheduled.deadline == change.deadline
+    assert scheduled.scheduled_at is not None
+    assert scheduled.scheduled_at <= change.deadline  # before the failure
+
+    again = await forecasting_pass(client, service)
+    assert [c.change for c in again.changes] == ["updated"]
+    assert again.jobs_moved == [job_id]
+
+    seed_memory(db_engine, service, leak=False)  # the leak was a false alarm after all
+    calm = await forecasting_pass(client, service)
+    assert [c.change for c in calm.changes] == ["withdrawn"]
+    done: JobStatusView = await handle.result()
+    assert done.status == "cancelled"
+    assert "withdrawn" in done.timeline[-1].message
+    assert len(live_fleet.starts(service)) == starts  # nothing was done

@@ -15,6 +15,8 @@ from workflows.maintenance import (
     AuditChainVerificationWorkflow,
     DetectorTrainingWorkflow,
     MaintenanceJobWorkflow,
+    PredictionPassWorkflow,
+    PredictionValidationWorkflow,
     TrafficReadmissionWorkflow,
 )
 
@@ -23,6 +25,8 @@ WORKFLOWS: list[type] = [
     AuditChainVerificationWorkflow,
     DetectorTrainingWorkflow,
     MaintenanceJobWorkflow,
+    PredictionPassWorkflow,
+    PredictionValidationWorkflow,
     TrafficReadmissionWorkflow,
 ]
 
@@ -38,7 +42,14 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
 
 
 def _maintenance(jobs: MaintenanceActivities) -> list[Callable[..., object]]:
-    return [jobs.plan_window, jobs.record_schedule, jobs.capture_metric, jobs.judge_outcome]
+    return [
+        jobs.plan_window,
+        jobs.record_schedule,
+        jobs.capture_metric,
+        jobs.judge_outcome,
+        jobs.predict,
+        jobs.validate_predictions,
+    ]
 
 
 if __name__ == "__main__":

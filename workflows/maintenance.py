@@ -15,7 +15,13 @@ import contextlib
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.workflow import ParentClosePolicy
 
 from workflows.remediation import (
     STORE_TIMEOUT,
@@ -44,12 +50,17 @@ with workflow.unsafe.imports_passed_through():
         OutcomeCheck,
         OutcomeVerdict,
         PredictionChanged,
+        PredictionPassInput,
+        PredictionPassReport,
         Reschedule,
         RunNow,
         ScheduleRecord,
         TimelineNote,
+        ValidationInput,
+        ValidationReport,
         WindowPlan,
         WindowRequest,
+        job_workflow_id,
     )
     from models.readmission import TrafficReadmissionInput, TrafficReadmissionReport
     from nofx.settings import TASK_QUEUE_DECISIONS
@@ -613,3 +624,71 @@ class MaintenanceJobWorkflow:
 
     def approver(self) -> str | None:
         return self._approver
+
+
+@workflow.defn
+class PredictionPassWorkflow:
+    """One forecasting pass (scheduled): every new or moved prediction gets its maintenance job
+    (started, or told of the change), and a withdrawn one tells its job to stand down."""
+
+    @workflow.run
+    async def run(self, inp: PredictionPassInput) -> PredictionPassReport:
+        report = await workflow.execute_activity_method(
+            MaintenanceActivities.predict,
+            inp,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=STORE_RETRY,
+        )
+        for change in report.changes:
+            job_id = job_workflow_id(change.service, change.issue)
+            notice = PredictionChanged(
+                prediction_id=change.prediction_id,
+                status="withdrawn" if change.change == "withdrawn" else "open",
+                deadline=change.deadline,
+                probability=change.probability,
+            )
+            if change.change == "withdrawn":
+                with contextlib.suppress(ApplicationError):  # no job: nothing to stand down
+                    await workflow.get_external_workflow_handle(job_id).signal(
+                        MaintenanceJobWorkflow.prediction_changed, notice
+                    )
+                continue
+            if change.change not in ("opened", "updated") or change.deadline is None:
+                continue
+            try:
+                await workflow.start_child_workflow(
+                    MaintenanceJobWorkflow.run,
+                    MaintenanceJobInput(
+                        component=change.service,
+                        issue=change.issue,
+                        deadline=change.deadline,
+                        prediction_id=change.prediction_id,
+                        metric=change.metric,
+                    ),
+                    id=job_id,
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                )
+                report.jobs_started.append(job_id)
+            except WorkflowAlreadyStartedError:
+                with contextlib.suppress(ApplicationError):  # it ended in between: next pass
+                    await workflow.get_external_workflow_handle(job_id).signal(
+                        MaintenanceJobWorkflow.prediction_changed, notice
+                    )
+                    report.jobs_moved.append(job_id)
+        return report
+
+
+@workflow.defn
+class PredictionValidationWorkflow:
+    """Stored predictions against what happened (scheduled daily; `nofx predictive validate`)."""
+
+    @workflow.run
+    async def run(self, inp: ValidationInput) -> ValidationReport:
+        return await workflow.execute_activity_method(
+            MaintenanceActivities.validate_predictions,
+            inp,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=STORE_RETRY,
+        )

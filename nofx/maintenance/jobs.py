@@ -385,3 +385,22 @@ def judge_outcome(
         incidents=int(incidents),
         detail=detail,
     )
+
+
+def list_schedules(
+    engine: Engine, service: str | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The latest maintenance jobs, soonest start first among those still to run."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, workflow_id, component_id AS service, predicted_issue, status,"
+                " scheduled_at, deadline, maintenance_type, decision_id, window_plan, detail,"
+                " completed_at, updated_at FROM maintenance_schedules"
+                " WHERE (CAST(:s AS text) IS NULL OR component_id = :s)"
+                " ORDER BY (status IN ('scheduled', 'deciding', 'running')) DESC,"
+                " scheduled_at DESC LIMIT :n"
+            ),
+            {"s": service, "n": limit},
+        ).mappings()
+        return [dict(r) for r in rows]
