@@ -38,6 +38,7 @@ _ENV = {
     "metrics_port": "NOFX_METRICS_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
     "prediction_interval_minutes": "NOFX_PREDICTION_INTERVAL_MINUTES",
+    "traffic_day_seconds": "NOFX_TRAFFIC_DAY_SECONDS",
     "log_level": "NOFX_LOG_LEVEL",
     "telemetry": "NOFX_TELEMETRY",
     "prometheus_url": "NOFX_PROMETHEUS_URL",
@@ -76,6 +77,12 @@ class Settings(BaseModel):
         le=24 * 60,
         description="how often the forecasting pass runs: default 5 in the dev stack (nofx up),"
         " 60 where `nofx predictive schedules` installs it",
+    )
+    traffic_day_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="the dev stack's background traffic follows a day compressed into this many"
+        " seconds (quiet and busy hours for maintenance windows); unset: a steady rate",
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     telemetry: str = Field(default="scrape", pattern="^(scrape|prometheus|csv)$")

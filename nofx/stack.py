@@ -338,6 +338,8 @@ class Stack:
         """Steady background requests, so the fleet has a normal to deviate from."""
         argv = [sys.executable, "-m", "pilot.load", "--concurrency", "4"]
         argv += ["--rate", str(TRAFFIC_RPS), "--duration", "inf", "--report-every", "60"]
+        if self.settings.traffic_day_seconds:
+            argv += ["--day-seconds", str(self.settings.traffic_day_seconds)]
         for service in fleet.spec.services:
             argv += ["--url", fleet.url(service.name, "/")]
         self._spawn("traffic", argv)

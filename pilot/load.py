@@ -15,6 +15,12 @@ Each client sends its next request as soon as the previous one is answered (or, 
 at a fixed pace), so when the service saturates, the requests pile up in its worker queue and
 its latency rises — the overload the platform has to notice. `duration` bounds every run, so a
 generator nobody stopped still ends on its own.
+
+With a `DailyCycle` the paced rate follows a day compressed into `day_seconds` (a trough at
+night, the peak in the afternoon), so staging has busy and quiet hours and a maintenance job has
+a low-impact window to find::
+
+    python -m pilot.load --url http://127.0.0.1:18101/ --rate 20 --day-seconds 3600
 """
 
 from __future__ import annotations
@@ -67,6 +73,30 @@ def percentile(samples: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+@dataclass(frozen=True)
+class DailyCycle:
+    """A day of traffic compressed into `day_seconds`: the rate is `trough_share` of its peak at
+    the trough and the whole of it at `peak_at` (a share of the day; 0.625 = 15:00), following a
+    cosine in between. Time 0 is midnight of the compressed day."""
+
+    day_seconds: float
+    trough_share: float = 0.2
+    peak_at: float = 0.625
+
+    def __post_init__(self) -> None:
+        if not self.day_seconds > 0:
+            raise ValueError(f"day_seconds must be positive, not {self.day_seconds}")
+        if not 0 < self.trough_share <= 1:
+            raise ValueError(f"trough_share must be in (0, 1], not {self.trough_share}")
+        if not 0 <= self.peak_at < 1:
+            raise ValueError(f"peak_at must be in [0, 1), not {self.peak_at}")
+
+    def share(self, elapsed: float) -> float:
+        """The share of the peak rate `elapsed` seconds after midnight of the compressed day."""
+        phase = elapsed / self.day_seconds - self.peak_at
+        return self.trough_share + (1 - self.trough_share) * (1 + math.cos(2 * math.pi * phase)) / 2
+
+
 class LoadGenerator:
     """`concurrency` threads, each a keep-alive HTTP client, sending GETs to `urls` in turn.
 
@@ -75,6 +105,7 @@ class LoadGenerator:
         concurrency: clients, i.e. requests in flight at most.
         rate: requests per second for all clients together; None sends as fast as answered.
         timeout: seconds one request may take before it counts as a failure.
+        cycle: with `rate`, scale it by a compressed daily cycle (`rate` is the peak).
     """
 
     def __init__(
@@ -84,7 +115,10 @@ class LoadGenerator:
         concurrency: int = DEFAULT_CONCURRENCY,
         rate: float | None = None,
         timeout: float = 5.0,
+        cycle: DailyCycle | None = None,
     ) -> None:
+        if cycle is not None and rate is None:
+            raise ValueError("a daily cycle paces the rate: give a rate (its peak) too")
         if not urls:
             raise ValueError("a load generator needs at least one URL")
         if concurrency < 1:
@@ -95,6 +129,7 @@ class LoadGenerator:
         self.concurrency = concurrency
         self.rate = rate
         self.timeout = timeout
+        self.cycle = cycle
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -169,6 +204,14 @@ class LoadGenerator:
     ) -> None:
         self.stop()
 
+    def current_rate(self) -> float | None:
+        """Requests per second the clients pace themselves to now (None: as fast as answered)."""
+        if self.rate is None:
+            return None
+        if self.cycle is None or self._started is None:
+            return self.rate
+        return self.rate * self.cycle.share(time.monotonic() - self._started)
+
     def _client(self, index: int) -> None:
         interval = self.concurrency / self.rate if self.rate else 0.0
         next_at = time.monotonic() + (interval * index / self.concurrency)
@@ -178,7 +221,8 @@ class LoadGenerator:
                 if interval:
                     if self._stop.wait(max(0.0, next_at - time.monotonic())):
                         break
-                    next_at += interval
+                    rate = self.current_rate()
+                    next_at += self.concurrency / rate if rate else interval
                 url = self.urls[turn % len(self.urls)]
                 turn += 1
                 began = time.perf_counter()
@@ -219,12 +263,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     parser.add_argument(
+        "--day-seconds",
+        type=float,
+        default=None,
+        help="follow a daily cycle compressed into this many seconds (--rate is its peak)",
+    )
+    parser.add_argument(
+        "--trough-share", type=float, default=0.2, help="the trough's share of the peak rate"
+    )
+    parser.add_argument(
         "--report-every", type=float, default=5.0, help="print a JSON stats line this often"
     )
     args = parser.parse_args(argv)
     try:
+        cycle = (
+            DailyCycle(args.day_seconds, args.trough_share)
+            if args.day_seconds is not None
+            else None
+        )
         load = LoadGenerator(
-            args.url, concurrency=args.concurrency, rate=args.rate, timeout=args.timeout
+            args.url,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            timeout=args.timeout,
+            cycle=cycle,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -240,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     while not done.is_set() and time.monotonic() < deadline:
         done.wait(min(args.report_every, max(0.0, deadline - time.monotonic())))
         if not done.is_set():
-            print(json.dumps({"event": "load", **load.stats().as_dict()}), flush=True)
+            print(
+                json.dumps(
+                    {"event": "load", "rate_now": load.current_rate(), **load.stats().as_dict()}
+                ),
+                flush=True,
+            )
     print(json.dumps({"event": "load stopped", **load.stop().as_dict()}), flush=True)
     return 0
 

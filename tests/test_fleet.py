@@ -284,3 +284,31 @@ def test_a_replica_group_is_balanced_by_the_fleets_haproxy(tmp_path: Path) -> No
     finally:
         fleet.stop()
     assert not answers(fleet.group_url("web", "/health"))  # the load balancer went with it
+
+
+def test_a_compressed_daily_cycle_makes_quiet_and_busy_hours(live_fleet: Fleet) -> None:
+    from pilot.load import DailyCycle, LoadGenerator
+
+    cycle = DailyCycle(day_seconds=8.0, trough_share=0.1, peak_at=0.5)
+    assert cycle.share(0.0) == pytest.approx(0.1)  # midnight: the trough
+    assert cycle.share(4.0) == pytest.approx(1.0)  # midday: the peak
+    assert cycle.share(8.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="trough_share"):
+        DailyCycle(day_seconds=8.0, trough_share=0.0)
+    with pytest.raises(ValueError, match="give a rate"):
+        LoadGenerator(["http://127.0.0.1:1/"], cycle=cycle)
+
+    url = live_fleet.url(live_fleet.spec.services[1].name, "/")
+    sent: list[tuple[float, int]] = []
+    with LoadGenerator([url], concurrency=2, rate=40.0, cycle=cycle) as load:
+        began = time.monotonic()
+        while (elapsed := time.monotonic() - began) < 8.0:
+            sent.append((elapsed, load.stats().sent))
+            time.sleep(0.1)
+
+    def between(lo: float, hi: float) -> int:
+        inside = [n for t, n in sent if lo <= t <= hi]
+        return inside[-1] - inside[0] if len(inside) > 1 else 0
+
+    night, day = between(0.0, 2.0), between(3.0, 5.0)
+    assert day > 2 * max(night, 1), (night, day)
