@@ -8,7 +8,7 @@ labelling a prediction averted changes only an open one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
@@ -16,6 +16,8 @@ from temporalio import activity
 from activities._support import heartbeating, invalid_input
 from models.maintenance import (
     Captured,
+    FailureModelReport,
+    FailureTrainInput,
     OutcomeCheck,
     OutcomeVerdict,
     PredictionChange,
@@ -27,7 +29,8 @@ from models.maintenance import (
     WindowPlan,
     WindowRequest,
 )
-from nofx.maintenance import jobs, predictions, validation
+from nofx.detection.learned import TrainingError
+from nofx.maintenance import failure_model, jobs, predictions, validation
 from nofx.settings import Settings
 from nofx.telemetry.routing import metric_source
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
@@ -98,6 +101,7 @@ class MaintenanceActivities:
                 metric_source(self._engine, self._settings),
                 services=inp.services,
                 horizon_steps=inp.horizon_steps,
+                classifier=failure_model.FailureClassifier.active(self._engine),
             )
         return PredictionPassReport(
             changes=[
@@ -121,3 +125,27 @@ class MaintenanceActivities:
             return validation.validate(
                 self._engine, metric_source(self._engine, self._settings), days=inp.days
             )
+
+    @activity.defn
+    def train_failure_classifier(self, inp: FailureTrainInput) -> FailureModelReport:
+        """Train the failure classifier on the recent history (nothing to learn is no failure)."""
+        until = datetime.now(UTC)
+        with heartbeating(step="train_failure_classifier"):
+            try:
+                trained = failure_model.train_classifier(
+                    self._engine,
+                    metric_source(self._engine, self._settings),
+                    until - timedelta(hours=inp.hours),
+                    until,
+                    holdout_share=inp.holdout_share,
+                )
+            except TrainingError as err:
+                return FailureModelReport(verdict=f"not trained: {err}")
+        return FailureModelReport(
+            model_id=trained.model_id,
+            version=trained.version,
+            active=trained.active,
+            verdict=trained.verdict,
+            metrics=trained.metrics,
+            training=trained.training,
+        )

@@ -8,7 +8,7 @@ Every signal takes one model, so the Web UI's single JSON payload works:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -199,6 +199,22 @@ class ForecastErrorRow(Contract):
     model: str
 
 
+class FailureTrainInput(Contract):
+    hours: float = Field(default=7 * 24.0, gt=0, le=90 * 24.0, description="history to learn from")
+    holdout_share: float = Field(default=0.3, gt=0, lt=1)
+
+
+class FailureModelReport(Contract):
+    """What training the failure classifier came to (a quiet history is no failure)."""
+
+    model_id: str | None = None
+    version: str | None = None
+    active: bool = False
+    verdict: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
 class ValidationReport(Contract):
     """`nofx predictive validate`: stored predictions against what happened."""
 
@@ -217,6 +233,9 @@ class ValidationReport(Contract):
     lead_minutes_median: float | None
     eta_error_hours_median: float | None
     forecast_error: list[ForecastErrorRow] = Field(default_factory=list)
+    classifier: FailureModelReport | None = Field(
+        default=None, description="the failure classifier trained after validating, when it ran"
+    )
 
 
 class ValidationInput(Contract):

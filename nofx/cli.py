@@ -1951,3 +1951,41 @@ def predictive_schedules(
         f"forecasting every {every.total_seconds() / 60:g} min, validation daily: "
         + (f"created {', '.join(created)}" if created else "already installed")
     )
+
+
+@predictive_app.command("train")
+def predictive_train(
+    hours: Annotated[float, typer.Option(help="history to learn from")] = 7 * 24.0,
+    holdout: Annotated[float, typer.Option(help="share of fault episodes held out")] = 0.3,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the LightGBM failure classifier on the platform's incidents and injected faults."""
+    from nofx.detection.learned import TrainingError
+    from nofx.maintenance.failure_model import train_classifier
+    from nofx.telemetry.routing import metric_source
+
+    until = datetime.now(UTC)
+    with _engine() as engine:
+        try:
+            trained = train_classifier(
+                engine,
+                metric_source(engine, settings()),
+                until - timedelta(hours=hours),
+                until,
+                holdout_share=holdout,
+            )
+        except TrainingError as err:
+            raise fail(f"not trained: {err}") from None
+    held = trained.metrics["holdout"]
+    _emit(
+        {**trained.metrics, "version": trained.version, "active": trained.active},
+        as_json,
+        [
+            f"model {trained.version} ({trained.model_id}):"
+            f" {trained.training['points']} samples, {trained.training['positives']} before a"
+            " failure",
+            f"held out: {held['points']} samples, ROC AUC {held['roc_auc']}, Brier {held['brier']},"
+            f" precision {held['precision']}, recall {held['recall']}",
+            f"{'ACTIVE' if trained.active else 'kept inactive'}: {trained.verdict}",
+        ],
+    )

@@ -517,3 +517,82 @@ def test_validation_settles_predictions_and_reports_precision_recall_and_lead_ti
     shown = nofx_cli(fresh_database_url, "predictive", "validate", "--days", "1")
     assert shown.exit_code == 0, shown.output
     assert "recall 50.0%: 1 of 2" in shown.output
+
+
+def test_the_failure_classifier_learns_from_injected_leaks_and_warns_on_a_new_one(
+    fresh_engine: Any, fresh_database_url: str, nofx_cli: Any
+) -> None:
+    from sqlalchemy import text
+
+    from nofx import inventory
+    from nofx.maintenance.failure_model import FailureClassifier, train_classifier
+    from nofx.maintenance.predictions import predict
+    from nofx.telemetry.sources import make_source
+
+    metric, limit = "process_resident_memory_bytes", 4e8
+    names = ["a", "b", "c"]
+    inventory.apply(
+        fresh_engine,
+        inventory.parse(
+            {
+                "services": [
+                    {"name": n, "endpoint": "http://127.0.0.1:1", "limits": {metric: limit}}
+                    for n in names
+                ]
+            }
+        ),
+    )
+    rng = np.random.default_rng(3)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = 16 * 60
+    start = end - timedelta(minutes=minutes - 1)
+    rows, faults = [], []
+    for k, name in enumerate(names):
+        values = 1.2e8 + 4e6 * rng.standard_normal(minutes)
+        # Harmless bumps (a cache warming up and letting go) the model must not take for leaks.
+        for at in range(60 + 40 * k, minutes - 60, 170):
+            values[at : at + 20] += np.linspace(0, 6e7, 20)
+        # Leaks: 40 minutes of steady growth, then a restart, spread over the history.
+        for at in range(200 + 90 * k, minutes - 60, 280):
+            values[at : at + 40] += np.linspace(0, 2.6e8, 40)
+            faults.append((name, start + timedelta(minutes=at), start + timedelta(minutes=at + 40)))
+        if name == "c":  # a new leak, under way as the history ends
+            values[-25:] += np.linspace(0, 1.7e8, 25)
+        rows += [
+            {"s": name, "m": metric, "ts": start + timedelta(minutes=i), "v": float(v)}
+            for i, v in enumerate(values)
+        ]
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO metric_samples (service, metric, labels, ts, value)"
+                " VALUES (:s, :m, '{}', :ts, :v)"
+            ),
+            rows,
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fault_injections (service, kind, injected_by, source,"
+                " expected_pattern, injected_at, cleared_at) VALUES (:s, 'memory_leak', 'test',"
+                " 'test', 'memory_leak', :a, :b)"
+            ),
+            [{"s": s, "a": a, "b": b} for s, a, b in faults],
+        )
+    source = make_source("scrape", engine=fresh_engine)
+    trained = train_classifier(fresh_engine, source, start, end - timedelta(minutes=30))
+    assert trained.active, trained.verdict
+    assert trained.metrics["holdout"]["roc_auc"] >= 0.8
+    assert trained.training["positives"] > 0
+    classifier = FailureClassifier.active(fresh_engine)
+    assert classifier is not None
+    assert classifier.version == trained.version
+    leaking = classifier.probability(source, "c", metric, limit, end)
+    calm = classifier.probability(source, "a", metric, limit, end)
+    assert leaking is not None
+    assert calm is not None
+    assert leaking >= 0.8 > calm, (leaking, calm)
+    found = predict(fresh_engine, source, now=end, services=["c"], classifier=classifier)
+    assert [(r.issue, r.change) for r in found] == [("oom", "opened")]
+    shown = nofx_cli(fresh_database_url, "predictive", "train", "--hours", "16")
+    assert shown.exit_code == 0, shown.output
+    assert "ROC AUC" in shown.output

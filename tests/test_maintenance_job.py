@@ -35,6 +35,8 @@ from models.maintenance import (
     PredictionPassReport,
     Reschedule,
     RunNow,
+    ValidationInput,
+    ValidationReport,
     job_workflow_id,
 )
 from nofx.client import start_maintenance_job
@@ -45,7 +47,11 @@ from tests.fixtures_traffic import Traffic
 from tests.helpers import WorkerProcess, assert_replays, eventually, query_until
 from workers import maintenance
 from workers.common import Dependencies, build_worker
-from workflows.maintenance import MaintenanceJobWorkflow, PredictionPassWorkflow
+from workflows.maintenance import (
+    MaintenanceJobWorkflow,
+    PredictionPassWorkflow,
+    PredictionValidationWorkflow,
+)
 
 MEMORY = "process_resident_memory_bytes"
 
@@ -433,3 +439,14 @@ async def test_the_forecasting_pass_starts_moves_and_stands_down_the_job(
     assert done.status == "cancelled"
     assert "withdrawn" in done.timeline[-1].message
     assert len(live_fleet.starts(service)) == starts  # nothing was done
+
+    # The daily validation settles what it can and retrains the failure classifier.
+    report: ValidationReport = await client.execute_workflow(
+        PredictionValidationWorkflow.run,
+        ValidationInput(days=1),
+        id=f"validate-{uuid.uuid4()}",
+        task_queue=TASK_QUEUE_MAINTENANCE,
+    )
+    assert report.by_status.get("withdrawn", 0) >= 1
+    assert report.classifier is not None
+    assert report.classifier.verdict

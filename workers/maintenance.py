@@ -49,6 +49,7 @@ def _maintenance(jobs: MaintenanceActivities) -> list[Callable[..., object]]:
         jobs.judge_outcome,
         jobs.predict,
         jobs.validate_predictions,
+        jobs.train_failure_classifier,
     ]
 
 

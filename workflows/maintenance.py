@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from models.maintenance import (
         TERMINAL,
         CancelJob,
+        FailureTrainInput,
         JobAck,
         JobStatus,
         JobStatusView,
@@ -685,10 +686,19 @@ class PredictionValidationWorkflow:
 
     @workflow.run
     async def run(self, inp: ValidationInput) -> ValidationReport:
-        return await workflow.execute_activity_method(
+        report = await workflow.execute_activity_method(
             MaintenanceActivities.validate_predictions,
             inp,
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=timedelta(minutes=2),
             retry_policy=STORE_RETRY,
         )
+        # The day's outcomes are the failure classifier's new labels: learn from them.
+        trained = await workflow.execute_activity_method(
+            MaintenanceActivities.train_failure_classifier,
+            FailureTrainInput(),
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=STORE_RETRY,
+        )
+        return report.model_copy(update={"classifier": trained})

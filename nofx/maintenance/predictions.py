@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -24,7 +24,12 @@ from nofx.forecasting.service import ForecastError, forecast_metric
 from nofx.logging import get_logger
 from nofx.telemetry.sources import MetricSource, MetricSourceError
 
+if TYPE_CHECKING:
+    from nofx.maintenance.failure_model import FailureClassifier
+
 log = get_logger(__name__)
+# The failure classifier's horizon (nofx.maintenance.failure_model.HORIZON).
+HORIZON = timedelta(minutes=30)
 
 COMPONENT = "service"
 # What running out of a metric is called and what heals it before it happens, by the words a
@@ -60,11 +65,7 @@ def record(
 ) -> Recorded:
     """Open, update or withdraw the service's prediction for `metric` from `estimate`."""
     issue, action = issue_of(metric)
-    alarm = (
-        estimate is not None
-        and estimate.eta is not None
-        and estimate.probability >= ALARM_PROBABILITY
-    )
+    alarm = _alarms(estimate)
     with engine.begin() as conn:
         row = conn.execute(
             text(
@@ -156,8 +157,10 @@ def predict(
     step_seconds: float = 300.0,
     horizon_steps: int = 288,
     history_hours: float = 168.0,
+    classifier: FailureClassifier | None = None,
 ) -> list[Recorded]:
-    """One prediction pass over the services with limits (or `services`)."""
+    """One prediction pass over the services with limits (or `services`); with `classifier`
+    (nofx.maintenance.failure_model), its warnings where the forecast sees no exhaustion."""
     moment = now or datetime.now(UTC)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -180,13 +183,51 @@ def predict(
                 history_hours=history_hours,
                 until=moment,
             )
+            estimate: ExhaustionEstimate | None = None
             try:
                 report = forecast_metric(source, request, limit=float(limit), now=moment)
+                estimate = report.exhaustion
             except (ForecastError, MetricSourceError) as err:
                 log.warning("no forecast", service=name, metric=metric, error=str(err))
-                continue
-            out.append(record(engine, name, metric, report.exhaustion, moment))
+                if classifier is None:
+                    continue
+            if classifier is not None and not _alarms(estimate):
+                estimate = _classified(classifier, source, name, metric, float(limit), moment) or (
+                    estimate
+                )
+            out.append(record(engine, name, metric, estimate, moment))
     return out
+
+
+def _alarms(estimate: ExhaustionEstimate | None) -> bool:
+    return (
+        estimate is not None
+        and estimate.eta is not None
+        and estimate.probability >= ALARM_PROBABILITY
+    )
+
+
+def _classified(
+    classifier: FailureClassifier,
+    source: MetricSource,
+    service: str,
+    metric: str,
+    limit: float,
+    now: datetime,
+) -> ExhaustionEstimate | None:
+    """The failure classifier's warning where the forecast sees none: its probability, and the
+    classifier's horizon as the interval of the failure time."""
+    p = classifier.probability(source, service, metric, limit, now)
+    if p is None or p < ALARM_PROBABILITY:
+        return None
+    return ExhaustionEstimate(
+        limit=limit,
+        probability=p,
+        eta=now + HORIZON,
+        earliest=now,
+        latest=now + HORIZON,
+        source=f"classifier {classifier.version}",
+    )
 
 
 def open_predictions(engine: Engine, service: str | None = None) -> list[dict[str, Any]]:
