@@ -100,7 +100,9 @@ class MaintenanceActivities:
                 self._engine,
                 metric_source(self._engine, self._settings),
                 services=inp.services,
+                step_seconds=inp.step_seconds,
                 horizon_steps=inp.horizon_steps,
+                history_hours=inp.history_hours,
                 classifier=failure_model.FailureClassifier.active(self._engine),
             )
         return PredictionPassReport(

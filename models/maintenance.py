@@ -244,7 +244,9 @@ class ValidationInput(Contract):
 
 class PredictionPassInput(Contract):
     services: list[str] | None = None
+    step_seconds: float = Field(default=300.0, ge=1.0, le=86_400.0, description="forecast grid")
     horizon_steps: int = Field(default=288, ge=1, le=4032)
+    history_hours: float = Field(default=168.0, gt=0, le=90 * 24.0)
 
 
 class PredictionChange(Contract):

@@ -349,7 +349,7 @@ async def test_a_worker_killed_while_the_job_waits_on_its_timer_loses_nothing(
     try:
         handle, _ = await start_maintenance_job(client, job(service, hours=24))
         await wait_status(handle, "scheduled")
-        soon = datetime.now(UTC) + timedelta(seconds=20)
+        soon = datetime.now(UTC) + timedelta(seconds=8)
         await handle.execute_update(
             MaintenanceJobWorkflow.reschedule_job,
             Reschedule(requested_by="alice", at=soon, reason="soon"),

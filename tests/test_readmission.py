@@ -14,6 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, text
 from temporalio.client import Client
@@ -65,6 +66,23 @@ def readmit_until_back(
             return verdict
         assert time.monotonic() < deadline, verdict.reason
         time.sleep(0.5)
+
+
+def wait_until_slow(url: str, p95_ms: float, timeout: float = 60.0) -> None:
+    """Until ten GETs of `url` have a p95 over `p95_ms` (fail after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=10.0) as client:
+        while True:
+            took = []
+            for _ in range(10):
+                began = time.perf_counter()
+                client.get(url)
+                took.append((time.perf_counter() - began) * 1000)
+            seen = sorted(took)[8]
+            if seen > p95_ms:
+                return
+            assert time.monotonic() < deadline, f"not slow yet: p95 {seen:.0f} ms"
+            time.sleep(0.2)
 
 
 def records(db_engine: Engine, step: ActionRequest) -> tuple[list[Any], list[Any]]:
@@ -192,6 +210,9 @@ def test_a_replica_still_slow_under_a_real_overload_is_held(
     step = take_out(traffic, act)
     live_fleet.inject("overload", hot, concurrency=32)
     try:
+        # The load generator is a process of its own: wait until it has the replica queueing,
+        # so the pass judges an overloaded replica, not one the load has not reached yet.
+        wait_until_slow(live_fleet.url(hot, "/"), QUICK.max_p95_ms)
         held = verdict_of(readmit(db_engine), step)
         assert held is not None
         assert not held.readmitted
