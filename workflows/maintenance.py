@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import (
@@ -627,6 +628,25 @@ class MaintenanceJobWorkflow:
         return self._approver
 
 
+# A pass over every limited metric (forecasts, training): long, heartbeating, retried.
+LONG_ACTIVITY: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(minutes=2),
+    "retry_policy": STORE_RETRY,
+}
+
+
+async def _tell(job_id: str, notice: PredictionChanged) -> bool:
+    """Signal the job its prediction changed; False when no such job runs."""
+    try:
+        await workflow.get_external_workflow_handle(job_id).signal(
+            MaintenanceJobWorkflow.prediction_changed, notice
+        )
+    except ApplicationError:
+        return False
+    return True
+
+
 @workflow.defn
 class PredictionPassWorkflow:
     """One forecasting pass (scheduled): every new or moved prediction gets its maintenance job
@@ -637,9 +657,7 @@ class PredictionPassWorkflow:
         report = await workflow.execute_activity_method(
             MaintenanceActivities.predict,
             inp,
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=STORE_RETRY,
+            **LONG_ACTIVITY,
         )
         for change in report.changes:
             job_id = job_workflow_id(change.service, change.issue)
@@ -650,10 +668,7 @@ class PredictionPassWorkflow:
                 probability=change.probability,
             )
             if change.change == "withdrawn":
-                with contextlib.suppress(ApplicationError):  # no job: nothing to stand down
-                    await workflow.get_external_workflow_handle(job_id).signal(
-                        MaintenanceJobWorkflow.prediction_changed, notice
-                    )
+                await _tell(job_id, notice)  # no job: nothing to stand down
                 continue
             if change.change not in ("opened", "updated") or change.deadline is None:
                 continue
@@ -672,10 +687,7 @@ class PredictionPassWorkflow:
                 )
                 report.jobs_started.append(job_id)
             except WorkflowAlreadyStartedError:
-                with contextlib.suppress(ApplicationError):  # it ended in between: next pass
-                    await workflow.get_external_workflow_handle(job_id).signal(
-                        MaintenanceJobWorkflow.prediction_changed, notice
-                    )
+                if await _tell(job_id, notice):  # else it ended in between: the next pass
                     report.jobs_moved.append(job_id)
         return report
 
@@ -689,16 +701,12 @@ class PredictionValidationWorkflow:
         report = await workflow.execute_activity_method(
             MaintenanceActivities.validate_predictions,
             inp,
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=STORE_RETRY,
+            **LONG_ACTIVITY,
         )
         # The day's outcomes are the failure classifier's new labels: learn from them.
         trained = await workflow.execute_activity_method(
             MaintenanceActivities.train_failure_classifier,
             FailureTrainInput(),
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=STORE_RETRY,
+            **LONG_ACTIVITY,
         )
         return report.model_copy(update={"classifier": trained})

@@ -13,7 +13,6 @@ limit and where it stood before; only then is the prediction labelled `averted`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -247,7 +246,6 @@ def record_schedule(engine: Engine, rec: ScheduleRecord, now: datetime | None = 
         "at": rec.scheduled_at or moment,
         "type": rec.maintenance_type or "pending",
         "minutes": round(rec.window.duration_minutes) if rec.window else None,
-        "res": json.dumps({"workflow_id": rec.workflow_id}),
         "status": rec.status,
         "done": moment if rec.completed else None,
         "wf": rec.workflow_id,
@@ -266,7 +264,7 @@ def record_schedule(engine: Engine, rec: ScheduleRecord, now: datetime | None = 
                 " maintenance_type, estimated_duration_minutes, required_resources, status,"
                 " completed_at, workflow_id, component_id, predicted_issue, deadline,"
                 " decision_id, window_plan, detail, updated_at) VALUES (:id, :pid, :at, :type,"
-                " :minutes, CAST(:res AS jsonb), :status, :done, :wf, :c, :i, :deadline, :did,"
+                " :minutes, NULL, :status, :done, :wf, :c, :i, :deadline, :did,"
                 " CAST(:window AS jsonb), :detail, :now)"
                 " ON CONFLICT (id) DO UPDATE SET prediction_id = EXCLUDED.prediction_id,"
                 " scheduled_at = EXCLUDED.scheduled_at, maintenance_type ="
