@@ -14,9 +14,11 @@ from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverse
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.healing import IncidentState, OpenIncidentInput, OpenIncidentResult
+from models.healing import IncidentInput, IncidentState, OpenIncidentInput, OpenIncidentResult
 from nofx.client import incident_workflow_id, start_incident
 from nofx.logging import get_logger
+from nofx.maintenance import slow_burn
+from nofx.telemetry.sources import MetricSource
 from nofx.temporal import STATUS
 
 log = get_logger(__name__)
@@ -36,11 +38,30 @@ _TASK_OUTCOMES = {
 
 
 class IncidentActivities:
-    def __init__(self, client: Client, engine: Engine | None = None) -> None:
+    def __init__(
+        self, client: Client, engine: Engine | None = None, source: MetricSource | None = None
+    ) -> None:
         """`engine`: the platform database, for the action leases (see `_busy_with_another`);
-        without it only Temporal's visibility is asked."""
+        without it only Temporal's visibility is asked. `source`: the telemetry, to tell a slow
+        burn that predictive maintenance takes care of (`nofx.maintenance.slow_burn`) from an
+        incident; without it (or the engine) every resource pattern is an incident."""
         self._client = client
         self._engine = engine
+        self._source = source
+
+    def _slow_burn(self, incident: IncidentInput) -> str | None:
+        if self._engine is None or self._source is None:
+            return None
+        signals = incident.evidence.get("signals") or []
+        burn = slow_burn.assess(
+            self._engine,
+            self._source,
+            incident.service,
+            incident.incident_type,
+            [str(s) for s in signals],
+            datetime.now(UTC),
+        )
+        return None if burn is None else burn.reason()
 
     def _acting_on(self, service: str, workflow_id: str) -> str | None:
         """The workflow holding an unexpired action lease on `service`, other than
@@ -208,6 +229,7 @@ class IncidentActivities:
         await self._end_if_stuck(workflow_id, replaced)  # never joined: it would heal nothing
         reason = (
             await self._busy_with_another(incident.service, workflow_id, replaced)
+            or self._slow_burn(incident)
             or await self._recently_unhealed(workflow_id, inp, onset)
             or await self._tail_of_last_heal(incident.service, onset)
         )

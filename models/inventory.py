@@ -14,7 +14,7 @@ keys are refused, so a typo is an error, not a silently ignored setting). `nofx 
         dependencies: [orders]
         slo: {availability: 0.999, recovery_time_objective_s: 120, latency_p95_ms: 250}
         metrics: {scrape: http://127.0.0.1:8101/metrics}
-        limits: {rss_bytes: 536870912, disk_used_bytes: 268435456, pool_in_use: 5}
+        limits: {process_resident_memory_bytes: 536870912, pilot_db_pool_in_use: 5}
         providers:
           process: {kind: supervisor, socket: /srv/checkout/supervisor.sock, program: checkout}
           traffic: {kind: haproxy, socket: /srv/lb/admin.sock, backend: checkout, server: c1}
@@ -211,8 +211,9 @@ class ServiceEntry(_Strict):
     )
     limits: dict[NonEmpty, float] = Field(
         default_factory=dict,
-        description="per metric, the value at which it is exhausted (memory, disk, pool): what"
-        " a forecast's time to exhaustion is measured against",
+        description="per metric (the name the metric source has: a scraped metric or a"
+        " Prometheus series), the value at which it is exhausted (memory, disk, pool): what a"
+        " forecast's time to exhaustion is measured against",
     )
     providers: Providers = Field(default_factory=Providers)
     maintenance: MaintenancePolicy | None = Field(

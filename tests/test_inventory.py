@@ -73,7 +73,7 @@ def test_the_example_applies_with_a_diff_and_a_second_apply_changes_nothing(
     target = inventory.find_target(fresh_engine, "checkout-1")
     assert target is not None
     assert target.metadata["haproxy_server"] == "checkout-1"
-    assert target.metadata["limits"]["rss_bytes"] == 536870912
+    assert target.metadata["limits"]["process_resident_memory_bytes"] == 536870912
     found = capabilities(target)
     for capability in ("process.restart", "db.terminate_idle", "cache.invalidate", "disk.cleanup"):
         assert capability in found
@@ -114,8 +114,8 @@ def test_the_example_applies_with_a_diff_and_a_second_apply_changes_nothing(
             "services[checkout-1].metrics: Value error, give exactly one of scrape or prometheus",
         ),
         (
-            lambda d: d["services"][0]["limits"].update(rss_bytes=-1),
-            "services[checkout-1].limits: Value error, must be positive: rss_bytes",
+            lambda d: d["services"][0]["limits"].update(pilot_db_pool_in_use=-1),
+            "services[checkout-1].limits: Value error, must be positive: pilot_db_pool_in_use",
         ),
         (lambda d: d["services"].append(d["services"][2]), "services listed twice: orders"),
         (lambda d: d["services"][2].update(name="Orders!"), "services[Orders!].name"),

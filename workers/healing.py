@@ -10,6 +10,7 @@ from activities.incidents import IncidentActivities
 from activities.store import StoreActivities
 from activities.telemetry import DetectionActivities, TelemetryActivities
 from nofx.settings import TASK_QUEUE_HEALING
+from nofx.telemetry.routing import metric_source
 from workers.common import Dependencies, remediation_activities, serve
 from workflows.chaos import ChaosExperimentWorkflow, ChaosSuiteWorkflow
 from workflows.healing import HealingIncidentWorkflow
@@ -37,7 +38,9 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         TelemetryActivities(deps.engine).probe_fleet,
         detection.scrape_fleet,
         detection.diagnose_fleet,
-        IncidentActivities(deps.client, deps.engine).open_incident,
+        IncidentActivities(
+            deps.client, deps.engine, metric_source(deps.engine, deps.settings)
+        ).open_incident,
         chaos.steady_state,
         chaos.inject_fault,
         chaos.watch_incident,
