@@ -17,8 +17,9 @@ same span on the copy), every 15 minutes, with the product's rule
 rise of the last 3, 6 and 12 hours over an ordinary day's (steeper than any such rise seen
 before, extrapolated no further than its own span) — the earlier warning wins; an alarm is a
 probability of at least 0.8 of reaching the limit, confirmed by the next check. The alarm books
-a 30-minute maintenance job in the lowest-load window before the earliest plausible failure
-(`nofx.maintenance.windows.choose_window`; load = the file's first column, forecast by the
+a 30-minute maintenance job in the lowest-load window before the earliest plausible failure,
+leaving the product's default share of the time left unused (`MaintenancePolicy.spare`;
+`nofx.maintenance.windows.choose_window`; load = the file's first column, forecast by the
 seasonal naive rule; a disruption budget of one job a day), and later checks move it when the
 prediction changes. The job prevents the failure when it starts after the ramp began and ends
 before the failure.
@@ -44,10 +45,11 @@ from typing import Any
 import numpy as np
 from forecast import csv_files  # benchmarks/, beside this script
 
+from models.inventory import MaintenancePolicy
 from nofx.forecasting.exhaustion import CONFIRM_CHECKS, Quantiles, alarming, assess
 from nofx.forecasting.forecaster import Forecaster, seasonal_naive_paths
 from nofx.forecasting.series import Regular, Repairs, read_csv
-from nofx.maintenance.windows import DisruptionBudget, choose_window
+from nofx.maintenance.windows import DisruptionBudget, choose_window, spared_deadline
 
 STEP = 300.0
 SEASON = 288
@@ -55,6 +57,7 @@ HORIZON = SEASON  # a day ahead
 CHECK_EVERY = 3  # steps: 15 minutes
 WATCH_BEFORE = 144  # steps: 12 hours
 DURATION_S = 1800.0
+SPARE = MaintenancePolicy().spare  # the product's default share of the time left unused
 HEADROOM = 0.5  # the limit: the highest value seen plus half the range
 RAMP_STEPS = (72, 432)  # 6 to 36 hours
 
@@ -130,15 +133,25 @@ def watch(
             case.first_alarm = t
             case.eta_at_alarm = warning.eta
             case.alarm_source = f"{warning.source} p={warning.probability}"
+        if case.job_start is not None and case.job_start <= now:
+            continue  # the job is under way: it is not moved (nor is it in the product)
         deadline = warning.earliest if warning.earliest is not None else warning.eta
-        if case.job_start is not None and case.job_end is not None and case.job_end <= deadline:
-            continue  # the booked job still comes first
+        done_by = spared_deadline(now, deadline, SPARE)
+        if case.job_start is not None and case.job_end is not None and case.job_end <= done_by:
+            continue  # the booked job still comes first, with time to spare
         load_times = times
         load_path = seasonal_naive_paths(load[: t + 1], np.array([t]), HORIZON, SEASON)[0]
         # the group's budget: the jobs that ran count; the booked one is being moved
         budget = DisruptionBudget(per_day=1, booked=tuple(start for start, _ in case.jobs))
         choice = choose_window(
-            now, deadline, DURATION_S, load_times, load_path, [budget.refuses], lead_s=0.0
+            now,
+            deadline,
+            DURATION_S,
+            load_times,
+            load_path,
+            [budget.refuses],
+            lead_s=0.0,
+            spare=SPARE,
         )
         if choice.start is None:
             choice = choose_window(now, now + DURATION_S, DURATION_S, load_times, load_path)

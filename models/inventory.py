@@ -182,6 +182,13 @@ class MaintenancePolicy(_Strict):
     lead_minutes: float = Field(
         default=0, ge=0, le=7 * 24 * 60, description="no job starts sooner than this from now"
     )
+    spare: float = Field(
+        default=1 / 3,
+        ge=0,
+        lt=1,
+        description="share of the time left before the predicted failure a job leaves unused"
+        " (a prediction's error grows with how far ahead it looks)",
+    )
     load_metric: NonEmpty | None = Field(
         default=None,
         description="the metric whose forecast is the service's load (requests, say); a job"

@@ -206,7 +206,8 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
     fleet, engine, _ = monitored
     everyone = [s.name for s in fleet.spec.services]
     started = datetime.now(UTC)
-    await asyncio.sleep(WARM_UP_SECONDS)
+    # the detectors' history is what was scraped: wait for it, not for the clock
+    await observed_for(engine, everyone, started, WARM_UP_SECONDS)
     assert incidents_opened(engine, everyone, started) == [], "false incidents during warm-up"
 
     for stage in (FAULTS, PROBE_FAULTS):
@@ -252,7 +253,7 @@ async def test_every_fault_type_is_detected_named_and_its_cause_ranked(
             clear_recorded(fleet, engine, name)
         # Rates are computed over 10 s windows: let the cleared faults' signals fade, or the
         # next stage's incident would rightly carry the previous fault's anomaly as evidence.
-        await asyncio.sleep(SETTLE_SECONDS)
+        await observed_for(engine, everyone, datetime.now(UTC), SETTLE_SECONDS)
 
     # Nothing but the injected faults was opened: no incident names a pattern nobody injected.
     opened = {

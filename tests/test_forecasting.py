@@ -17,9 +17,11 @@ from models.forecasting import ForecastRequest
 from nofx.forecasting.direct import DirectLightGBM, Track, scale_of
 from nofx.forecasting.exhaustion import (
     Quantiles,
+    assess,
     exhaustion,
     recent_trend,
     seasonal_expectation,
+    usual_peak,
     usual_rise,
 )
 from nofx.forecasting.forecaster import Forecaster, seasonal_naive_paths
@@ -116,6 +118,33 @@ def test_time_to_exhaustion_on_a_known_ramp() -> None:
     assert exhaustion(trend, 1e6, "trend").source == "none"
 
 
+def test_a_leak_on_a_spiky_series_fails_at_its_peaks_and_is_timed_by_them() -> None:
+    rng = np.random.default_rng(5)
+    n = 3 * DAY
+    values = 10 + 0.1 * rng.standard_normal(n)
+    values[::24] += 6.0  # a spike of +6 every two hours
+    assert usual_peak(values, 12) == pytest.approx(6.0, abs=0.5)
+    assert usual_peak(values[:10], 12) == 0.0  # too short to tell
+    flat = np.full(40, 10.0)
+    assert usual_peak(flat, 12) == 0.0  # no excursion, never negative
+    # From two days on, a leak of +1 an hour: the level reaches 30 after 20 hours; its spikes
+    # reach 30 when the level is at 24, six hours earlier.
+    leak = values.copy()
+    start = 2 * DAY
+    leak[start:] += np.arange(n - start) / 12.0
+    now = start + 12 * 12  # twelve hours in: level 22
+    warning = assess(0.0, STEP, leak[: now + 1], 30.0, DAY)
+    assert warning is not None
+    assert warning.source.startswith("trend")
+    assert warning.limit == 30.0
+    assert warning.probability >= 0.8
+    assert warning.eta is not None
+    hours_left = (warning.eta - now * STEP) / 3600
+    assert 1.0 < hours_left < 3.5  # the peaks' two hours, not the level's eight
+    # the same spikes without a leak: nothing points at the limit
+    assert assess(0.0, STEP, values[: now + 1], 30.0, DAY) is None
+
+
 def test_a_daily_rise_is_no_trend_a_leak_on_top_of_it_is() -> None:
     values = daily(4, noise=0.01)
     expected = seasonal_expectation(values, DAY)
@@ -179,6 +208,14 @@ def test_the_window_is_the_trough_and_respects_blackouts_freezes_and_the_budget(
     late = choose_window(0.0, 600.0, 1800.0, times, load)
     assert late.start is None
     assert "no room" in late.reason
+    # a third of the time to the deadline spared: the job ends by 10:00, before the trough
+    spared = choose_window(0.0, 15 * hour, 1800.0, times, load, spare=1 / 3)
+    assert spared.end is not None
+    assert spared.end <= 10 * hour
+    assert spared.start == pytest.approx(9.5 * hour)  # the lowest load it may still use
+    # sparing would leave no room: the time up to the deadline is used
+    squeezed = choose_window(0.0, 2400.0, 1800.0, times, load, spare=0.5)
+    assert squeezed.start == 0.0
 
 
 def test_forecast_benchmark_writes_the_issue_shape(tmp_path: Path) -> None:

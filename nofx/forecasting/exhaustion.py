@@ -8,11 +8,13 @@ Two views of the same series, the earlier warning wins:
 - the recent trend (`recent_trend`): a Theil-Sen line through the last samples with its 95%
   confidence band for the slope, plus the residual spread. Trees do not extrapolate, and a leak
   that began an hour ago is not in a day of history: only a trend sees a ramp to the limit. A
-  trend counts only when its slope is positive with 95% confidence.
+  trend counts only when its slope is positive with 95% confidence. A trend is the level's
+  rise, and the peaks riding on the level reach the limit first: its times to exhaustion are
+  those at which the level comes within the series' usual peak (`usual_peak`) of the limit.
 
-`Exhaustion.eta` is when the median path crosses the limit; `earliest` and `latest` bracket it
-(where the upper and lower quantiles cross); `probability` is the largest probability of being
-over the limit within the horizon.
+`Exhaustion.eta` is when the median path crosses the limit (for a trend: comes within the usual
+peak of it); `earliest` and `latest` bracket it (where the upper and lower quantiles cross);
+`probability` is the largest probability of being over the limit within the horizon.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import pandas as pd
 from scipy.stats import theilslopes
 
 FloatArray = npt.NDArray[np.float64]
+
+# The peaks a trend's level carries (`usual_peak`): a high quantile of the excursions seen.
+PEAK_QUANTILE = 0.995
 
 # The five points of a forecast's distribution at each step, low to high.
 _LEVELS = np.array([0.025, 0.10, 0.50, 0.90, 0.975])
@@ -96,15 +101,19 @@ class Exhaustion:
     source: str  # "forecast", "trend" or "none"
 
 
-def exhaustion(quantiles: Quantiles, limit: float, source: str) -> Exhaustion:
+def exhaustion(quantiles: Quantiles, limit: float, source: str, peak: float = 0.0) -> Exhaustion:
+    """How sure the paths are to reach `limit` within the horizon, and when. With `peak` (how far
+    samples rise above the paths' level) the times are those at which the level comes within
+    `peak` of the limit: its peaks reach the limit then."""
     over = quantiles.over(limit)
     probability = float(over.max()) if len(over) else 0.0
+    reached = limit - max(peak, 0.0)
     return Exhaustion(
         limit=limit,
         probability=round(probability, 4),
-        eta=quantiles.crossing(2, limit),
-        earliest=quantiles.crossing(4, limit),
-        latest=quantiles.crossing(0, limit),
+        eta=quantiles.crossing(2, reached),
+        earliest=quantiles.crossing(4, reached),
+        latest=quantiles.crossing(0, reached),
         source=source if probability > 0.025 else "none",
     )
 
@@ -140,6 +149,20 @@ def usual_rise(departures: npt.ArrayLike, window: int, quantile: float = 0.99) -
     valid = np.convolve(np.isfinite(filled).astype(np.float64), np.ones(window), mode="valid")
     slopes = slopes[valid == window]
     return float(np.quantile(slopes, quantile)) if len(slopes) >= 100 else None
+
+
+def usual_peak(values: npt.ArrayLike, width: int, quantile: float = PEAK_QUANTILE) -> float:
+    """How far a sample rises above its level: the `quantile` of the excursions of `values`
+    above their centred rolling median over `width` steps (0 with fewer than 2 * `width`
+    finite samples, never negative). A leak raises the level; the resource fails at the first
+    peak riding on it that reaches the limit, not when the level does."""
+    y = pd.Series(np.asarray(values, dtype=np.float64))
+    if int(y.notna().sum()) < 2 * width:
+        return 0.0
+    level = y.rolling(width, center=True, min_periods=1).median()
+    excursion = (y - level).to_numpy()
+    excursion = excursion[np.isfinite(excursion)]
+    return max(0.0, float(np.quantile(excursion, quantile))) if len(excursion) else 0.0
 
 
 def recent_trend(
@@ -201,7 +224,12 @@ def recent_trend(
 
 
 def earliest_warning(candidates: list[Exhaustion]) -> Exhaustion:
-    """The candidate that warns first: the highest probability, then the earliest eta."""
+    """The candidate that warns first: of those sure enough to alarm, the earliest eta (a short
+    window sees a leak's true slope where a long one still averages it with the calm before);
+    with none, the highest probability, then the earliest eta."""
+    sure = [c for c in candidates if c.eta is not None and c.probability >= ALARM_PROBABILITY]
+    if sure:
+        return min(sure, key=lambda e: (e.eta if e.eta is not None else 0.0, -e.probability))
     return min(
         candidates,
         key=lambda e: (-e.probability, e.eta if e.eta is not None else float("inf")),
@@ -211,6 +239,7 @@ def earliest_warning(candidates: list[Exhaustion]) -> Exhaustion:
 # The product's alarm rule, the same offline (benchmarks/prevention.py) and live.
 TREND_WINDOWS = (36, 72, 144)  # steps: 3, 6 and 12 hours at 5-minute steps
 TREND_TRUST = 1.0  # a trend is extrapolated at most its own span ahead
+PEAK_WIDTH_S = 3600.0  # a sample's level: the median of the hour around it
 ALARM_PROBABILITY = 0.8
 CONFIRM_CHECKS = 2  # alarms in a row before maintenance is booked, as detection confirms
 
@@ -227,7 +256,11 @@ def assess(
     """The earliest warning for a series (one value per `step` from `start`) against `limit`:
     the forecast's quantiles, and the rise of the last 3, 6 and 12 hours (in steps) over what
     an ordinary day does, when it is steeper than any such rise before or goes where the series
-    has never been — None when nothing points at the limit."""
+    has never been — None when nothing points at the limit. A trend is the level's: the alarm's
+    probability is of the level reaching the limit (an ordinary rise carrying spikes is no
+    leak), but its times are those at which the level's usual peaks (`usual_peak` of the samples
+    before the rise) reach it, as the first sample over the limit is the failure. The
+    forecast's bands are of samples, peaks included, and are judged against the limit itself."""
     y = np.asarray(values, dtype=np.float64)
     if len(y) < 6:
         return None
@@ -252,6 +285,7 @@ def assess(
     )
     departures = y - expected
     times = start + step * np.arange(len(y), dtype=np.float64)
+    peak_width = max(3, round(PEAK_WIDTH_S / step))
     for window in TREND_WINDOWS:
         if window > len(y):
             continue
@@ -271,7 +305,9 @@ def assess(
             floor=None if usual is None else max(usual, 0.0) / step,
         )
         if trend is not None:
-            found.append(exhaustion(trend, limit, f"trend {window * step / 3600:g}h"))
+            # the level's peaks reach the limit before it does: those seen before the rise
+            peak = usual_peak(y[:-window], peak_width) if len(y) > window else 0.0
+            found.append(exhaustion(trend, limit, f"trend {window * step / 3600:g}h", peak))
     return earliest_warning(found) if found else None
 
 

@@ -211,6 +211,7 @@ def plan_window(engine: Engine, source: MetricSource, req: WindowRequest) -> Win
         load,
         constraints,
         lead_s=policy.lead_minutes * 60,
+        spare=policy.spare,
     )
     reason = choice.reason + (f"; {note}" if note else "")
     if choice.start is None:

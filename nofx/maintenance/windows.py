@@ -5,6 +5,10 @@ out when any constraint says so — a blackout, a change freeze, a replica group
 budget — and each refusal is kept with its reason, so "why not earlier?" has an answer. With no
 allowed window before the deadline the job cannot wait for a trough: the earliest allowed start
 is taken and marked urgent; with none at all, nothing is chosen and the reasons say why.
+
+A prediction's error grows with how far ahead it looks, and a failure that comes a little early
+still counts: a job leaves a share (`spare`) of the time left before the deadline unused, and
+only when that leaves no room does it use the time up to the deadline itself.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class Choice:
     load_rank: float | None = None  # 0 = the quietest allowed start, 1 = the busiest
 
 
+def spared_deadline(now: float, deadline: float, spare: float) -> float:
+    """When a job should be done: `spare` of the time from `now` to `deadline` before it."""
+    return deadline - max(0.0, min(spare, 1.0)) * max(deadline - now, 0.0)
+
+
 def choose_window(
     now: float,
     deadline: float,
@@ -72,8 +81,10 @@ def choose_window(
     constraints: Sequence[Constraint] = (),
     *,
     lead_s: float = 0.0,
+    spare: float = 0.0,
 ) -> Choice:
-    """The start in [now + lead_s, deadline - duration_s] of least mean forecast load.
+    """The start in [now + lead_s, deadline - duration_s] of least mean forecast load, ending
+    with a `spare` share of the time to the deadline left (unless that leaves no start).
 
     Args:
         load_times, load: the traffic forecast (any step; starts are its times).
@@ -81,7 +92,10 @@ def choose_window(
     """
     times = np.asarray(load_times, dtype=np.float64)
     values = np.asarray(load, dtype=np.float64)
-    first, last = now + lead_s, deadline - duration_s
+    first = now + lead_s
+    last = spared_deadline(now, deadline, spare) - duration_s
+    if last < first:
+        last = deadline - duration_s
     refused: Counter[str] = Counter()
     allowed: list[tuple[float, float]] = []
     starts = times[(times >= first) & (times <= last)]
