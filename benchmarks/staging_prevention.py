@@ -71,6 +71,7 @@ class Row:
     predicted_at: datetime | None = None
     predicted_eta: datetime | None = None
     job: str | None = None
+    job_run: str | None = None  # the run first seen: a later run of the same id is a new job
     job_status: str | None = None
     maintained_at: datetime | None = None
     reached_limit_at: datetime | None = None
@@ -198,7 +199,11 @@ async def observe(client: Client, engine: Engine, row: Row) -> None:
     if row.job is None or row.job_status in ("completed", "rolled_back", "cancelled", "declined"):
         return
     with contextlib.suppress(RPCError):
-        view: JobStatusView = await client.get_workflow_handle(row.job).query(
+        # The job first started is judged: after it averts the failure a fault that goes on
+        # (a leak in the code, not the process) makes a new prediction and a new run of the id.
+        if row.job_run is None:
+            row.job_run = (await client.get_workflow_handle(row.job).describe()).run_id
+        view: JobStatusView = await client.get_workflow_handle(row.job, run_id=row.job_run).query(
             "status", result_type=JobStatusView
         )
         row.job_status = view.status
