@@ -30,6 +30,9 @@ PROBED_PATTERNS = frozenset({"service_down", "service_hung"})
 # itself (Temporal retries a failed task forever, about every 10 s). One failure is not enough:
 # a task failed once by the deadlock detector on a busy machine succeeds on its next attempt.
 STUCK_AFTER_ATTEMPTS = 3
+# A maintenance job in these states is acting on its service (waiting for a person is not).
+JOB_WORKING = ("running", "verifying")
+JOB_MARGIN_MINUTES = 10  # past its planned duration by this, a running job holds nothing back
 _TASK_OUTCOMES = {
     EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
     EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
@@ -77,7 +80,42 @@ class IncidentActivities:
                 ),
                 {"s": service, "w": workflow_id},
             ).first()
-        return None if found is None else f"{found[0]} is acting on {service} ({found[1]})"
+            if found is not None:
+                return f"{found[0]} is acting on {service} ({found[1]})"
+            # A maintenance job between its steps (drained, restarted, cleaned) holds no lease,
+            # but what the probes see is still its doing — for as long as it is planned to take
+            # (plus a margin): one that overruns leaves healing to be the safety net again.
+            job = conn.execute(
+                text(
+                    "SELECT workflow_id, status FROM maintenance_schedules WHERE component_id = :s"
+                    " AND status = ANY(:working) AND updated_at > now() - make_interval(mins =>"
+                    " coalesce(estimated_duration_minutes, 0) + :margin)"
+                    " ORDER BY updated_at DESC LIMIT 1"
+                ),
+                {"s": service, "working": list(JOB_WORKING), "margin": JOB_MARGIN_MINUTES},
+            ).first()
+        return None if job is None else f"maintenance job {job[0]} is {job[1]} on {service}"
+
+    def _tail_of_maintenance(self, service: str, onset: datetime | None) -> str | None:
+        """An anomaly that began before the service's last maintenance job ended belongs to
+        that job (a drain, a restart, a cleanup), not to a new failure."""
+        if onset is None or self._engine is None:
+            return None
+        with self._engine.connect() as conn:
+            job = conn.execute(
+                text(
+                    "SELECT workflow_id, completed_at FROM maintenance_schedules"
+                    " WHERE component_id = :s AND completed_at > :onset"
+                    " AND status = ANY(:acted) ORDER BY completed_at DESC LIMIT 1"
+                ),
+                {"s": service, "onset": onset, "acted": ["completed", "rolled_back"]},
+            ).first()
+        if job is None:
+            return None
+        return (
+            f"the anomaly began at {onset:%H:%M:%S}, before maintenance job {job[0]} ended at"
+            f" {job[1]:%H:%M:%S}: the job's doing"
+        )
 
     async def _recently_unhealed(
         self, workflow_id: str, inp: OpenIncidentInput, onset: datetime | None
@@ -232,6 +270,7 @@ class IncidentActivities:
             or self._slow_burn(incident)
             or await self._recently_unhealed(workflow_id, inp, onset)
             or await self._tail_of_last_heal(incident.service, onset)
+            or await asyncio.to_thread(self._tail_of_maintenance, incident.service, onset)
         )
         if reason is not None:
             activity.logger.info("incident %s held back: %s", workflow_id, reason)

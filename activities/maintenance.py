@@ -115,6 +115,7 @@ class MaintenanceActivities:
                     prediction_id=r.prediction_id,
                     deadline=(r.estimate.earliest or r.estimate.eta) if r.estimate else None,
                     probability=r.estimate.probability if r.estimate else None,
+                    recurring=r.recurring,
                 )
                 for r in recorded
             ]

@@ -20,6 +20,7 @@ JobStatus = Literal[
     "deciding",
     "scheduled",
     "running",
+    "awaiting_approval",
     "verifying",
     "completed",
     "rolled_back",
@@ -47,6 +48,11 @@ class MaintenanceJobInput(Contract):
     candidates: list[Candidate] | None = Field(
         default=None,
         description="the options to decide among; default: the playbooks of maintenance:<issue>",
+    )
+    recurring: str | None = Field(
+        default=None,
+        description="why this is the same failure back after maintenance averted it: the"
+        " decision then waits for a person",
     )
 
 
@@ -257,6 +263,9 @@ class PredictionChange(Contract):
     prediction_id: str | None = None
     deadline: datetime | None = None
     probability: float | None = None
+    recurring: str | None = Field(
+        default=None, description="an opening that is the same failure back after an aversion"
+    )
 
 
 class PredictionPassReport(Contract):

@@ -228,7 +228,7 @@ class MaintenanceJobWorkflow:
 
     @workflow.signal
     async def prediction_changed(self, change: PredictionChanged) -> None:
-        if self._status in TERMINAL or self._status in ("running", "verifying"):
+        if self._status in TERMINAL or self._working():
             return
         if change.status == "withdrawn":
             self._take_cancel(
@@ -289,7 +289,7 @@ class MaintenanceJobWorkflow:
     def _refusal_while_waiting(self) -> str | None:
         if self._status in TERMINAL:
             return f"the job is {self._status}"
-        if self._status in ("running", "verifying"):
+        if self._working():
             return "the job is already running"
         if self._run_now is not None or self._cancel is not None:
             return "the job is already asked to run now or to stop"
@@ -314,9 +314,13 @@ class MaintenanceJobWorkflow:
 
     def _take_cancel(self, request: CancelJob) -> None:
         self._cancel = request
-        if self._status in ("running", "verifying"):
+        if self._working():
             # Stopping work in progress means rolling back what it did.
             self._abort = AbortRequest(requested_by=request.requested_by, reason=request.reason)
+
+    def _working(self) -> bool:
+        """The job is acting on the service (its runner started and it has not ended)."""
+        return self._runner is not None and self._status not in TERMINAL
 
     def _ack(self, message: str) -> JobAck:
         self._note(message)
@@ -405,7 +409,10 @@ class MaintenanceJobWorkflow:
     async def _decide(self) -> None:
         """Which action (the decision engine); None in `_chosen` when nothing may run."""
         await self._set("deciding", self._window_note())
-        result = await self._decision(self._inp.candidates, None, "")
+        ask = self._inp.recurring
+        if ask is not None:
+            await self._set("awaiting_approval", f"{ask}; the decision waits for a person")
+        result = await self._decision(self._inp.candidates, ask, "")
         if result is None:
             return
         if not result.act or result.chosen is None:
@@ -595,7 +602,10 @@ class MaintenanceJobWorkflow:
         self._note(message)
 
     async def resumed(self, message: str) -> None:
-        self._note(message)
+        if self._status == "awaiting_approval":  # a person let the step go ahead
+            await self._set("running", message)
+        else:
+            self._note(message)
 
     async def acted(self, outcome: ActionOutcome, note: str) -> None:
         count_action(outcome)
@@ -606,7 +616,12 @@ class MaintenanceJobWorkflow:
         assert self._chosen is not None
         assert self._chosen.chosen_candidate is not None
         self._asks += 1
-        self._note(f"{step.action} needs a person ({why}): decision waits for `approve`")
+        waiting = f"{step.action} needs a person ({why}): decision waits for `approve`"
+        if workflow.patched("job-shows-awaiting-approval"):
+            # The job's row and status say it waits, not that it runs.
+            await self._set("awaiting_approval", waiting)
+        else:
+            self._note(waiting)
         go = await self._decision([self._chosen.chosen_candidate], why, f"-ask{self._asks}")
         if go is None or not go.act:
             raise ApplicationError(
@@ -681,6 +696,7 @@ class PredictionPassWorkflow:
                         deadline=change.deadline,
                         prediction_id=change.prediction_id,
                         metric=change.metric,
+                        recurring=change.recurring,
                     ),
                     id=job_id,
                     parent_close_policy=ParentClosePolicy.ABANDON,

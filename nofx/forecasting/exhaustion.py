@@ -101,12 +101,22 @@ class Exhaustion:
     source: str  # "forecast", "trend" or "none"
 
 
-def exhaustion(quantiles: Quantiles, limit: float, source: str, peak: float = 0.0) -> Exhaustion:
+def exhaustion(
+    quantiles: Quantiles,
+    limit: float,
+    source: str,
+    peak: float = 0.0,
+    peaks: Peaks | None = None,
+) -> Exhaustion:
     """How sure the paths are to reach `limit` within the horizon, and when. With `peak` (how far
     samples rise above the paths' level) the times are those at which the level comes within
-    `peak` of the limit: its peaks reach the limit then."""
+    `peak` of the limit: its peaks reach the limit then. With `peaks` (the excursions the
+    level's samples have shown) the probability is also that of a sample riding on the level
+    reaching the limit (`Peaks.reach`), the larger of the two counting."""
     over = quantiles.over(limit)
     probability = float(over.max()) if len(over) else 0.0
+    if peaks is not None:
+        probability = max(probability, peaks.reach(quantiles, limit))
     reached = limit - max(peak, 0.0)
     return Exhaustion(
         limit=limit,
@@ -163,6 +173,53 @@ def usual_peak(values: npt.ArrayLike, width: int, quantile: float = PEAK_QUANTIL
     excursion = (y - level).to_numpy()
     excursion = excursion[np.isfinite(excursion)]
     return max(0.0, float(np.quantile(excursion, quantile))) if len(excursion) else 0.0
+
+
+# How likely each of a forecast's five quantile paths is, as a scenario of the level: the
+# probability mass nearest each point of `_LEVELS` (the midpoints between them are the cuts).
+_PATH_WEIGHTS = np.diff(np.concatenate([[0.0], (_LEVELS[1:] + _LEVELS[:-1]) / 2, [1.0]]))
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The highest excursion above its level that a series showed in each block of `width`
+    steps (one block of samples at a time: a spike that lasts several samples is one peak)."""
+
+    width: int
+    block_max: FloatArray  # sorted, ascending
+
+    @classmethod
+    def of(cls, values: npt.ArrayLike, width: int) -> Peaks | None:
+        """The peaks of `values` about their centred rolling median over `width` steps; None
+        with fewer than ten whole blocks of finite samples."""
+        y = pd.Series(np.asarray(values, dtype=np.float64))
+        excursion = (y - y.rolling(width, center=True, min_periods=1).median()).to_numpy()
+        blocks = len(excursion) // width
+        if blocks < 10:
+            return None
+        shaped = excursion[len(excursion) - blocks * width :].reshape(blocks, width)
+        whole = np.isfinite(shaped).all(axis=1)
+        if int(whole.sum()) < 10:
+            return None
+        return cls(width, np.sort(shaped[whole].max(axis=1)))
+
+    def survival(self, needed: FloatArray) -> FloatArray:
+        """The share of blocks whose peak rose at least `needed` above the level."""
+        at_least = len(self.block_max) - np.searchsorted(self.block_max, needed, side="left")
+        return np.asarray(at_least / len(self.block_max), dtype=np.float64)
+
+    def reach(self, quantiles: Quantiles, limit: float) -> float:
+        """The probability that some sample reaches `limit` within the paths' horizon: each
+        quantile path is a scenario of the level (weighted by the probability mass it stands
+        for); along one, every block of `width` steps fails when its peak reaches from the
+        block's highest level to the limit, blocks independently, as the peaks were seen."""
+        steps = quantiles.paths.shape[1]
+        blocks = -(-steps // self.width)
+        padded = np.full((len(_LEVELS), blocks * self.width), -np.inf)
+        padded[:, :steps] = quantiles.paths
+        level = padded.reshape(len(_LEVELS), blocks, self.width).max(axis=2)
+        quiet = np.prod(1.0 - self.survival(limit - level), axis=1)
+        return float(np.sum(_PATH_WEIGHTS * (1.0 - quiet)))
 
 
 def recent_trend(
@@ -291,8 +348,11 @@ def assess(
             continue
         # Rising steeper than ever before, or rising where it has never been: either is a trend
         # (a series that jumps about has steep rises, but not to a level it never reached).
+        # "Never been" is of the level: a spike of the past is not a level it held.
         unprecedented = (
-            bool(np.median(y[-6:]) > np.nanmax(y[:-window])) if len(y) > window else False
+            bool(np.median(y[-6:]) > _highest_level(y[:-window], peak_width))
+            if len(y) > window
+            else False
         )
         usual = usual_rise(departures, window) if has_days and not unprecedented else None
         trend = recent_trend(
@@ -306,9 +366,26 @@ def assess(
         )
         if trend is not None:
             # the level's peaks reach the limit before it does: those seen before the rise
-            peak = usual_peak(y[:-window], peak_width) if len(y) > window else 0.0
-            found.append(exhaustion(trend, limit, f"trend {window * step / 3600:g}h", peak))
+            before = y[:-window] if len(y) > window else y[:0]
+            peak = usual_peak(before, peak_width)
+            found.append(
+                exhaustion(
+                    trend,
+                    limit,
+                    f"trend {window * step / 3600:g}h",
+                    peak,
+                    Peaks.of(before, peak_width),
+                )
+            )
     return earliest_warning(found) if found else None
+
+
+def _highest_level(values: FloatArray, width: int) -> float:
+    """The highest the series' level (its centred rolling median over `width` steps) has been."""
+    if not np.isfinite(values).any():
+        return -np.inf
+    level = pd.Series(values).rolling(width, center=True, min_periods=1).median()
+    return float(np.nanmax(level.to_numpy()))
 
 
 def alarming(warning: Exhaustion | None) -> bool:

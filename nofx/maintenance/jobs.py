@@ -43,7 +43,7 @@ log = get_logger(__name__)
 STEP_SECONDS = 300.0
 MAX_HORIZON_STEPS = 4032  # two weeks of 5-minute steps: as far as a load forecast reaches
 # Jobs of the group that count against its disruption budget (those that ran or will run).
-BOOKED = ("scheduled", "running", "verifying", "completed", "rolled_back")
+BOOKED = ("scheduled", "running", "awaiting_approval", "verifying", "completed", "rolled_back")
 
 
 class JobError(ValueError):

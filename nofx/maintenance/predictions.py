@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from models.forecasting import ExhaustionEstimate, ForecastRequest
 from nofx.forecasting.exhaustion import ALARM_PROBABILITY
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 # The failure classifier's horizon (nofx.maintenance.failure_model.HORIZON).
 HORIZON = timedelta(minutes=30)
+# A failure predicted again this soon after maintenance averted it is the same one coming back.
+RECURRENCE = timedelta(hours=6)
 
 COMPONENT = "service"
 # What running out of a metric is called and what heals it before it happens, by the words a
@@ -58,6 +60,7 @@ class Recorded:
     change: str  # opened, updated, withdrawn, quiet
     prediction_id: str | None
     estimate: ExhaustionEstimate | None
+    recurring: str | None = None  # set on an opening: the same failure came back after an aversion
 
 
 def record(
@@ -117,6 +120,7 @@ def record(
             ),
             "now": now,
         }
+        recurring: str | None = None
         if open_id is None:
             open_id = str(
                 conn.execute(
@@ -132,6 +136,7 @@ def record(
                 ).scalar_one()
             )
             change = "opened"
+            recurring = _recurrence(conn, service, issue, now)
         else:
             conn.execute(
                 text(
@@ -145,7 +150,28 @@ def record(
             )
             change = "updated"
     log.info("prediction " + change, service=service, issue=issue, eta=str(estimate.eta))
-    return Recorded(service, metric, issue, change, open_id, estimate)
+    return Recorded(service, metric, issue, change, open_id, estimate, recurring)
+
+
+def _recurrence(conn: Connection, service: str, issue: str, now: datetime) -> str | None:
+    """Why a prediction just opened is the same failure coming back: maintenance averted one of
+    `issue` on `service` less than `RECURRENCE` ago. Maintenance then only buys time (the leak is
+    in the code, the fill goes on): doing it again is for a person to decide."""
+    last = conn.execute(
+        text(
+            "SELECT updated_at FROM maintenance_predictions WHERE component_type = :c"
+            " AND component_id = :s AND predicted_issue = :i AND status = 'averted'"
+            " AND updated_at > :since ORDER BY updated_at DESC LIMIT 1"
+        ),
+        {"c": COMPONENT, "s": service, "i": issue, "since": now - RECURRENCE},
+    ).scalar_one_or_none()
+    if last is None:
+        return None
+    minutes = max(0.0, (now - last).total_seconds() / 60)
+    return (
+        f"{issue} of {service} is predicted again {minutes:.0f} min after maintenance averted it"
+        f" ({last:%Y-%m-%d %H:%M} UTC): the cause is still there, maintenance only buys time"
+    )
 
 
 def predict(
