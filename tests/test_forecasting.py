@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from models.forecasting import ForecastRequest
 from nofx.forecasting.direct import DirectLightGBM, Track, scale_of
 from nofx.forecasting.exhaustion import (
+    Peaks,
     Quantiles,
     assess,
     exhaustion,
@@ -143,6 +145,57 @@ def test_a_leak_on_a_spiky_series_fails_at_its_peaks_and_is_timed_by_them() -> N
     assert 1.0 < hours_left < 3.5  # the peaks' two hours, not the level's eight
     # the same spikes without a leak: nothing points at the limit
     assert assess(0.0, STEP, values[: now + 1], 30.0, DAY) is None
+
+
+def test_the_chance_of_a_peak_reaching_the_limit_is_read_off_the_peaks_seen() -> None:
+    # Every hour (12 steps) peaks 5 above its level, one hour in four 8 above.
+    values = np.full(40 * 12, 10.0)
+    values[5::12] += 5.0
+    values[6::48] += 8.0
+    peaks = Peaks.of(values, 12)
+    assert peaks is not None
+    assert len(peaks.block_max) == 40
+    assert peaks.survival(np.array([4.0, 5.0, 6.0, 8.0, 9.0])) == pytest.approx(
+        [1.0, 1.0, 0.25, 0.25, 0.0]
+    )
+    assert Peaks.of(values[:100], 12) is None  # fewer than ten hours: nothing to go by
+
+    def flat(level: float, hours: int = 2) -> Quantiles:
+        steps = hours * 12
+        return Quantiles(np.arange(steps, dtype=np.float64), np.full((5, steps), level))
+
+    assert peaks.reach(flat(96.0), 100.0) == pytest.approx(1.0)  # every hour's peak gets there
+    assert peaks.reach(flat(80.0), 100.0) == 0.0  # no peak ever rose 20
+    # 6 below: only the hours with a peak of 8 get there, one in four: two hours, 1 - 0.75^2
+    assert peaks.reach(flat(94.0), 100.0) == pytest.approx(1 - 0.75**2)
+    # each path a scenario: only the highest (2.5% of the mass) gets within reach
+    paths = np.vstack([np.full(24, 80.0)] * 4 + [np.full(24, 96.0)])
+    assert peaks.reach(Quantiles(np.arange(24.0), paths), 100.0) == pytest.approx(0.0625)
+    warned = exhaustion(flat(94.0), 100.0, "trend 6h", peak=5.0, peaks=peaks)
+    assert warned.probability == pytest.approx(1 - 0.75**2, abs=1e-4)
+    assert exhaustion(flat(94.0), 100.0, "trend 6h").probability < 0.01  # the level alone
+
+
+def test_a_rise_on_rare_large_spikes_warns_before_a_spike_fails_it() -> None:
+    """A quiet series with a rare very large spike: the spike is no level it ever held, and a
+    leak that lifts the level makes the next spike the failure, hours before the level gets
+    near the limit."""
+    rng = np.random.default_rng(7)
+    n = 4 * DAY
+    values = 1.0 + 0.05 * rng.standard_normal(n)
+    values[rng.choice(n - DAY, size=12, replace=False)] += 60.0  # a dozen huge spikes
+    limit = float(values.max()) + 30.0  # the benchmark's headroom: ~91
+    leak = values.copy()
+    start = 3 * DAY
+    leak[start:] += 0.5 * np.arange(n - start)  # +6 an hour
+    now = start + 72  # six hours in: level ~37, a spike of 60 on it reaches 97
+    warning = assess(0.0, STEP, leak[: now + 1], limit, DAY)
+    assert warning is not None
+    assert warning.source.startswith("trend")
+    assert warning.probability >= 0.8
+    assert warning.eta is not None
+    assert warning.eta - now * STEP < 6 * 3600  # the level alone is ~9 h away
+    assert assess(0.0, STEP, values[: now + 1], limit, DAY) is None
 
 
 def test_a_daily_rise_is_no_trend_a_leak_on_top_of_it_is() -> None:
@@ -382,6 +435,7 @@ def test_a_predicted_exhaustion_is_opened_updated_and_withdrawn(
     now = datetime.fromtimestamp(start + (len(values) - 1) * 300, UTC)
     first = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
     assert [(r.issue, r.change) for r in first] == [("oom", "opened")]
+    assert first[0].recurring is None  # nothing was averted before
     again = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
     assert [r.change for r in again] == ["updated"]
     rows = open_predictions(fresh_engine)
@@ -397,6 +451,36 @@ def test_a_predicted_exhaustion_is_opened_updated_and_withdrawn(
     )
     assert [r.change for r in calm] == ["withdrawn"]
     assert open_predictions(fresh_engine) == []
+    # Maintenance averted it (as a job labels it); the leak is predicted again an hour later:
+    # the same failure back, which the job's decision leaves to a person.
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE maintenance_predictions SET status = 'averted', updated_at = :at"
+                " WHERE id = :id"
+            ),
+            {"id": first[0].prediction_id, "at": now - timedelta(hours=1)},
+        )
+    back = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
+    assert [r.change for r in back] == ["opened"]
+    assert back[0].recurring is not None
+    assert "predicted again 60 min after maintenance averted it" in back[0].recurring
+    # seven hours after the aversion it is a new failure
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE maintenance_predictions SET status = 'averted', updated_at = :at"
+                " WHERE component_id = 'api'"
+            ),
+            {"at": now - timedelta(hours=7)},
+        )
+    later = predict(fresh_engine, source, now=now, horizon_steps=48, history_hours=72)
+    assert [r.change for r in later] == ["opened"]
+    assert later[0].recurring is None
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE maintenance_predictions SET status = 'withdrawn' WHERE status = 'open'")
+        )
     monkeypatch.setenv("NOFX_TELEMETRY", "csv")
     monkeypatch.setenv("NOFX_TELEMETRY_CSV_PATH", str(csv))
     shown = nofx_cli(fresh_database_url, "predictive", "maintenance")

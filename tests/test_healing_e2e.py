@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -392,6 +392,71 @@ async def test_a_service_another_incident_is_acting_on_opens_no_second_incident(
             conn.execute(text("DELETE FROM action_leases WHERE idempotency_key = :k"), {"k": key})
     # the lease released, the same detection opens its incident
     opened = await opener.run(IncidentActivities(client, db_engine).open_incident, down)
+    assert opened.suppressed_reason is None
+    assert opened.run_id is not None
+    await client.get_workflow_handle(opened.workflow_id).terminate(reason="test done")
+
+
+async def test_a_service_a_maintenance_job_is_working_on_opens_no_incident(
+    client: Client, db_engine: Engine
+) -> None:
+    """Between its steps a maintenance job holds no lease, but a drained, restarted or cleaned
+    replica is its doing: while its row says running (within its planned duration plus a
+    margin) no incident opens, and an anomaly that began before it ended is its tail. A job
+    that overran its plan, or one waiting for a person, holds nothing back."""
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    job = f"maintenance-{service}-oom"
+    row = uuid.uuid4()
+    with db_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO maintenance_schedules (id, scheduled_at, maintenance_type,"
+                " estimated_duration_minutes, status, workflow_id, component_id,"
+                " predicted_issue) VALUES (:id, now(), 'drain-restart-before-oom', 3,"
+                " 'running', :w, :s, 'oom')"
+            ),
+            {"id": row, "w": job, "s": service},
+        )
+    down = OpenIncidentInput(
+        incident=IncidentInput(
+            service=service,
+            incident_type="service_down",
+            detection_method="probe",
+            detected_at=datetime.now(UTC),
+        )
+    )
+    opener = ActivityEnvironment()
+    activities = IncidentActivities(client, db_engine)
+
+    def job_is(status: str, *, updated: str = "now()", completed: str = "NULL") -> None:
+        with db_engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE maintenance_schedules SET status = :st, updated_at = {updated},"
+                    f" completed_at = {completed} WHERE id = :id"
+                ),
+                {"st": status, "id": row},
+            )
+
+    try:
+        held = await opener.run(activities.open_incident, down)
+        assert held.run_id is None
+        assert held.suppressed_reason == f"maintenance job {job} is running on {service}"
+        job_is("awaiting_approval")
+        assert activities._acting_on(service, "incident-x") is None
+        job_is("running", updated="now() - interval '14 minutes'")  # 3 planned + 10: overran
+        assert activities._acting_on(service, "incident-x") is None
+        began = datetime.now(UTC) - timedelta(minutes=1)
+        job_is("completed", completed="now()")
+        tail = activities._tail_of_maintenance(service, began)
+        assert tail is not None
+        assert f"before maintenance job {job} ended" in tail
+        after = datetime.now(UTC) + timedelta(seconds=1)
+        assert activities._tail_of_maintenance(service, after) is None
+    finally:
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM maintenance_schedules WHERE id = :id"), {"id": row})
+    opened = await opener.run(activities.open_incident, down)
     assert opened.suppressed_reason is None
     assert opened.run_id is not None
     await client.get_workflow_handle(opened.workflow_id).terminate(reason="test done")

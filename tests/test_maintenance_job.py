@@ -5,6 +5,7 @@ while the job waits. Real pilot processes, real supervisord, real HAProxy, real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from models.decisions import Candidate
+from models.decisions import Candidate, DecisionResult, Operator, Reject
 from models.healing import PlaybookStep
 from models.maintenance import (
     CancelJob,
@@ -40,6 +41,7 @@ from models.maintenance import (
     job_workflow_id,
 )
 from nofx.client import start_maintenance_job
+from nofx.decisions import store
 from nofx.healing.guardrails import add_freeze
 from nofx.settings import TASK_QUEUE_MAINTENANCE
 from pilot.fleet import Fleet
@@ -47,6 +49,7 @@ from tests.fixtures_traffic import Traffic
 from tests.helpers import WorkerProcess, assert_replays, eventually, query_until
 from workers import maintenance
 from workers.common import Dependencies, build_worker
+from workflows.decisions import DecisionWorkflow
 from workflows.maintenance import (
     MaintenanceJobWorkflow,
     PredictionPassWorkflow,
@@ -450,3 +453,40 @@ async def test_the_forecasting_pass_starts_moves_and_stands_down_the_job(
     assert report.by_status.get("withdrawn", 0) >= 1
     assert report.classifier is not None
     assert report.classifier.verdict
+
+
+async def test_a_failure_back_after_an_aversion_waits_for_a_person(
+    client: Client, job_worker: None, live_fleet: Fleet, db_engine: Engine
+) -> None:
+    """A prediction opened soon after maintenance averted the same failure is recurring: the
+    job shows `awaiting_approval` (its row too) while its decision waits, and a rejection
+    declines it without touching the service."""
+    service = live_fleet.spec.services[1].name
+    set_policy(db_engine, service, duration_minutes=5)
+    approver = f"op-{uuid.uuid4().hex[:6]}"
+    store.add_operator(db_engine, Operator(name=approver, permissions=["*"]), actor="test")
+    starts = len(live_fleet.starts(service))
+    why = f"oom of {service} is predicted again 20 min after maintenance averted it"
+    handle, _ = await start_maintenance_job(client, job(service, recurring=why))
+    waiting = await wait_status(handle, "awaiting_approval")
+    assert any(why in note.message for note in waiting.timeline)
+    row = await eventually(
+        lambda: (r := schedule_row(db_engine, handle.id))["status"] == "awaiting_approval" and r,
+        "the job's row says it waits",
+    )
+    assert why in row["detail"]
+    decision = client.get_workflow_handle(f"decision-{handle.id}")
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # the child decision starts right after the row is written
+        with contextlib.suppress(RPCError):
+            shown: DecisionResult = await decision.query(DecisionWorkflow.status)
+            if shown.status == "awaiting_approval":
+                break
+        assert asyncio.get_running_loop().time() < deadline, "the decision never waited"
+        await asyncio.sleep(0.2)
+    assert why in " ".join(shown.approval.why)
+    await decision.signal(DecisionWorkflow.reject, Reject(approver=approver, reason="fix the leak"))
+    done: JobStatusView = await handle.result()
+    assert done.status == "declined", done.timeline
+    assert len(live_fleet.starts(service)) == starts
+    assert schedule_row(db_engine, handle.id)["status"] == "declined"
