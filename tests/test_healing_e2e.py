@@ -356,6 +356,18 @@ async def test_a_lagging_signal_right_after_a_fix_does_not_reopen_the_incident(
     assert await IncidentActivities(client)._tail_of_last_heal(service, datetime.now(UTC)) is None
 
 
+def probed_down(service: str) -> OpenIncidentInput:
+    """The monitor's request to open a `service_down` incident its probes saw, now."""
+    return OpenIncidentInput(
+        incident=IncidentInput(
+            service=service,
+            incident_type="service_down",
+            detection_method="probe",
+            detected_at=datetime.now(UTC),
+        )
+    )
+
+
 async def test_a_service_another_incident_is_acting_on_opens_no_second_incident(
     client: Client, db_engine: Engine
 ) -> None:
@@ -374,14 +386,7 @@ async def test_a_service_another_incident_is_acting_on_opens_no_second_incident(
             ),
             {"k": key, "s": service, "w": hung},
         )
-    down = OpenIncidentInput(
-        incident=IncidentInput(
-            service=service,
-            incident_type="service_down",
-            detection_method="probe",
-            detected_at=datetime.now(UTC),
-        )
-    )
+    down = probed_down(service)
     opener = ActivityEnvironment()
     try:
         held = await opener.run(IncidentActivities(client, db_engine).open_incident, down)
@@ -417,14 +422,7 @@ async def test_a_service_a_maintenance_job_is_working_on_opens_no_incident(
             ),
             {"id": row, "w": job, "s": service},
         )
-    down = OpenIncidentInput(
-        incident=IncidentInput(
-            service=service,
-            incident_type="service_down",
-            detection_method="probe",
-            detected_at=datetime.now(UTC),
-        )
-    )
+    down = probed_down(service)
     opener = ActivityEnvironment()
     activities = IncidentActivities(client, db_engine)
 
