@@ -233,7 +233,10 @@ class PilotService:
             if self.redis is not None
             else None
         )
-        self.disk = DiskUsage(data_dir(state_dir, name), config.disk_quota_mb * MIB)
+        # a service has its data directory from the start, as a real one has its volume
+        data = data_dir(state_dir, name)
+        data.mkdir(parents=True, exist_ok=True)
+        self.disk = DiskUsage(data, config.disk_quota_mb * MIB)
         self.faults: dict[str, Any] = {}
         self._faults_lock = threading.Lock()
         self._reload_requested = threading.Event()
