@@ -26,7 +26,12 @@ from nofx.forecasting.exhaustion import (
     usual_peak,
     usual_rise,
 )
-from nofx.forecasting.forecaster import Forecaster, seasonal_naive_paths
+from nofx.forecasting.forecaster import (
+    OWN_PATHS,
+    Forecaster,
+    _calibration_errors,
+    seasonal_naive_paths,
+)
 from nofx.forecasting.series import read_csv, regular, regular_values
 from nofx.maintenance.windows import DisruptionBudget, Interval, choose_window
 
@@ -78,6 +83,18 @@ def test_a_daily_cycle_is_forecast_within_its_bands() -> None:
     assert np.all(day.upper(80) <= day.upper(95))
     assert len(made[12][0].mean) == 12
     assert day.times()[0] == pytest.approx(day.origin_time + STEP)
+
+
+def test_a_series_band_comes_from_its_own_errors_where_it_has_enough_paths() -> None:
+    stride, steps = 12, 48
+    own = np.full((OWN_PATHS, steps), 1.0)  # 30 paths, one every 12 steps
+    pooled = np.vstack([own, np.full((2 * OWN_PATHS, steps), 5.0)])  # restless family members
+    errors = _calibration_errors(own, pooled, stride)
+    # up to 12 steps ahead its 30 paths do not overlap: its own errors alone, the rest NaN
+    assert np.all(errors[:OWN_PATHS, :stride] == 1.0)
+    assert np.all(np.isnan(errors[OWN_PATHS:, :stride]))
+    # 13 steps ahead each path overlaps the next: 30 * 12 / 13 < 30, so the family's errors
+    assert np.array_equal(errors[:, stride:], pooled[:, stride:])
 
 
 def test_the_direct_model_continues_a_ramp_it_has_seen() -> None:
