@@ -36,7 +36,6 @@ seasonal naive there). Prints a table, writes JSON:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -48,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _data import csv_files, write_report  # benchmarks/, beside this script
 
 from nofx.forecasting.forecaster import LEVELS, Forecaster
 from nofx.forecasting.series import Regular, read_csv
@@ -258,21 +258,6 @@ def summarise(results: list[dict[str, Any]], horizons: list[int]) -> list[dict[s
     return summary
 
 
-def csv_files(arguments: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found += sorted(path.rglob("*.csv"))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise SystemExit(f"--data {argument}: no such file or directory")
-    if not found:
-        raise SystemExit("--data: no CSV file found")
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", required=True, help="CSV files or directories")
@@ -289,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.horizons) < 1 or args.origin_every < 1 or args.days <= 0:
         parser.error("--horizons, --origin-every and --days must be positive")
     report = run(csv_files(args.data), sorted(set(args.horizons)), args.days, args.origin_every)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"{'horizon':>7} {'model':<15} {'vs snaive':>9} {'vs best':>8} {'cov80':>6} {'cov95':>6}")
     for row in report["summary"]:
         print(

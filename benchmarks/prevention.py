@@ -35,7 +35,6 @@ from the first alarm to the failure). Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from forecast import csv_files  # benchmarks/, beside this script
+from _data import csv_files, write_report  # benchmarks/, beside this script
 
 from models.inventory import MaintenancePolicy
 from nofx.forecasting.exhaustion import CONFIRM_CHECKS, Quantiles, alarming, assess
@@ -300,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     report = run(csv_files(args.data), args.ramps, args.seed, args.forecast_every_hours)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     shown = {k: v for k, v in report.items() if k != "cases"}
     for key, value in shown.items():
         print(f"{key:<26} {value}")

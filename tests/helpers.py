@@ -127,3 +127,21 @@ class WorkerProcess:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def run_benchmark(
+    script: str, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `benchmarks/<script>` with `args` as a user would (from the project's root) and fail
+    with the end of its stderr when it does not exit 0."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done

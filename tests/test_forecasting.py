@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from nofx.forecasting.forecaster import (
 )
 from nofx.forecasting.series import read_csv, regular, regular_values
 from nofx.maintenance.windows import DisruptionBudget, Interval, choose_window
+from tests.helpers import run_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = 300.0
@@ -306,27 +305,11 @@ def test_forecast_benchmark_writes_the_issue_shape(tmp_path: Path) -> None:
     assert set(series) == {"load", "flat"}
     assert series["load"].repairs.duplicate_timestamps == 1
     out = tmp_path / "forecast.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "forecast.py"),
-            "--data",
-            str(csv),
-            "--horizons",
-            "12",
-            "--days",
-            "0.5",
-            "--origin-every",
-            "72",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run_benchmark(
+        "forecast.py",
+        *("--data", str(csv), "--horizons", "12", "--days", "0.5", "--origin-every", "72"),
+        *("--out", str(out)),
     )
-    assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     keys = {"file", "series", "horizon", "model", "mase", "smape", "coverage_80", "coverage_95"}
     assert report["results"]

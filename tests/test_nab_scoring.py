@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from nofx.detection.nab_scoring import (
     sweep_thresholds,
     window_rows,
 )
+from tests.helpers import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD = PROFILES["standard"]
@@ -306,28 +304,12 @@ def test_the_nab_benchmark_scores_the_messy_series_and_reports_its_odd_rows(
     )
     out = tmp_path / "nab.json"
 
-    finished = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "nab.py"),
-            "--data",
-            str(tmp_path / "data"),
-            "--labels",
-            str(tmp_path / "labels"),
-            "--out",
-            str(out),
-            "--workers",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    finished = run_benchmark(
+        "nab.py",
+        *("--data", str(tmp_path / "data"), "--labels", str(tmp_path / "labels")),
+        *("--out", str(out), "--workers", "1"),
         timeout=240,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
     )
-
-    assert finished.returncode == 0, finished.stderr
     document = json.loads(out.read_text())
     assert set(document) >= {"ensemble", "windowed_gaussian", "never_fires"}
     entry = document["run"]["odd_rows"][MESSY_NAME]
