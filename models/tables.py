@@ -286,6 +286,13 @@ class OptimizationRecommendation(SQLModel, table=True):
     """A proposed change from the current to a better state, with its steps and risk."""
 
     __tablename__ = "optimization_recommendations"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('open', 'superseded', 'withdrawn', 'applying', 'applied',"
+            " 'rolled_back', 'dismissed')",
+            name="optimization_recommendations_status_check",
+        ),
+    )
 
     id: uuid.UUID | None = _uuid_pk()
     optimization_type: str = _column(Text, nullable=False)
@@ -295,6 +302,14 @@ class OptimizationRecommendation(SQLModel, table=True):
     implementation_steps: list[JsonObject] | None = _column(ARRAY(_JSONB), nullable=True)
     risk_assessment: Any | None = _column(_JSONB, nullable=True)
     created_at: datetime | None = _timestamptz(server_default=True)
+    # sql/026_optimization_recommendations.sql
+    service: str | None = _column(Text, nullable=True)
+    target: str | None = _column(Text, nullable=True)
+    status: str | None = _column(Text, nullable=False, server_default=text("'open'"))
+    decision_id: uuid.UUID | None = _column(UUID(as_uuid=True), nullable=True)
+    realised_improvement: Any | None = _column(_JSONB, nullable=True)
+    applied_at: datetime | None = _timestamptz()
+    updated_at: datetime | None = _timestamptz(server_default=True, nullable=False)
 
 
 # --------------------------------------------------------------------------------------------

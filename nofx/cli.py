@@ -1927,6 +1927,52 @@ def predictive_validate(
     _emit(report.model_dump(mode="json"), as_json, lines)
 
 
+@predictive_app.command("optimize")
+def predictive_optimize(
+    service: Annotated[str | None, typer.Option(help="one service only")] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="size every limited metric from telemetry first")
+    ] = False,
+    days: Annotated[float, typer.Option(help="days of telemetry a size is judged on")] = 7.0,
+    risk: Annotated[
+        float, typer.Option(help="the share of steps usage may pass a new size (0-0.5)")
+    ] = 0.01,
+    as_json: JsonOption = False,
+) -> None:
+    """The open optimisation recommendations: what to change, what it frees, what it risks."""
+    from nofx.optimization.recommendations import open_recommendations
+    from nofx.optimization.recommendations import refresh as refresh_recommendations
+    from nofx.telemetry.routing import metric_source
+
+    if not 0 < risk <= 0.5:
+        raise fail(f"--risk must be in (0, 0.5], not {risk}")
+    if not 1 <= days <= 90:
+        raise fail(f"--days must be between 1 and 90, not {days}")
+    with _engine() as engine:
+        if service is not None and not inventory_store.describe(engine, service):
+            raise fail(f"{service} is not in the inventory (nofx services list)")
+        if refresh:
+            for w in refresh_recommendations(
+                engine,
+                metric_source(engine, settings()),
+                services=[service] if service else None,
+                days=days,
+                risk=risk,
+            ):
+                if not as_json:
+                    typer.echo(f"  {w.service} {w.target}: {w.change} ({w.reason})")
+        rows = open_recommendations(engine, service)
+    lines = [
+        f"{r['service']:<24} {r['optimization_type']:<12} {r['target']:<32}"
+        f" {r['current_state'].get('limit')!s:>12} -> {r['recommended_state'].get('limit')!s:<12}"
+        f" frees {float((r['expected_improvement'] or {}).get('capacity_freed_ratio', 0)):+.1%},"
+        f" exceeded {float((r['risk_assessment'] or {}).get('exceed_probability') or 0):.1%}"
+        f"  {r['id']}"
+        for r in rows
+    ]
+    _emit(rows, as_json, lines or ["(no open recommendation)"])
+
+
 @predictive_app.command("schedules")
 def predictive_schedules(
     every_minutes: Annotated[

@@ -263,6 +263,27 @@ def describe(engine: Engine, name: str | None = None) -> list[dict[str, Any]]:
         return [{k: _plain(v) for k, v in r.items()} for r in rows]
 
 
+def limited_metrics(
+    engine: Engine, services: list[str] | None = None
+) -> list[tuple[str, str, float]]:
+    """(service, metric, limit) for every limit the inventory sets (on `services` only, if
+    given), by service and metric."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT name, metadata->'limits' AS limits FROM services"
+                " WHERE metadata->'limits' IS NOT NULL"
+                " AND (CAST(:only AS text[]) IS NULL OR name = ANY(:only)) ORDER BY name"
+            ),
+            {"only": list(services) if services else None},
+        ).all()
+    return [
+        (name, metric, float(limit))
+        for name, limits in rows
+        for metric, limit in sorted((limits or {}).items())
+    ]
+
+
 def _delete(conn: Connection, names: list[str]) -> None:
     # Their configuration history goes with them (config_versions references services).
     conn.execute(text("DELETE FROM config_versions WHERE service = ANY(:names)"), {"names": names})

@@ -26,12 +26,12 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from nofx import model_registry as registry
 from nofx.detection.learned import TrainingError, roc_auc
 from nofx.diagnosis.training import LabelWindow, holdout_cut, label_windows
+from nofx.inventory import limited_metrics
 from nofx.logging import get_logger
 from nofx.maintenance.predictions import HORIZON, issue_of
 from nofx.maintenance.validation import INCIDENT_OF
@@ -111,19 +111,9 @@ def _grid(
 
 
 def _limited(engine: Engine, services: Sequence[str] | None) -> list[tuple[str, str, float]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT name, metadata->'limits' AS limits FROM services"
-                " WHERE metadata->'limits' IS NOT NULL"
-                " AND (CAST(:only AS text[]) IS NULL OR name = ANY(:only)) ORDER BY name"
-            ),
-            {"only": list(services) if services else None},
-        ).all()
     return [
-        (name, metric, float(limit))
-        for name, limits in rows
-        for metric, limit in sorted((limits or {}).items())
+        (name, metric, limit)
+        for name, metric, limit in limited_metrics(engine, list(services) if services else None)
         if issue_of(metric)[0] in INCIDENT_OF
     ]
 

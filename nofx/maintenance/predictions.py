@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from models.forecasting import ExhaustionEstimate, ForecastRequest
 from nofx.forecasting.exhaustion import ALARM_PROBABILITY
 from nofx.forecasting.service import ForecastError, forecast_metric
+from nofx.inventory import limited_metrics
 from nofx.logging import get_logger
 from nofx.telemetry.sources import MetricSource, MetricSourceError
 
@@ -188,40 +189,29 @@ def predict(
     """One prediction pass over the services with limits (or `services`); with `classifier`
     (nofx.maintenance.failure_model), its warnings where the forecast sees no exhaustion."""
     moment = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT name, metadata->'limits' AS limits FROM services"
-                " WHERE metadata->'limits' IS NOT NULL"
-                " AND (CAST(:only AS text[]) IS NULL OR name = ANY(:only))"
-                " ORDER BY name"
-            ),
-            {"only": services},
-        ).all()
     out: list[Recorded] = []
-    for name, limits in rows:
-        for metric, limit in sorted((limits or {}).items()):
-            request = ForecastRequest(
-                service=name,
-                metric=metric,
-                step_seconds=step_seconds,
-                horizon_steps=horizon_steps,
-                history_hours=history_hours,
-                until=moment,
+    for name, metric, limit in limited_metrics(engine, services):
+        request = ForecastRequest(
+            service=name,
+            metric=metric,
+            step_seconds=step_seconds,
+            horizon_steps=horizon_steps,
+            history_hours=history_hours,
+            until=moment,
+        )
+        estimate: ExhaustionEstimate | None = None
+        try:
+            report = forecast_metric(source, request, limit=float(limit), now=moment)
+            estimate = report.exhaustion
+        except (ForecastError, MetricSourceError) as err:
+            log.warning("no forecast", service=name, metric=metric, error=str(err))
+            if classifier is None:
+                continue
+        if classifier is not None and not _alarms(estimate):
+            estimate = _classified(classifier, source, name, metric, float(limit), moment) or (
+                estimate
             )
-            estimate: ExhaustionEstimate | None = None
-            try:
-                report = forecast_metric(source, request, limit=float(limit), now=moment)
-                estimate = report.exhaustion
-            except (ForecastError, MetricSourceError) as err:
-                log.warning("no forecast", service=name, metric=metric, error=str(err))
-                if classifier is None:
-                    continue
-            if classifier is not None and not _alarms(estimate):
-                estimate = _classified(classifier, source, name, metric, float(limit), moment) or (
-                    estimate
-                )
-            out.append(record(engine, name, metric, estimate, moment))
+        out.append(record(engine, name, metric, estimate, moment))
     return out
 
 

@@ -1,0 +1,194 @@
+"""Optimisation recommendations: what a service could change, what it would gain, what it risks.
+
+A pass (`refresh`) goes over the services whose inventory entry sets `limits` and, for each
+limited metric, sizes it from the telemetry of its last days (`nofx.optimization.rightsizing`):
+the size the service needs at each hour of the day, and the single size that covers the day,
+against the limit it has. The result is a row of `optimization_recommendations` (type
+`rightsizing`, target the metric) with the current and recommended state, the expected
+improvement (capacity freed, or added where the limit is too tight), the steps, and the risk:
+the share of steps usage would have passed the new size on the days seen, next to the target.
+
+A pass that recommends a different size supersedes the open row (status `superseded`, the new
+one `open`); the same size only touches the row. Too little history (under a day) makes no
+recommendation and says so; nothing here raises on messy telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from models.forecasting import ForecastRequest
+from nofx.forecasting.service import ForecastError, history
+from nofx.inventory import limited_metrics
+from nofx.logging import get_logger
+from nofx.optimization.rightsizing import Rightsizing, recommend
+from nofx.telemetry.sources import MetricSource, MetricSourceError
+
+log = get_logger(__name__)
+
+RIGHTSIZING = "rightsizing"
+STEP_SECONDS = 300.0
+SAME_SIZE = 0.01  # a new size within 1% of the open one is the same recommendation
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a pass did for one (service, target)."""
+
+    service: str
+    optimization_type: str
+    target: str
+    change: str  # opened | replaced | unchanged | skipped
+    id: str | None
+    reason: str
+
+
+def refresh(
+    engine: Engine,
+    source: MetricSource,
+    *,
+    now: datetime | None = None,
+    services: list[str] | None = None,
+    days: float = 7.0,
+    risk: float = 0.01,
+) -> list[Written]:
+    """One recommendation pass over the services with limits (or only `services`)."""
+    moment = now or datetime.now(UTC)
+    out: list[Written] = []
+    for name, metric, limit in limited_metrics(engine, services):
+        request = ForecastRequest(
+            service=name,
+            metric=metric,
+            step_seconds=STEP_SECONDS,
+            history_hours=24 * days,
+            until=moment,
+        )
+        try:
+            series = history(source, request, moment)
+            sized = recommend(series, days=days, risk=risk)
+        except (ForecastError, MetricSourceError, ValueError) as err:
+            out.append(Written(name, RIGHTSIZING, metric, "skipped", None, str(err)))
+            log.warning("no recommendation", service=name, metric=metric, error=str(err))
+            continue
+        if sized.days == 0:  # under a whole day seen
+            reason = f"{len(series.values)} steps of telemetry: less than a whole day"
+            out.append(Written(name, RIGHTSIZING, metric, "skipped", None, reason))
+            continue
+        out.append(_save(engine, name, metric, float(limit), sized, moment))
+    return out
+
+
+def _states(
+    metric: str, limit: float, sized: Rightsizing
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    size = sized.static()
+    per_hour = round(3600 / sized.step)
+    hourly = [float(sized.profile[h * per_hour : (h + 1) * per_hour].max()) for h in range(24)]
+    current = {"metric": metric, "limit": limit}
+    recommended = {
+        "metric": metric,
+        "limit": round(size, 6),
+        "by_hour_utc": [round(v, 6) for v in hourly],
+        "trend_per_day": round(sized.trend_per_day, 6),
+    }
+    change = 1 - size / limit if limit > 0 else 0.0
+    improvement = {
+        "capacity_freed_ratio": round(change, 4),
+        "by_hour_freed_ratio": round(1 - sum(hourly) / (24 * limit), 4) if limit > 0 else 0.0,
+        "direction": "shrink" if size < limit else "grow",
+    }
+    steps = [
+        {"action": "set_limit", "params": {"metric": metric, "from": limit, "to": round(size, 6)}},
+        {"action": "validate_requests", "params": {}},
+    ]
+    risk = {
+        "exceed_probability": sized.exceed_probability,
+        "risk_target": sized.risk,
+        "headroom": round(sized.headroom, 6),
+        "days_seen": sized.days,
+        "notes": sized.notes,
+    }
+    return current, recommended, improvement, steps, risk
+
+
+def _save(
+    engine: Engine, service: str, metric: str, limit: float, sized: Rightsizing, now: datetime
+) -> Written:
+    current, recommended, improvement, steps, risk = _states(metric, limit, sized)
+    size = recommended["limit"]
+    reason = (
+        f"{metric}: {improvement['direction']} the limit {limit:g} to {size:g}"
+        f" (usage above it in {risk['exceed_probability'] or 0:.1%} of the steps seen)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text("SELECT name FROM services WHERE name = :s FOR UPDATE"), {"s": service})
+        found = conn.execute(
+            text(
+                "SELECT id, recommended_state FROM optimization_recommendations"
+                " WHERE service = :s AND optimization_type = :t AND target = :m"
+                " AND status = 'open'"
+            ),
+            {"s": service, "t": RIGHTSIZING, "m": metric},
+        ).first()
+        if found is not None:
+            before = float((found.recommended_state or {}).get("limit") or 0.0)
+            if abs(before - size) <= SAME_SIZE * max(abs(before), abs(size), 1e-12):
+                conn.execute(
+                    text("UPDATE optimization_recommendations SET updated_at = :n WHERE id = :i"),
+                    {"n": now, "i": found.id},
+                )
+                return Written(service, RIGHTSIZING, metric, "unchanged", str(found.id), reason)
+            conn.execute(
+                text(
+                    "UPDATE optimization_recommendations SET status = 'superseded',"
+                    " updated_at = :n WHERE id = :i"
+                ),
+                {"n": now, "i": found.id},
+            )
+        new_id = conn.execute(
+            text(
+                "INSERT INTO optimization_recommendations (optimization_type, service, target,"
+                " current_state, recommended_state, expected_improvement, implementation_steps,"
+                " risk_assessment, created_at, updated_at) VALUES (:t, :s, :m,"
+                " CAST(:cur AS jsonb), CAST(:rec AS jsonb), CAST(:imp AS jsonb),"
+                " (SELECT array_agg(e) FROM jsonb_array_elements(CAST(:steps AS jsonb)) e),"
+                " CAST(:risk AS jsonb), :n, :n) RETURNING id"
+            ),
+            {
+                "t": RIGHTSIZING,
+                "s": service,
+                "m": metric,
+                "cur": json.dumps(current),
+                "rec": json.dumps(recommended),
+                "imp": json.dumps(improvement),
+                "steps": json.dumps(steps),
+                "risk": json.dumps(risk),
+                "n": now,
+            },
+        ).scalar_one()
+    change = "opened" if found is None else "replaced"
+    log.info("recommendation " + change, service=service, metric=metric, size=size)
+    return Written(service, RIGHTSIZING, metric, change, str(new_id), reason)
+
+
+def open_recommendations(engine: Engine, service: str | None = None) -> list[dict[str, Any]]:
+    """The open recommendations, by service and type."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, service, optimization_type, target, current_state,"
+                " recommended_state, expected_improvement, implementation_steps,"
+                " risk_assessment, status, created_at, updated_at"
+                " FROM optimization_recommendations WHERE status = 'open'"
+                " AND (CAST(:s AS text) IS NULL OR service = :s)"
+                " ORDER BY service, optimization_type, target"
+            ),
+            {"s": service},
+        ).mappings()
+        return [dict(r) for r in rows]
