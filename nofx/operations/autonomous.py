@@ -338,6 +338,10 @@ class AutonomousOperations:
         row = await asyncio.to_thread(self._row, ref)
         workflow_id = row["workflow_id"] if row else ref
         running = await self._running(workflow_id)
+        if not running and row is not None:
+            # The row was read before the workflow was seen closed: it may predate the
+            # workflow's last write (a rejection that ended it meanwhile). Read it again.
+            row = await asyncio.to_thread(self._row, ref)
         if running or row is None or row["result"] is None:
             try:
                 handle = self.temporal.get_workflow_handle(workflow_id)
