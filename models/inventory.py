@@ -65,6 +65,21 @@ class Resources(_Strict):
     )
 
 
+class PoolTuning(_Strict):
+    """How to size the service's connection pool from its telemetry (Erlang C)."""
+
+    in_use: NonEmpty = Field(description="gauge: connections handed out (its limit: the size)")
+    requests: NonEmpty = Field(description="counter: requests that each hold one connection")
+    max_wait_ms: float = Field(default=50.0, gt=0, description="the longest wait tolerated")
+    quantile: float = Field(
+        default=0.95, gt=0, lt=1, description="share of requests that wait less than that"
+    )
+
+
+class Optimization(_Strict):
+    pool: PoolTuning | None = None
+
+
 class SloTargets(_Strict):
     availability: float | None = Field(default=None, gt=0, lt=1, description="e.g. 0.999")
     recovery_time_objective_s: float | None = Field(default=None, gt=0)
@@ -239,6 +254,9 @@ class ServiceEntry(_Strict):
     resources: Resources | None = Field(
         default=None, description="per replica: vCPU and memory, for the cost report"
     )
+    optimization: Optimization | None = Field(
+        default=None, description="what the recommendations tune beyond the limits' sizes"
+    )
     maintenance: MaintenancePolicy | None = Field(
         default=None, description="default: 10-minute jobs, 2 a day per group, no blackouts"
     )
@@ -263,6 +281,9 @@ class ServiceEntry(_Strict):
         config = self.providers.config
         if config is not None and config.reload == "signal" and self.providers.process is None:
             raise ValueError("providers.config reload 'signal' needs providers.process")
+        pool = self.optimization.pool if self.optimization is not None else None
+        if pool is not None and pool.in_use not in self.limits:
+            raise ValueError(f"optimization.pool.in_use {pool.in_use!r} needs its size in limits")
         return self
 
 

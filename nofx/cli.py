@@ -1962,15 +1962,25 @@ def predictive_optimize(
                 if not as_json:
                     typer.echo(f"  {w.service} {w.target}: {w.change} ({w.reason})")
         rows = open_recommendations(engine, service)
-    lines = [
-        f"{r['service']:<24} {r['optimization_type']:<12} {r['target']:<32}"
-        f" {r['current_state'].get('limit')!s:>12} -> {r['recommended_state'].get('limit')!s:<12}"
-        f" frees {float((r['expected_improvement'] or {}).get('capacity_freed_ratio', 0)):+.1%},"
-        f" exceeded {float((r['risk_assessment'] or {}).get('exceed_probability') or 0):.1%}"
-        f"  {r['id']}"
-        for r in rows
-    ]
-    _emit(rows, as_json, lines or ["(no open recommendation)"])
+    _emit(rows, as_json, [_recommendation_line(r) for r in rows] or ["(no open recommendation)"])
+
+
+def _recommendation_line(row: dict[str, Any]) -> str:
+    """One open recommendation: from what to what, what it gains, what it risks."""
+    current, recommended = row["current_state"] or {}, row["recommended_state"] or {}
+    gain, risk = row["expected_improvement"] or {}, row["risk_assessment"] or {}
+    before = current.get("limit", current.get("size"))
+    after = recommended.get("limit", recommended.get("size"))
+    if "connections_freed" in gain:
+        what = f"frees {gain['connections_freed']:g} connection(s)"
+        odds = f"waits over {risk.get('max_wait_ms', 0):g} ms {risk.get('p_wait_over', 0):.1%}"
+    else:
+        what = f"frees {float(gain.get('capacity_freed_ratio', 0)):+.1%}"
+        odds = f"exceeded {float(risk.get('exceed_probability') or 0):.1%}"
+    return (
+        f"{row['service']:<24} {row['optimization_type']:<12} {row['target']:<32}"
+        f" {before!s:>12} -> {after!s:<12} {what}, {odds}  {row['id']}"
+    )
 
 
 @predictive_app.command("cost")

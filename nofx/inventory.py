@@ -119,6 +119,8 @@ def row_of(entry: ServiceEntry) -> dict[str, Any]:
         meta["limits"] = dict(entry.limits)
     if entry.maintenance is not None:
         meta["maintenance"] = entry.maintenance.model_dump(mode="json")
+    if entry.optimization is not None:
+        meta["optimization"] = entry.optimization.model_dump(mode="json", exclude_none=True)
     if entry.resources is not None:
         meta["resources"] = entry.resources.model_dump(mode="json", exclude_none=True)
     if entry.annotations:

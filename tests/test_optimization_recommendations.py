@@ -221,3 +221,58 @@ def test_the_cost_report_prices_a_known_fleet_and_its_recommendations(
     refused = nofx_cli(fresh_database_url, "predictive", "cost")
     assert refused.exit_code != 0
     assert "NOFX_COST_GIB_HOUR" in refused.output
+
+
+def test_the_pool_is_sized_for_its_busy_hour_from_its_telemetry(
+    tmp_path: Path, fresh_engine: Any
+) -> None:
+    pool = {"in_use": "db_in_use", "requests": "db_requests_total", "max_wait_ms": 5}
+    entry = {
+        "name": "api",
+        "endpoint": "http://127.0.0.1:1",
+        "limits": {"db_in_use": 20},
+        "optimization": {"pool": pool},
+    }
+    inventory.apply(fresh_engine, inventory.parse({"services": [entry]}))
+    # two days a minute apart: 100 requests/s from 12:00 to 14:00 UTC, 20/s otherwise, each
+    # holding a connection 20 ms, so 2 connections in use at the busy hours (Little's law)
+    minute = 60
+    t = START + minute * np.arange(2 * 24 * 60)
+    hour = (t % 86_400) // 3600
+    arrivals = np.where((hour >= 12) & (hour < 14), 100.0, 20.0)
+    in_use = arrivals * 0.02
+    in_use[500] = np.nan  # a failed scrape
+    counter = np.cumsum(arrivals * minute)
+    counter[1500:] -= counter[1499]  # the service restarted: the counter began again from 0
+    rows = ["timestamp,db_in_use,db_requests_total"]
+    rows += [f"{ts},{u},{c}" for ts, u, c in zip(t, in_use, counter, strict=True)]
+    (tmp_path / "api.csv").write_text("\n".join(rows) + "\n")
+    until = datetime.fromtimestamp(float(t[-1]), UTC)
+    written = refresh(fresh_engine, CsvReplaySource(tmp_path / "api.csv"), now=until, days=2)
+    mine = next(w for w in written if w.optimization_type == "pool")
+    assert mine.change == "opened", mine.reason
+    [row] = [
+        r for r in open_recommendations(fresh_engine, "api") if r["optimization_type"] == "pool"
+    ]
+    # 100/s holding 20 ms: 2 Erlangs; 5 connections keep P(wait > 5 ms) under 5% (hand-checked
+    # in test_optimization_rules), 4 do not
+    assert row["recommended_state"]["size"] == 5
+    assert row["current_state"]["size"] == 20
+    assert row["risk_assessment"]["holding_time_ms"] == pytest.approx(20.0, rel=0.02)
+    assert row["risk_assessment"]["busy_rate_per_s"] == pytest.approx(100.0, rel=0.02)
+    assert row["risk_assessment"]["p_wait_over"] <= 0.05
+    assert row["expected_improvement"]["connections_freed"] == 15
+    assert row["expected_improvement"]["direction"] == "shrink"
+    assert [s["action"] for s in row["implementation_steps"]] == [
+        "resize_pool",
+        "validate_requests",
+    ]
+    from nofx.cli import _recommendation_line
+
+    shown = _recommendation_line(row)
+    assert "20.0 -> 5" in shown
+    assert "frees 15 connection(s), waits over 5 ms" in shown
+
+    bad = {**entry, "limits": {}}
+    with pytest.raises(ValueError, match="needs its size in limits"):
+        inventory.parse({"services": [bad]})

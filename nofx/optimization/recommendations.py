@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -27,12 +28,17 @@ from models.forecasting import ForecastRequest
 from nofx.forecasting.service import ForecastError, history
 from nofx.inventory import limited_metrics
 from nofx.logging import get_logger
+from nofx.optimization.pool import holding_time, judge, recommend_pool
 from nofx.optimization.rightsizing import Rightsizing, recommend
+from nofx.telemetry.derived import rate
 from nofx.telemetry.sources import MetricSource, MetricSourceError
 
 log = get_logger(__name__)
 
 RIGHTSIZING = "rightsizing"
+POOL = "pool"
+POOL_STEP = timedelta(minutes=1)
+BUSY_HOUR = 0.95  # the pool is sized for the hour at this quantile of hourly request rates
 STEP_SECONDS = 300.0
 SAME_SIZE = 0.01  # a new size within 1% of the open one is the same recommendation
 
@@ -81,7 +87,100 @@ def refresh(
             out.append(Written(name, RIGHTSIZING, metric, "skipped", None, reason))
             continue
         out.append(_save(engine, name, metric, float(limit), sized, moment))
+    for name, tuning, size in _pools(engine, services):
+        target = str(tuning["in_use"])
+        try:
+            draft, reason = _pool_draft(source, name, tuning, size, moment, days)
+        except (MetricSourceError, ValueError) as err:
+            out.append(Written(name, POOL, target, "skipped", None, str(err)))
+            log.warning("no pool recommendation", service=name, error=str(err))
+            continue
+        out.append(store(engine, name, draft, reason, moment))
     return out
+
+
+def _pools(engine: Engine, services: list[str] | None) -> list[tuple[str, dict[str, Any], float]]:
+    """(service, its pool tuning, the pool's size now) for services that ask for one."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT name, metadata->'optimization'->'pool' AS pool,"
+                " metadata->'limits' AS limits FROM services"
+                " WHERE metadata->'optimization'->'pool' IS NOT NULL"
+                " AND (CAST(:only AS text[]) IS NULL OR name = ANY(:only)) ORDER BY name"
+            ),
+            {"only": services},
+        ).all()
+    return [(n, pool, float((limits or {})[pool["in_use"]])) for n, pool, limits in rows]
+
+
+def _pool_draft(
+    source: MetricSource,
+    service: str,
+    tuning: dict[str, Any],
+    size: float,
+    now: datetime,
+    days: float,
+) -> tuple[Draft, str]:
+    """The pool size for the busy hour of the last `days`, by Erlang C (nofx.optimization.pool):
+    the arrival rate is the busy hour's request rate, the holding time Little's law over the
+    whole span (mean connections in use / mean request rate).
+
+    Raises:
+        ValueError: no request or no sample of the gauge in the span (the message says which).
+    """
+    start = now - timedelta(days=days)
+    in_use = source.query_range(service, tuning["in_use"], start, now, POOL_STEP).dropna()
+    total = source.query_range(service, tuning["requests"], start, now, POOL_STEP).dropna()
+    rates = rate(total).dropna()
+    if in_use.empty or rates.empty:
+        missing = tuning["in_use"] if in_use.empty else tuning["requests"]
+        raise ValueError(f"{service}: no samples of {missing} since {start.isoformat()}")
+    mean_rate = float(rates.mean())
+    if mean_rate <= 0:
+        raise ValueError(f"{service}: no requests counted since {start.isoformat()}")
+    hold = holding_time(float(in_use.mean()), mean_rate)
+    hourly = rates.resample("1h").mean().dropna()
+    busy = float(np.quantile(hourly.to_numpy(), BUSY_HOUR))
+    wait_s = float(tuning.get("max_wait_ms", 50.0)) / 1000
+    quantile = float(tuning.get("quantile", 0.95))
+    sized = recommend_pool(busy, hold, max_wait_s=wait_s, quantile=quantile)
+    before = judge(max(1, int(size)), busy, hold, wait_s)
+    target = str(tuning["in_use"])
+    draft = Draft(
+        POOL,
+        target,
+        "size",
+        {"metric": target, "size": size},
+        {"metric": target, "size": sized.size},
+        {
+            "connections_freed": round(size - sized.size, 3),
+            "direction": "shrink" if sized.size < size else "grow",
+            "p_wait_over_now": round(before.p_wait_over, 6),
+            "p_wait_over_after": round(sized.p_wait_over, 6),
+            "mean_wait_ms_now": round(before.mean_wait_s * 1000, 3),
+            "mean_wait_ms_after": round(sized.mean_wait_s * 1000, 3),
+        },
+        [
+            {"action": "resize_pool", "params": {"size": sized.size}},
+            {"action": "validate_requests", "params": {}},
+        ],
+        {
+            "p_wait_over": round(sized.p_wait_over, 6),
+            "target": round(1 - quantile, 6),
+            "max_wait_ms": wait_s * 1000,
+            "busy_rate_per_s": round(busy, 6),
+            "holding_time_ms": round(hold * 1000, 3),
+            "offered_load": round(sized.offered_load, 4),
+            "utilisation": round(sized.utilisation, 4),
+            "hours_seen": len(hourly),
+        },
+    )
+    reason = (
+        f"{target}: pool {size:g} -> {sized.size} for {busy:.1f} requests/s holding a connection"
+        f" {hold * 1000:.1f} ms (waits over {wait_s * 1000:g} ms: {sized.p_wait_over:.1%})"
+    )
+    return draft, reason
 
 
 def _states(
@@ -126,6 +225,29 @@ def _save(
         f"{metric}: {improvement['direction']} the limit {limit:g} to {size:g}"
         f" (usage above it in {risk['exceed_probability'] or 0:.1%} of the steps seen)"
     )
+    draft = Draft(RIGHTSIZING, metric, "limit", current, recommended, improvement, steps, risk)
+    return store(engine, service, draft, reason, now)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A recommendation before it is stored; `key` names the recommended state's size."""
+
+    optimization_type: str
+    target: str
+    key: str
+    current: dict[str, Any]
+    recommended: dict[str, Any]
+    improvement: dict[str, Any]
+    steps: list[dict[str, Any]]
+    risk: dict[str, Any]
+
+
+def store(engine: Engine, service: str, draft: Draft, reason: str, now: datetime) -> Written:
+    """Open `draft` as the service's recommendation for its type and target: the open one of
+    the same size (within 1%) is kept, one of another size superseded."""
+    kind, target = draft.optimization_type, draft.target
+    size = float(draft.recommended[draft.key])
     with engine.begin() as conn:
         conn.execute(text("SELECT name FROM services WHERE name = :s FOR UPDATE"), {"s": service})
         found = conn.execute(
@@ -134,16 +256,16 @@ def _save(
                 " WHERE service = :s AND optimization_type = :t AND target = :m"
                 " AND status = 'open'"
             ),
-            {"s": service, "t": RIGHTSIZING, "m": metric},
+            {"s": service, "t": kind, "m": target},
         ).first()
         if found is not None:
-            before = float((found.recommended_state or {}).get("limit") or 0.0)
+            before = float((found.recommended_state or {}).get(draft.key) or 0.0)
             if abs(before - size) <= SAME_SIZE * max(abs(before), abs(size), 1e-12):
                 conn.execute(
                     text("UPDATE optimization_recommendations SET updated_at = :n WHERE id = :i"),
                     {"n": now, "i": found.id},
                 )
-                return Written(service, RIGHTSIZING, metric, "unchanged", str(found.id), reason)
+                return Written(service, kind, target, "unchanged", str(found.id), reason)
             conn.execute(
                 text(
                     "UPDATE optimization_recommendations SET status = 'superseded',"
@@ -161,20 +283,20 @@ def _save(
                 " CAST(:risk AS jsonb), :n, :n) RETURNING id"
             ),
             {
-                "t": RIGHTSIZING,
+                "t": kind,
                 "s": service,
-                "m": metric,
-                "cur": json.dumps(current),
-                "rec": json.dumps(recommended),
-                "imp": json.dumps(improvement),
-                "steps": json.dumps(steps),
-                "risk": json.dumps(risk),
+                "m": target,
+                "cur": json.dumps(draft.current),
+                "rec": json.dumps(draft.recommended),
+                "imp": json.dumps(draft.improvement),
+                "steps": json.dumps(draft.steps),
+                "risk": json.dumps(draft.risk),
                 "n": now,
             },
         ).scalar_one()
     change = "opened" if found is None else "replaced"
-    log.info("recommendation " + change, service=service, metric=metric, size=size)
-    return Written(service, RIGHTSIZING, metric, change, str(new_id), reason)
+    log.info("recommendation " + change, service=service, type=kind, target=target, size=size)
+    return Written(service, kind, target, change, str(new_id), reason)
 
 
 def open_recommendations(engine: Engine, service: str | None = None) -> list[dict[str, Any]]:
