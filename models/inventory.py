@@ -76,8 +76,22 @@ class PoolTuning(_Strict):
     )
 
 
+class CacheTuning(_Strict):
+    """How to choose the service's cache TTL from its telemetry (hit ratio and staleness)."""
+
+    hits: NonEmpty = Field(description="counter: reads served from the cache")
+    misses: NonEmpty = Field(description="counter: reads loaded from the source")
+    stale: NonEmpty = Field(description="counter: hits that served an outdated answer")
+    ttl_s: float = Field(gt=0, description="the TTL the cache has now")
+    stale_budget: float = Field(
+        default=0.01, gt=0, lt=1, description="share of all answers allowed to be stale"
+    )
+    max_ttl_s: float = Field(default=86_400.0, gt=0, description="the longest TTL to recommend")
+
+
 class Optimization(_Strict):
     pool: PoolTuning | None = None
+    cache: CacheTuning | None = None
 
 
 class SloTargets(_Strict):

@@ -1969,9 +1969,12 @@ def _recommendation_line(row: dict[str, Any]) -> str:
     """One open recommendation: from what to what, what it gains, what it risks."""
     current, recommended = row["current_state"] or {}, row["recommended_state"] or {}
     gain, risk = row["expected_improvement"] or {}, row["risk_assessment"] or {}
-    before = current.get("limit", current.get("size"))
-    after = recommended.get("limit", recommended.get("size"))
-    if "connections_freed" in gain:
+    before = current.get("limit", current.get("size", current.get("ttl_s")))
+    after = recommended.get("limit", recommended.get("size", recommended.get("ttl_s")))
+    if "hit_ratio_gain" in gain:
+        what = f"hit ratio {float(gain['hit_ratio_gain']):+.1%}"
+        odds = f"stale {float(risk.get('stale_share', 0)):.2%}"
+    elif "connections_freed" in gain:
         what = f"frees {gain['connections_freed']:g} connection(s)"
         odds = f"waits over {risk.get('max_wait_ms', 0):g} ms {risk.get('p_wait_over', 0):.1%}"
     else:

@@ -276,3 +276,38 @@ def test_the_pool_is_sized_for_its_busy_hour_from_its_telemetry(
     bad = {**entry, "limits": {}}
     with pytest.raises(ValueError, match="needs its size in limits"):
         inventory.parse({"services": [bad]})
+
+
+def test_the_cache_ttl_keeps_stale_answers_within_the_budget(
+    tmp_path: Path, fresh_engine: Any
+) -> None:
+    from nofx.cli import _recommendation_line
+    from nofx.optimization.cache import hit_ratio, stale_share
+
+    cache = {"hits": "hits", "misses": "misses", "stale": "stale", "ttl_s": 10.0}
+    entry = {"name": "api", "endpoint": "http://127.0.0.1:1", "optimization": {"cache": cache}}
+    inventory.apply(fresh_engine, inventory.parse({"services": [entry]}))
+    # a key read once a second and changed every 100 s, cached 10 s: 10/11 hits, and a share
+    # stale_share(10, 1, 0.01) (about 4.3%) of all answers outdated: over a 1% budget
+    hit, observed = hit_ratio(10.0, 1.0), stale_share(10.0, 1.0, 0.01)
+    minute = 60
+    t = START + minute * np.arange(2 * 24 * 60)
+    reads = 600.0 * np.arange(1, len(t) + 1)
+    rows = ["timestamp,hits,misses,stale"]
+    rows += [
+        f"{ts},{hit * r},{(1 - hit) * r},{observed * r}" for ts, r in zip(t, reads, strict=True)
+    ]
+    (tmp_path / "api.csv").write_text("\n".join(rows) + "\n")
+    until = datetime.fromtimestamp(float(t[-1]), UTC)
+    [written] = refresh(fresh_engine, CsvReplaySource(tmp_path / "api.csv"), now=until, days=2)
+    assert written.change == "opened", written.reason
+    [row] = open_recommendations(fresh_engine, "api")
+    assert row["optimization_type"] == "cache"
+    assert row["current_state"]["hit_ratio"] == pytest.approx(hit, abs=1e-3)
+    assert row["recommended_state"]["ttl_s"] < 10.0
+    assert row["recommended_state"]["stale_share"] == pytest.approx(0.01, rel=0.01)
+    assert stale_share(row["recommended_state"]["ttl_s"], 1.0, 0.01) == pytest.approx(
+        0.01, rel=0.01
+    )
+    assert row["expected_improvement"]["direction"] == "shorter"
+    assert "stale 1.00%" in _recommendation_line(row)

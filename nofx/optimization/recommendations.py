@@ -28,15 +28,17 @@ from models.forecasting import ForecastRequest
 from nofx.forecasting.service import ForecastError, history
 from nofx.inventory import limited_metrics
 from nofx.logging import get_logger
+from nofx.optimization.cache import recommend_ttl
 from nofx.optimization.pool import holding_time, judge, recommend_pool
 from nofx.optimization.rightsizing import Rightsizing, recommend
-from nofx.telemetry.derived import rate
+from nofx.telemetry.derived import increase, rate
 from nofx.telemetry.sources import MetricSource, MetricSourceError
 
 log = get_logger(__name__)
 
 RIGHTSIZING = "rightsizing"
 POOL = "pool"
+CACHE = "cache"
 POOL_STEP = timedelta(minutes=1)
 BUSY_HOUR = 0.95  # the pool is sized for the hour at this quantile of hourly request rates
 STEP_SECONDS = 300.0
@@ -96,22 +98,98 @@ def refresh(
             log.warning("no pool recommendation", service=name, error=str(err))
             continue
         out.append(store(engine, name, draft, reason, moment))
+    for name, tuning in _tuned(engine, services, "cache"):
+        try:
+            draft, reason = _cache_draft(source, name, tuning, moment, days)
+        except (MetricSourceError, ValueError) as err:
+            out.append(Written(name, CACHE, "ttl_s", "skipped", None, str(err)))
+            log.warning("no cache recommendation", service=name, error=str(err))
+            continue
+        out.append(store(engine, name, draft, reason, moment))
     return out
 
 
-def _pools(engine: Engine, services: list[str] | None) -> list[tuple[str, dict[str, Any], float]]:
-    """(service, its pool tuning, the pool's size now) for services that ask for one."""
+def _tuned(
+    engine: Engine, services: list[str] | None, kind: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """(service, its `optimization.<kind>` tuning) for services that ask for one."""
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT name, metadata->'optimization'->'pool' AS pool,"
-                " metadata->'limits' AS limits FROM services"
-                " WHERE metadata->'optimization'->'pool' IS NOT NULL"
+                "SELECT name, metadata->'optimization'->:k AS tuning FROM services"
+                " WHERE metadata->'optimization'->:k IS NOT NULL"
                 " AND (CAST(:only AS text[]) IS NULL OR name = ANY(:only)) ORDER BY name"
             ),
-            {"only": services},
+            {"only": services, "k": kind},
         ).all()
-    return [(n, pool, float((limits or {})[pool["in_use"]])) for n, pool, limits in rows]
+    return [(name, tuning) for name, tuning in rows]
+
+
+def _cache_draft(
+    source: MetricSource, service: str, tuning: dict[str, Any], now: datetime, days: float
+) -> tuple[Draft, str]:
+    """The longest TTL within the stale budget (nofx.optimization.cache), from the hit ratio and
+    stale share the counters show over the last `days` at the current TTL.
+
+    Raises:
+        ValueError: no read counted, or counts no TTL explains (the message says which).
+    """
+    start = now - timedelta(days=days)
+    counted = {}
+    for key in ("hits", "misses", "stale"):
+        series = source.query_range(service, tuning[key], start, now, POOL_STEP).dropna()
+        counted[key] = float(increase(series).sum())
+    reads = counted["hits"] + counted["misses"]
+    if reads <= 0:
+        raise ValueError(f"{service}: no cache read counted since {start.isoformat()}")
+    hit, stale = counted["hits"] / reads, counted["stale"] / reads
+    ttl = float(tuning["ttl_s"])
+    budget = float(tuning.get("stale_budget", 0.01))
+    found = recommend_ttl(
+        hit, stale, ttl, stale_budget=budget, max_ttl_s=float(tuning.get("max_ttl_s", 86_400.0))
+    )
+    draft = Draft(
+        CACHE,
+        "ttl_s",
+        "ttl_s",
+        {"ttl_s": ttl, "hit_ratio": round(hit, 6), "stale_share": round(stale, 6)},
+        {
+            "ttl_s": round(found.ttl_s, 3),
+            "hit_ratio": round(found.hit_ratio, 6),
+            "stale_share": round(found.stale_share, 6),
+        },
+        {
+            "hit_ratio_gain": round(found.hit_ratio - hit, 6),
+            "stale_share_change": round(found.stale_share - stale, 6),
+            "direction": "longer" if found.ttl_s > ttl else "shorter",
+        },
+        [
+            {"action": "set_cache_ttl", "params": {"ttl_s": round(found.ttl_s, 3)}},
+            {"action": "validate_requests", "params": {}},
+        ],
+        {
+            "stale_share": round(found.stale_share, 6),
+            "stale_budget": budget,
+            "reads_seen": int(reads),
+            "requests_per_key_per_s": round(found.request_rate_per_key, 6),
+            "changes_per_key_per_s": round(found.change_rate_per_key, 9),
+        },
+    )
+    reason = (
+        f"cache TTL {ttl:g} s -> {found.ttl_s:.0f} s: hit ratio {hit:.1%} -> {found.hit_ratio:.1%},"
+        f" stale answers {stale:.2%} -> {found.stale_share:.2%} (budget {budget:.1%})"
+    )
+    return draft, reason
+
+
+def _pools(engine: Engine, services: list[str] | None) -> list[tuple[str, dict[str, Any], float]]:
+    """(service, its pool tuning, the pool's size now: its gauge's limit)."""
+    limits = {(s, m): v for s, m, v in limited_metrics(engine, services)}
+    return [
+        (name, tuning, limits[(name, tuning["in_use"])])
+        for name, tuning in _tuned(engine, services, "pool")
+        if (name, tuning["in_use"]) in limits
+    ]
 
 
 def _pool_draft(
