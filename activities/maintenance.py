@@ -36,21 +36,25 @@ from nofx.telemetry.routing import metric_source
 from nofx.telemetry.scrape import inventory_targets, scrape_targets
 
 
+def scraper(engine: Engine, settings: Settings, service: str) -> Callable[[], None] | None:
+    """What scrapes `service` now, when the platform keeps its own samples (else None)."""
+    if settings.telemetry != "scrape":
+        return None
+    targets = [t for t in inventory_targets(engine) if t.service == service]
+
+    def scrape() -> None:
+        scrape_targets(engine, targets)
+
+    return scrape
+
+
 class MaintenanceActivities:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
 
     def _refresh(self, service: str) -> Callable[[], None] | None:
-        """Scrape `service` now, when the platform keeps its own samples."""
-        if self._settings.telemetry != "scrape":
-            return None
-        targets = [t for t in inventory_targets(self._engine) if t.service == service]
-
-        def scrape() -> None:
-            scrape_targets(self._engine, targets)
-
-        return scrape
+        return scraper(self._engine, self._settings, service)
 
     @activity.defn
     def plan_window(self, req: WindowRequest) -> WindowPlan:

@@ -10,9 +10,9 @@ playbooks whose every action the target supports.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from models.common import Contract
 
@@ -26,6 +26,9 @@ Capability = Literal[
     "traffic.drain",
     "traffic.weight",
     "probe.http",
+    "inventory.limits",
+    "db.index",
+    "replicas.scale",
 ]
 
 
@@ -76,8 +79,37 @@ class RollbackConfigParams(ActionParams):
 
 
 class ResizePoolParams(ActionParams):
+    """Grow the pool by `factor` (healing), or set it to `size` exactly (an optimisation)."""
+
     factor: float = Field(default=2.0, gt=1, le=10)
     max_size: int = Field(default=50, ge=1, le=100)
+    size: int | None = Field(
+        default=None, ge=1, le=100, description="the exact size; overrides factor and max_size"
+    )
+
+
+class SetCacheTtlParams(ActionParams):
+    """Set the TTL of the service's cache entries (its `cache_ttl_s` setting)."""
+
+    ttl_s: float = Field(gt=0, le=86_400)
+    default_ttl_s: float | None = Field(
+        default=None, gt=0, description="the TTL in force when the config does not name one"
+    )
+
+
+class SetLimitParams(ActionParams):
+    """Set the limit the inventory records for a metric and, where the service has a setting
+    that enforces it, that setting (`config_key` = limit * `config_scale`, rounded)."""
+
+    metric: str = Field(min_length=1)
+    to: float = Field(gt=0, description="the new limit, in the metric's unit")
+    from_: float | None = Field(
+        default=None, alias="from", gt=0, description="the limit the recommendation saw"
+    )
+    config_key: str | None = Field(default=None, min_length=1, pattern=r"^[a-z_][a-z0-9_]*$")
+    config_scale: float = Field(default=1.0, gt=0)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class TerminateIdleParams(ActionParams):
@@ -116,6 +148,65 @@ class AdmitTrafficParams(ActionParams):
     """Put a drained or maintained replica back into rotation (admin state ready)."""
 
 
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+SqlName = Annotated[str, StringConstraints(pattern=rf"^{_SQL_NAME}$")]
+
+
+class CreateIndexParams(ActionParams):
+    """Build a btree index without blocking writes (CREATE INDEX CONCURRENTLY).
+
+    Names are plain SQL identifiers (a letter or '_', then letters, digits or '_'; at most 63),
+    quoted exactly as given: never pasted into SQL as text.
+    """
+
+    table: str = Field(
+        pattern=rf"^({_SQL_NAME}\.)?{_SQL_NAME}$", description="table, or schema.table"
+    )
+    columns: list[SqlName] = Field(
+        min_length=1, max_length=32, description="the indexed columns, in order"
+    )
+    name: SqlName | None = Field(
+        default=None, description="the index's name (default: derived from the step's key)"
+    )
+    method: Literal["btree"] = "btree"
+    lock_timeout_ms: int = Field(default=5_000, ge=1, le=600_000, description="wait for locks")
+    statement_timeout_s: float = Field(default=1_800, gt=0, le=86_400, description="the build")
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        twice = sorted({c for c in value if value.count(c) > 1})
+        if twice:
+            raise ValueError(f"columns listed twice: {', '.join(twice)}")
+        return value
+
+
+class ScaleOutParams(ActionParams):
+    """Start spare replicas of the service's group and put them into its HAProxy backend."""
+
+    replicas: int = Field(default=1, ge=1, le=100, description="replicas to add")
+    max_replicas: int | None = Field(
+        default=None, ge=1, description="refuse to go above this many replicas in rotation"
+    )
+    health_timeout_seconds: float = Field(
+        default=30, gt=0, le=600, description="a new replica must serve within this"
+    )
+
+
+class ScaleInParams(ActionParams):
+    """Drain the replicas the platform added last out of the group and stop them."""
+
+    replicas: int = Field(default=1, ge=1, le=100, description="replicas to remove")
+    min_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="refuse to leave fewer in rotation (default: the inventory's min_replicas)",
+    )
+    drain_timeout_seconds: float = Field(
+        default=30, gt=0, le=3600, description="sessions must end within this once drained"
+    )
+
+
 ActionName = Literal[
     "restart_service",
     "validate_health",
@@ -128,6 +219,11 @@ ActionName = Literal[
     "drain_traffic",
     "shift_weight",
     "admit_traffic",
+    "set_cache_ttl",
+    "set_limit",
+    "create_index",
+    "scale_out",
+    "scale_in",
 ]
 
 ACTION_PARAMS: dict[str, type[ActionParams]] = {
@@ -142,6 +238,11 @@ ACTION_PARAMS: dict[str, type[ActionParams]] = {
     "drain_traffic": DrainTrafficParams,
     "shift_weight": ShiftWeightParams,
     "admit_traffic": AdmitTrafficParams,
+    "set_cache_ttl": SetCacheTtlParams,
+    "set_limit": SetLimitParams,
+    "create_index": CreateIndexParams,
+    "scale_out": ScaleOutParams,
+    "scale_in": ScaleInParams,
 }
 
 ACTION_CAPABILITY: dict[str, Capability] = {
@@ -156,6 +257,11 @@ ACTION_CAPABILITY: dict[str, Capability] = {
     "drain_traffic": "traffic.drain",
     "shift_weight": "traffic.weight",
     "admit_traffic": "traffic.drain",
+    "set_cache_ttl": "config.adjust",
+    "set_limit": "inventory.limits",
+    "create_index": "db.index",
+    "scale_out": "replicas.scale",
+    "scale_in": "replicas.scale",
 }
 
 # Actions that only look: nothing to undo, never counted by the action guardrails.

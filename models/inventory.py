@@ -74,6 +74,11 @@ class PoolTuning(_Strict):
     quantile: float = Field(
         default=0.95, gt=0, lt=1, description="share of requests that wait less than that"
     )
+    hold_seconds: NonEmpty | None = Field(
+        default=None,
+        description="histogram: how long each use held a connection (its _sum and _count give"
+        " the holding time and the arrivals exactly; else Little's law from the in-use gauge)",
+    )
 
 
 class CacheTuning(_Strict):
@@ -89,9 +94,100 @@ class CacheTuning(_Strict):
     max_ttl_s: float = Field(default=86_400.0, gt=0, description="the longest TTL to recommend")
 
 
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+TableName = Annotated[str, StringConstraints(pattern=rf"^({_SQL_NAME}\.)?{_SQL_NAME}$")]
+
+
+class IndexTuning(_Strict):
+    """Which statements of the service's database to find indexes for (pg_stat_statements).
+
+    The service's database is the one its `providers.database` sessions use; its statements are
+    those touching `tables` (a database may serve several services).
+    """
+
+    tables: list[TableName] = Field(
+        min_length=1, description="tables (name or schema.name): the service's statements"
+    )
+    min_calls: int = Field(default=50, ge=1, description="statements called fewer times: skipped")
+    min_mean_ms: float = Field(default=1.0, ge=0, description="statements faster: skipped")
+    min_improvement: float = Field(
+        default=2.0, gt=1, description="the plan's cost (or measured time) falls this many times"
+    )
+    max_statements: int = Field(default=20, ge=1, le=500, description="heaviest statements read")
+    check: Literal["auto", "hypopg", "measured"] = Field(
+        default="auto",
+        description="hypopg: hypothetical indexes (EXPLAIN costs); measured: EXPLAIN ANALYZE with"
+        " the index built in a transaction rolled back; auto: hypopg where it is installed",
+    )
+    measure_max_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="a measured check builds the index for real (writes wait meanwhile): only on"
+        " tables up to this size",
+    )
+    probe_path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="a request path that runs these statements: applying an index measures it",
+    )
+    query_seconds: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a histogram of the statements' time (its _sum and _count give the mean"
+        " query time before and after an index is applied)",
+    )
+
+
+class LimitSetting(_Strict):
+    """The service's setting that enforces a limit: `key` = limit * `scale`, rounded (for
+    example the pilot's `disk_quota_mb` is pilot_disk_used_bytes' limit / 2**20)."""
+
+    key: str = Field(pattern=r"^[a-z_][a-z0-9_]*$", description="the configuration key")
+    scale: float = Field(default=1.0, gt=0, description="setting = limit * scale")
+
+
+class ScalingTuning(_Strict):
+    """How to plan the replica count of the service's group from a forecast of its load
+    (nofx.optimization.scaling): add replicas `lead_minutes` before a forecast rise, remove them
+    once the forecast has stayed low for `cooldown_minutes`, at most `max_changes_per_day`."""
+
+    load_metric: NonEmpty = Field(
+        description="the group's load: requests/s, or a counter (name ending _total) whose rate is"
+    )
+    capacity_per_replica: float = Field(
+        gt=0, description="requests/s one replica serves within the SLO (measured in staging)"
+    )
+    target_utilisation: float = Field(
+        default=0.7, gt=0, le=1, description="share of that capacity a replica is planned to use"
+    )
+    quantile: Literal[80, 95] = Field(
+        default=95, description="the forecast band whose upper edge is planned for"
+    )
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    lead_minutes: float = Field(default=15, ge=0, le=24 * 60)
+    cooldown_minutes: float = Field(default=60, ge=0, le=24 * 60)
+    max_changes_per_day: int = Field(default=6, ge=1, le=1000, description="disruption budget")
+    horizon_hours: float = Field(default=24, gt=0, le=14 * 24, description="how far to plan")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingTuning:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}"
+            )
+        return self
+
+
 class Optimization(_Strict):
     pool: PoolTuning | None = None
+    scaling: ScalingTuning | None = None
     cache: CacheTuning | None = None
+    limit_settings: dict[NonEmpty, LimitSetting] = Field(
+        default_factory=dict,
+        description="by metric of `limits`: the setting a rightsizing changes with the limit",
+    )
+    index: IndexTuning | None = None
 
 
 class SloTargets(_Strict):
@@ -135,6 +231,36 @@ class HAProxyTraffic(_Strict):
     backend: NonEmpty
     server: NonEmpty
     frontend: AnyHttpUrl | None = Field(default=None, description="the group's public URL")
+
+
+class ReplicaSlot(_Strict):
+    """A spare replica: a supervisord program not started by itself, and its server in the
+    group's HAProxy backend (declared disabled)."""
+
+    program: NonEmpty = Field(description="the supervisord program (autostart=false)")
+    server: NonEmpty = Field(description="its server in the backend of providers.traffic")
+
+
+class ReplicaSlots(_Strict):
+    """Spare replicas the group can scale out into, on the service's own supervisord (its
+    providers.process) and HAProxy backend (its providers.traffic)."""
+
+    kind: Literal["supervisor-haproxy"]
+    slots: list[ReplicaSlot] = Field(min_length=1, description="used in this order")
+    min_replicas: int = Field(
+        default=1, ge=1, description="a scale-in never leaves fewer replicas in rotation"
+    )
+    weight: int | None = Field(
+        default=None, ge=1, le=256, description="a slot's HAProxy weight (default: configured)"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ReplicaSlots:
+        for what in ("program", "server"):
+            names = [getattr(slot, what) for slot in self.slots]
+            if len(set(names)) != len(names):
+                raise ValueError(f"slots repeat a {what}: {names}")
+        return self
 
 
 class PostgresSessions(_Strict):
@@ -195,6 +321,13 @@ class Providers(_Strict):
     cache: RedisCache | None = None
     files: Files | None = None
     config: FileConfig | None = None
+    replicas: ReplicaSlots | None = None
+
+    @model_validator(mode="after")
+    def _replicas_reachable(self) -> Providers:
+        if self.replicas is not None and (self.process is None or self.traffic is None):
+            raise ValueError("providers.replicas needs providers.process and providers.traffic")
+        return self
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -30,6 +30,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from models.chaos import ChaosSuiteInput
+from models.common import AbortRequest
 from models.decisions import (
     Approve,
     ArmSpec,
@@ -54,6 +55,7 @@ from models.forecasting import ForecastRequest
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from models.inventory import ApplyReport
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow
+from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
 from nofx.audit import verify_chain
@@ -1927,8 +1929,15 @@ def predictive_validate(
     _emit(report.model_dump(mode="json"), as_json, lines)
 
 
-@predictive_app.command("optimize")
+optimize_app = typer.Typer(
+    help="Optimisation recommendations: list them (no subcommand), apply one, follow or abort it."
+)
+predictive_app.add_typer(optimize_app, name="optimize")
+
+
+@optimize_app.callback(invoke_without_command=True)
 def predictive_optimize(
+    ctx: typer.Context,
     service: Annotated[str | None, typer.Option(help="one service only")] = None,
     refresh: Annotated[
         bool, typer.Option("--refresh", help="size every limited metric from telemetry first")
@@ -1940,6 +1949,8 @@ def predictive_optimize(
     as_json: JsonOption = False,
 ) -> None:
     """The open optimisation recommendations: what to change, what it frees, what it risks."""
+    if ctx.invoked_subcommand is not None:
+        return
     from nofx.optimization.recommendations import open_recommendations
     from nofx.optimization.recommendations import refresh as refresh_recommendations
     from nofx.telemetry.routing import metric_source
@@ -1963,6 +1974,202 @@ def predictive_optimize(
                     typer.echo(f"  {w.service} {w.target}: {w.change} ({w.reason})")
         rows = open_recommendations(engine, service)
     _emit(rows, as_json, [_recommendation_line(r) for r in rows] or ["(no open recommendation)"])
+
+
+RecommendationArg = Annotated[str, typer.Argument(help="the recommendation's id (optimize)")]
+
+
+@optimize_app.command("apply")
+def optimize_apply(
+    recommendation: RecommendationArg,
+    settle: Annotated[
+        float, typer.Option(help="seconds after the change before it is measured again")
+    ] = 300.0,
+    requests: Annotated[int, typer.Option(help="real requests per measurement")] = 40,
+    concurrency: Annotated[int, typer.Option(help="of them, sent at once")] = 4,
+    tolerance: Annotated[
+        float, typer.Option(help="share the p95 may grow before the change counts as a regression")
+    ] = 0.5,
+    at: Annotated[
+        datetime | None, typer.Option(help="an index build's start (UTC), if not the trough")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the verdict")] = False,
+    approver: AsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply a recommendation as a decision (type `optimization`, approved by risk), measure
+    the service before and after, keep it or roll it back."""
+    from nofx.optimization.apply import ApplyError, applicable
+
+    with _engine() as engine:
+        try:
+            service = applicable(engine, recommendation)
+        except ApplyError as err:
+            raise fail(str(err)) from None
+    inp = _request(
+        ApplyInput,
+        recommendation_id=recommendation,
+        requested_by=approver or getpass.getuser(),
+        settle_seconds=settle,
+        requests=requests,
+        concurrency=concurrency,
+        tolerance=tolerance,
+        not_before=at if at is None or at.tzinfo else at.replace(tzinfo=UTC),
+    )
+
+    async def go() -> ApplyStatusView:
+        async with NofxClient.connect(settings()) as nofx:
+            view = await nofx.apply_recommendation(inp, service)
+            if not wait:
+                return view
+            handle = nofx.temporal.get_workflow_handle(view.workflow_id)
+            with contextlib.suppress(WorkflowFailureError):
+                await handle.result()
+            return await nofx.optimization(recommendation)
+
+    try:
+        view = asyncio.run(go())
+    except RPCError as err:
+        raise fail(f"{recommendation}: {err.message}") from None
+    _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
+
+
+@optimize_app.command("status")
+def optimize_status(recommendation: RecommendationArg, as_json: JsonOption = False) -> None:
+    """Where applying a recommendation stands: its timeline, measurements and verdict."""
+
+    async def go() -> ApplyStatusView:
+        async with NofxClient.connect(settings()) as nofx:
+            return await nofx.optimization(recommendation)
+
+    try:
+        view = asyncio.run(go())
+    except RPCError as err:
+        raise fail(f"{recommendation}: {err.message}") from None
+    _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
+
+
+@optimize_app.command("abort")
+def optimize_abort(
+    recommendation: RecommendationArg,
+    reason: Annotated[str, typer.Option(help="why (kept on the record)")],
+    approver: AsOption = None,
+) -> None:
+    """Stop applying: before the change it ends declined, after it the change rolls back."""
+    request = _request(AbortRequest, requested_by=approver or getpass.getuser(), reason=reason)
+
+    async def go() -> None:
+        async with NofxClient.connect(settings()) as nofx:
+            await nofx.abort_optimization(recommendation, request)
+
+    try:
+        asyncio.run(go())
+    except RPCError as err:
+        raise fail(f"{recommendation}: {err.message}") from None
+    typer.echo(f"{apply_workflow_id(recommendation)}: abort sent")
+
+
+@predictive_app.command("batch")
+def predictive_batch(
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="find each heavy job's trough from the forecasts")
+    ] = False,
+    apply_id: Annotated[
+        str | None, typer.Option("--apply", metavar="ID", help="move a job into its trough")
+    ] = None,
+    restore_id: Annotated[
+        str | None, typer.Option("--restore", metavar="ID", help="move an applied one back")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Batch windows: the platform's heavy jobs (training, validation) moved into the fleet's
+    forecast troughs, by moving their Schedules' phase."""
+    from nofx.optimization import batch
+    from nofx.optimization.recommendations import open_recommendations, store
+    from nofx.telemetry.routing import metric_source
+    from nofx.temporal import schedule_phase, set_schedule_offset
+
+    if sum(bool(x) for x in (refresh, apply_id, restore_id)) > 1:
+        raise fail("give one of --refresh, --apply and --restore")
+    now = datetime.now(UTC)
+    with _engine() as engine:
+        if apply_id or restore_id:
+            wanted = str(apply_id or restore_id)
+            try:
+                row = batch.batch_row(engine, wanted)
+            except ValueError as err:
+                raise fail(str(err)) from None
+            was, status = ("open", "applied") if apply_id else ("applied", "rolled_back")
+            if row["status"] != was:
+                raise fail(f"recommendation {wanted} is {row['status']}, not {was}")
+            state = row["recommended_state"] if apply_id else row["current_state"]
+            offset = timedelta(seconds=float(state["offset_s"]))
+
+            async def move() -> timedelta:
+                async with NofxClient.connect(settings()) as nofx:
+                    return await set_schedule_offset(nofx.temporal, row["target"], offset)
+
+            try:
+                before = asyncio.run(move())
+            except RPCError as err:
+                raise fail(f"{row['target']}: {err.message}") from None
+            realised = {
+                "moved_from_s": before.total_seconds(),
+                "moved_to_s": offset.total_seconds(),
+                "expected_load": state.get("expected_load"),
+            }
+            batch.mark(engine, wanted, was=was, status=status, realised=realised, now=now)
+            typer.echo(f"{row['target']}: {status}, now {offset} into each period (was {before})")
+            return
+        if refresh:
+
+            async def phases() -> dict[str, tuple[timedelta, timedelta] | None]:
+                async with NofxClient.connect(settings()) as nofx:
+                    return {
+                        j.schedule_id: await schedule_phase(nofx.temporal, j.schedule_id)
+                        for j in batch.heavy_jobs()
+                    }
+
+            try:
+                found = asyncio.run(phases())
+                load = batch.fleet_load(engine, metric_source(engine, settings()), now)
+            except RPCError as err:
+                raise fail(f"Temporal: {err.message}") from None
+            except ValueError as err:
+                raise fail(str(err)) from None
+            for job in batch.heavy_jobs():
+                phase = found[job.schedule_id]
+                if phase is None:
+                    typer.echo(f"  {job.schedule_id}: no such Schedule (nofx up creates it)")
+                    continue
+                every, offset = phase
+                job = batch.HeavyJob(job.schedule_id, job.what, every, job.duration)
+                draft, reason = batch.batch_draft(load, job, offset.total_seconds())
+                written = store(engine, batch.PLATFORM, draft, reason, now)
+                if not as_json:
+                    typer.echo(f"  {job.schedule_id}: {written.change} ({reason})")
+        rows = open_recommendations(engine, batch.PLATFORM)
+    lines = [
+        f"{r['target']:<36} {now_at['offset_s']:>8g}s -> {then['offset_s']:>8g}s load"
+        f" {now_at.get('expected_load')} -> {then.get('expected_load')}  {r['id']}"
+        for r in rows
+        if r["optimization_type"] == "batch"
+        for now_at, then in [(r["current_state"] or {}, r["recommended_state"] or {})]
+    ]
+    _emit(rows, as_json, lines or ["(no open batch window)"])
+
+
+def _apply_lines(view: ApplyStatusView) -> list[str]:
+    lines = [
+        f"{view.workflow_id}: {view.status} ({view.optimization_type} of {view.service})"
+        + (f", decision {view.decision_id}" if view.decision_id else "")
+    ]
+    lines += [f"  {n.at:%H:%M:%S} {n.status:<17} {n.message}" for n in view.timeline]
+    if view.verdict is not None:
+        lines.append(f"  verdict: {view.verdict.realised.get('verdict')}")
+    if view.error:
+        lines.append(f"  error: {view.error}")
+    return lines
 
 
 def _recommendation_line(row: dict[str, Any]) -> str:
@@ -1993,15 +2200,10 @@ def predictive_cost(
 ) -> None:
     """What the services cost an hour (NOFX_COST_* prices, the inventory's resources), what the
     open recommendations would save and the SLO risk each buys, and what applied ones saved."""
-    from models.optimization import CostModel
     from nofx.optimization.cost import report
 
     config = settings()
-    model = CostModel(
-        vcpu_hour=config.cost_vcpu_hour,
-        gib_hour=config.cost_gib_hour,
-        replica_hour=config.cost_replica_hour,
-    )
+    model = config.cost_model()
     with _engine() as engine:
         if service is not None and not inventory_store.describe(engine, service):
             raise fail(f"{service} is not in the inventory (nofx services list)")

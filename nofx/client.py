@@ -47,6 +47,7 @@ from models.maintenance import (
     ValidationInput,
     job_workflow_id,
 )
+from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.operations.autonomous import AutonomousOperations
@@ -146,6 +147,23 @@ async def start_maintenance_job(
     )
 
 
+async def start_optimization(
+    client: Client, inp: ApplyInput, service: str
+) -> tuple[WorkflowHandle[Any, Any], bool]:
+    """Start `OptimizationWorkflow` `optimize-<recommendation id>`, or join the one applying it."""
+    return await _start_or_join(
+        client,
+        "OptimizationWorkflow",
+        inp,
+        workflow_id=apply_workflow_id(str(inp.recommendation_id)),
+        task_queue=TASK_QUEUE_MAINTENANCE,
+        result_type=ApplyStatusView,
+        track="optimization",
+        service=service,
+        status="claimed",
+    )
+
+
 FORECASTING_SCHEDULE_ID = "predictive-forecast-pass"
 PREDICTION_VALIDATION_SCHEDULE_ID = "predictive-validation"
 
@@ -226,6 +244,24 @@ class NofxClient:
             update, request, result_type=JobAck
         )
         return ack
+
+    # ---- Track C: applying optimisation recommendations ---------------------------------------
+
+    async def apply_recommendation(self, inp: ApplyInput, service: str = "") -> ApplyStatusView:
+        """Apply a recommendation as a decision (OptimizationWorkflow); its status now."""
+        handle, _ = await start_optimization(self.temporal, inp, service)
+        view: ApplyStatusView = await handle.query("status", result_type=ApplyStatusView)
+        return view
+
+    async def optimization(self, recommendation_id: str) -> ApplyStatusView:
+        handle = self.temporal.get_workflow_handle(apply_workflow_id(recommendation_id))
+        view: ApplyStatusView = await handle.query("status", result_type=ApplyStatusView)
+        return view
+
+    async def abort_optimization(self, recommendation_id: str, request: AbortRequest) -> None:
+        """Stop applying: before the change it ends declined, after it the change rolls back."""
+        handle = self.temporal.get_workflow_handle(apply_workflow_id(recommendation_id))
+        await handle.signal("abort", request)
 
     async def install_predictive_schedules(self, every: timedelta) -> list[str]:
         """The forecasting pass every `every` and daily validation (Schedules that exist

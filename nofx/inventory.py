@@ -104,6 +104,8 @@ def row_of(entry: ServiceEntry) -> dict[str, Any]:
         meta["haproxy_server"] = traffic.server
         if traffic.frontend is not None:
             meta["haproxy_frontend"] = str(traffic.frontend).rstrip("/")
+    if providers.replicas is not None:
+        meta["replica_slots"] = providers.replicas.model_dump(mode="json", exclude_none=True)
     if providers.database is not None:
         meta["application_name"] = providers.database.application_name
     if providers.cache is not None:

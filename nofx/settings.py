@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from models.optimization import CostModel
+
 TASK_QUEUE_DECISIONS = "nofx-decisions"
 TASK_QUEUE_HEALING = "nofx-healing"
 TASK_QUEUE_MAINTENANCE = "nofx-maintenance"
@@ -99,6 +101,14 @@ class Settings(BaseModel):
     cost_vcpu_hour: float = Field(default=0.04, ge=0)
     cost_gib_hour: float = Field(default=0.005, ge=0)
     cost_replica_hour: float = Field(default=0.0, ge=0)
+
+    def cost_model(self) -> CostModel:
+        """The prices `nofx predictive cost` and realised savings use."""
+        return CostModel(
+            vcpu_hour=self.cost_vcpu_hour,
+            gib_hour=self.cost_gib_hour,
+            replica_hour=self.cost_replica_hour,
+        )
 
     @property
     def logs_dir(self) -> Path:

@@ -19,10 +19,13 @@ from temporalio.client import (
     ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError, RPCStatusCode
 
 from nofx.settings import Settings
 
@@ -85,6 +88,38 @@ class StandingJob:
     args: list[Any]
     every: timedelta
     task_queue: str
+
+
+async def schedule_phase(client: Client, schedule_id: str) -> tuple[timedelta, timedelta] | None:
+    """(every, offset) of an interval Schedule; None when it does not exist or has no interval."""
+    try:
+        described = await client.get_schedule_handle(schedule_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    intervals = described.schedule.spec.intervals
+    if not intervals:
+        return None
+    return intervals[0].every, intervals[0].offset or timedelta(0)
+
+
+async def set_schedule_offset(client: Client, schedule_id: str, offset: timedelta) -> timedelta:
+    """Move an interval Schedule's runs to `offset` into each period; the offset it had."""
+    before: list[timedelta] = []
+
+    def moved(update: ScheduleUpdateInput) -> ScheduleUpdate:
+        schedule = update.description.schedule
+        interval = schedule.spec.intervals[0]
+        before.append(interval.offset or timedelta(0))
+        schedule.spec.intervals = [
+            ScheduleIntervalSpec(every=interval.every, offset=offset),
+            *schedule.spec.intervals[1:],
+        ]
+        return ScheduleUpdate(schedule=schedule)
+
+    await client.get_schedule_handle(schedule_id).update(moved)
+    return before[-1]
 
 
 async def ensure_schedules(client: Client, jobs: list[StandingJob]) -> list[str]:

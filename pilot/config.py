@@ -26,6 +26,13 @@ ENV_DATABASE_URL = "NOFX_PILOT_DATABASE_URL"
 ENV_REDIS_URL = "NOFX_PILOT_REDIS_URL"
 ENV_CACHE_PREFIX = "NOFX_PILOT_CACHE_PREFIX"
 
+# The orders table GET /orders reads (pilot.service): one per database, shared by the pilots of a
+# fleet, made and filled once under an advisory lock by whichever pilot is asked first. Large
+# enough that a query on a column without an index is a sequential scan of several ms.
+ORDERS_TABLE = "pilot_orders"
+ORDERS_ROWS = 300_000
+ORDERS_CUSTOMERS = 10_000  # each customer has ORDERS_ROWS / ORDERS_CUSTOMERS orders
+
 # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes.
 _APPLICATION_NAME_MAX = 63
 _APPLICATION_NAME_PREFIX = "nofx-pilot:"

@@ -124,10 +124,32 @@ class ServiceSpec(BaseModel):
 
 
 class GroupSpec(BaseModel):
-    """Replicas of one logical service, balanced by the fleet's HAProxy on 127.0.0.1:`port`."""
+    """Replicas of one logical service, balanced by the fleet's HAProxy on 127.0.0.1:`port`.
+
+    A group can grow: each of `spare_ports` is a spare replica slot, a pilot program configured
+    in supervisord but not started (``autostart=false``) and a server of the group's HAProxy
+    backend declared ``disabled``. Scaling out starts the program and puts its server into
+    rotation through the runtime API; scaling in drains it, takes it out and stops the program.
+    Pre-declared slots rather than HAProxy's dynamic servers (`add server`): HAProxy 2.6's
+    management guide says a dynamic server "not present in the configuration won't be restored
+    after a reload" and inherits nothing from `default-server` (its checks would have to be
+    repeated and enabled with `enable health`), while a declared slot survives a restart of
+    haproxy (the fleet's supervisord restarts it) as a slot the platform can still address, and
+    is driven by the same `set server` commands the traffic provider already uses.
+    """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="HAProxy backend name")
     port: int = Field(ge=1, le=65535, description="the group's frontend port")
+    spare_ports: list[int] = Field(
+        default_factory=list, description="one port per spare replica slot (see above)"
+    )
+
+    def spares(self) -> list[ServiceSpec]:
+        """The spare slots, as services named ``<group>-spare-<n>`` (n from 1)."""
+        return [
+            ServiceSpec(name=f"{self.name}-spare-{n}", port=port, group=self.name)
+            for n, port in enumerate(self.spare_ports, start=1)
+        ]
 
 
 class FleetSpec(BaseModel):
@@ -158,6 +180,10 @@ class FleetSpec(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"service names repeat: {names}")
         ports += [g.port for g in self.groups]
+        ports += [p for g in self.groups for p in g.spare_ports]
+        names += [s.name for s in self.spares()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a spare slot is named like a service: {names}")
         if len(set(ports)) != len(ports):
             raise ValueError(f"service and group ports repeat: {ports}")
         groups = [g.name for g in self.groups]
@@ -175,13 +201,17 @@ class FleetSpec(BaseModel):
         self.start_order()  # raises on a cycle
         return self
 
+    def spares(self) -> list[ServiceSpec]:
+        """Every group's spare replica slots (not started with the fleet; see GroupSpec)."""
+        return [spare for group in self.groups for spare in group.spares()]
+
     def get(self, name: str) -> ServiceSpec:
-        """The service called `name`.
+        """The service (or spare replica slot) called `name`.
 
         Raises:
             FleetError: no such service in this fleet.
         """
-        for service in self.services:
+        for service in [*self.services, *self.spares()]:
             if service.name == name:
                 return service
         known = ", ".join(s.name for s in self.services)
@@ -411,6 +441,8 @@ class Fleet:
                 *self._program_section(service, priority=100 + 10 * order.index(service.name)),
                 "",
             ]
+        for spare in self.spec.spares():
+            sections += [*self._program_section(spare, priority=800, autostart=False), ""]
         if self.haproxy:
             sections += [*self._lb_section(self.haproxy), ""]
         self.conf_path.touch(mode=0o600)
@@ -430,6 +462,10 @@ class Fleet:
                         HAProxyServer(name=s.name, host=HOST, port=s.port)
                         for s in self.spec.services
                         if s.group == group.name
+                    ]
+                    + [
+                        HAProxyServer(name=s.name, host=HOST, port=s.port, disabled=True)
+                        for s in group.spares()
                     ],
                 )
                 for group in self.spec.groups
@@ -461,6 +497,8 @@ class Fleet:
             statuses = server_statuses(self.lb_socket, group, timeout=1.0)
         except HAProxyAdminError:
             return False
+        replicas = {s.name for s in self.spec.services if s.group == group}
+        statuses = {name: status for name, status in statuses.items() if name in replicas}
         return bool(statuses) and all(status.startswith("UP") for status in statuses.values())
 
     def inventory(self, owner: str = "platform-sre") -> dict[str, Any]:
@@ -493,6 +531,12 @@ class Fleet:
                     "server": spec.name,
                     "frontend": self.group_url(spec.group),
                 }
+                spares = next(g for g in self.spec.groups if g.name == spec.group).spares()
+                if spares:
+                    providers["replicas"] = {
+                        "kind": "supervisor-haproxy",
+                        "slots": [{"program": s.name, "server": s.name} for s in spares],
+                    }
             entry: dict[str, Any] = {
                 "name": spec.name,
                 "endpoint": f"http://{HOST}:{spec.port}",
@@ -554,7 +598,9 @@ class Fleet:
             "stderr_logfile_maxbytes=10MB",
         ]
 
-    def _program_section(self, service: ServiceSpec, *, priority: int) -> list[str]:
+    def _program_section(
+        self, service: ServiceSpec, *, priority: int, autostart: bool = True
+    ) -> list[str]:
         argv = [
             sys.executable,
             "-m",
@@ -580,7 +626,7 @@ class Fleet:
             f"directory={_conf_value(PROJECT_ROOT)}",
             f"environment={_conf_environment(environment)}",
             f"priority={priority}",
-            "autostart=true",
+            f"autostart={str(autostart).lower()}",
             # The platform heals, not supervisord: a crash stays EXITED until the platform acts,
             # and a failed start is FATAL at once instead of being retried behind its back.
             "autorestart=false",
@@ -599,7 +645,7 @@ class Fleet:
     def _prepare_pilot_configs(self) -> None:
         """Give every pilot a config file before it starts: the one it has (whoever manages
         its configuration writes there and reloads it), else version 1 of the defaults."""
-        for service in self.spec.services:
+        for service in [*self.spec.services, *self.spec.spares()]:
             path = config_path(self.state_dir, service.name)
             if not path.exists():
                 write_config(path, VersionedConfig(version=1))
@@ -639,7 +685,7 @@ class Fleet:
         if self.is_running():
             self._wait_healthy(time.monotonic() + timeout)
             return
-        wanted = [(s.name, s.port) for s in self.spec.services]
+        wanted = [(s.name, s.port) for s in [*self.spec.services, *self.spec.spares()]]
         for name, port in wanted + [(g.name, g.port) for g in self.spec.groups]:
             if port_in_use(port):
                 raise FleetError(f"port {port} for {name} is already in use on {HOST}")
@@ -785,7 +831,7 @@ class Fleet:
     def _forget_cache_keys(self) -> None:
         keys = [
             f"{cache_prefix(self.root, s.name)}:{suffix}"
-            for s in self.spec.services
+            for s in [*self.spec.services, *self.spec.spares()]
             for suffix in ("cache:value", "cache:refresh-lock", "source")
         ]
         try:

@@ -75,11 +75,16 @@ class HAProxyConfigError(HAProxyProcessError):
 
 
 class HAProxyServer(BaseModel):
-    """One replica behind a service; also accepted as a ``(name, host, port)`` tuple."""
+    """One replica behind a service; also accepted as a ``(name, host, port)`` tuple.
+
+    A `disabled` server is a spare slot: declared (so it can be brought into rotation through
+    the runtime API, and survives a restart of haproxy as a slot) but in maintenance at start.
+    """
 
     name: str = Field(pattern=_NAME_PATTERN)
     host: str = Field(pattern=r"^[^\s#]+$")
     port: int = Field(ge=1, le=65535)
+    disabled: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -184,7 +189,9 @@ def render_config(spec: HAProxySpec) -> str:
             "    balance roundrobin",
         ]
         lines += [
-            f"    server {server.name} {server.host}:{server.port}" for server in frontend.servers
+            f"    server {server.name} {server.host}:{server.port}"
+            + (" disabled" if server.disabled else "")
+            for server in frontend.servers
         ]
     return "\n".join(lines) + "\n"
 

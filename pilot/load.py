@@ -64,6 +64,24 @@ class LoadStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LoadWindow:
+    """The requests of one measuring interval (`LoadGenerator.window`)."""
+
+    sent: int
+    latencies_ms: list[float]  # of the answered ones (errors too), oldest first
+    errors: int  # answered with HTTP >= 400
+    failures: int  # no answer: timeout or connection error
+
+    @property
+    def p95_ms(self) -> float | None:
+        return percentile(self.latencies_ms, 0.95)
+
+    @property
+    def error_ratio(self) -> float:
+        return (self.errors + self.failures) / self.sent if self.sent else 0.0
+
+
 def percentile(samples: Sequence[float], q: float) -> float | None:
     """The `q`-quantile (0..1) of `samples` by nearest rank; None when there are none."""
     if not samples:
@@ -136,6 +154,7 @@ class LoadGenerator:
         self._latencies: deque[float] = deque(maxlen=_MAX_SAMPLES)
         self._sent = self._ok = self._errors = self._failures = 0
         self._started: float | None = None
+        self._window_mark = (0, 0, 0, 0)  # sent, answered, errors, failures at the last window
         self._stopped: float | None = None
 
     def start(self) -> Self:
@@ -203,6 +222,22 @@ class LoadGenerator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def window(self) -> LoadWindow:
+        """What was sent and answered since the previous call (or the start): the requests of
+        one measuring interval, for a per-interval p95 or error ratio."""
+        with self._lock:
+            samples = list(self._latencies)
+            now = (self._sent, self._ok + self._errors, self._errors, self._failures)
+        before, self._window_mark = self._window_mark, now
+        answered = now[1] - before[1]  # each answer appended one latency
+        fresh = samples[len(samples) - min(answered, len(samples)) :] if answered else []
+        return LoadWindow(
+            sent=now[0] - before[0],
+            latencies_ms=[round(s * 1000, 3) for s in fresh],
+            errors=now[2] - before[2],
+            failures=now[3] - before[3],
+        )
 
     def current_rate(self) -> float | None:
         """Requests per second the clients pace themselves to now (None: as fast as answered)."""

@@ -17,7 +17,7 @@ import contextlib
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,7 @@ class ConnectionPool:
         self._in_use = 0
         self._waiting = 0
         self._closed = False
+        self.on_hold: Callable[[float], None] | None = None
 
     @property
     def max_size(self) -> int:
@@ -190,12 +191,16 @@ class ConnectionPool:
 
     @contextlib.contextmanager
     def connection(self, timeout: float) -> Iterator[psycopg.Connection[Any]]:
-        """`acquire` for the length of a ``with`` block, then `release`."""
+        """`acquire` for the length of a ``with`` block, then `release`; how long the
+        connection was held goes to `on_hold` (the service's histogram), if set."""
         conn = self.acquire(timeout)
+        taken = time.monotonic()
         try:
             yield conn
         finally:
             self.release(conn)
+            if self.on_hold is not None:
+                self.on_hold(time.monotonic() - taken)
 
     def close(self) -> None:
         """Close the idle connections and refuse new requests; borrowed ones close on return."""

@@ -11,6 +11,8 @@ PostgreSQL connection (a connection leak exhausts the pool), reads a value throu
 (a stale cache serves an old version), and honours the versioned config file the fleet writes
 (a bad push adds errors and latency). The database and Redis come from the environment the fleet
 sets (`pilot.config.ENV_DATABASE_URL`, `ENV_REDIS_URL`); without them the path skips that step.
+``GET /orders?customer=N`` runs a real query on a table of a few hundred thousand orders whose
+filtered column has no index (`pilot_orders_query_seconds`): what index recommendations are for.
 
 Faults that live inside the process are switched on ``/faults`` (loopback only):
 ``POST /faults/<kind>`` with a JSON object of parameters, ``DELETE /faults/<kind>``, and
@@ -38,6 +40,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import redis
@@ -52,6 +55,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from psycopg import sql
 from pydantic import ValidationError
 
 from pilot.cache import SourceCache
@@ -59,6 +63,9 @@ from pilot.config import (
     ENV_CACHE_PREFIX,
     ENV_DATABASE_URL,
     ENV_REDIS_URL,
+    ORDERS_CUSTOMERS,
+    ORDERS_ROWS,
+    ORDERS_TABLE,
     PilotConfig,
     VersionedConfig,
     application_name,
@@ -87,12 +94,35 @@ STARTS_LOG = "starts.log"
 # overload from outside the process).
 IN_PROCESS_FAULTS = ("crash", "connection_leak", "stale_cache", "memory_leak", "disk_fill")
 # Paths outside this set are counted as "other", so a scanner cannot blow up label cardinality.
-_KNOWN_PATHS = frozenset({"/", "/health", "/metrics", "/faults"})
+_KNOWN_PATHS = frozenset({"/", "/health", "/metrics", "/faults", "/orders"})
 # Fine at the low end, where a healthy GET / lives, so a regression shows in the quantiles.
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0,
 )  # fmt: skip
+# A query of GET /orders: tens of microseconds on an index, milliseconds on a sequential scan.
+_QUERY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+_ORDERS = sql.Identifier(ORDERS_TABLE)
+_ORDERS_SETUP = (
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, customer_id integer NOT NULL,"
+        " amount_cents integer NOT NULL, status text NOT NULL, created_at timestamptz NOT NULL)"
+    ).format(_ORDERS),
+    # 7919 is prime to ORDERS_CUSTOMERS: every customer gets the same number of orders, spread
+    # over the whole table (no physical order to lean on).
+    sql.SQL(
+        "INSERT INTO {t} SELECT i, (i::bigint * 7919) % {customers}, (i * 31) % 100000,"
+        " (ARRAY['new', 'paid', 'shipped', 'returned'])[1 + i % 4],"
+        " timestamptz '2026-01-01 00:00:00+00' + i * interval '1 minute'"
+        " FROM generate_series(1, {rows}) i WHERE NOT EXISTS (SELECT 1 FROM {t})"
+    ).format(t=_ORDERS, customers=sql.Literal(ORDERS_CUSTOMERS), rows=sql.Literal(ORDERS_ROWS)),
+)
+_ORDERS_QUERY = sql.SQL(
+    "SELECT id, amount_cents, status, created_at FROM {} WHERE customer_id = %s"
+    " ORDER BY created_at DESC LIMIT 50"
+).format(_ORDERS)
 _MAX_BODY = 64 * 1024
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
@@ -240,6 +270,8 @@ class PilotService:
         self.faults: dict[str, Any] = {}
         self._faults_lock = threading.Lock()
         self._reload_requested = threading.Event()
+        self._orders_ready = False
+        self._orders_lock = threading.Lock()
         self._build_metrics()
 
     # -- metrics -------------------------------------------------------------------------------
@@ -317,6 +349,20 @@ class PilotService:
         )
         self.db_errors = Counter(
             "pilot_db_errors", "Queries that failed in PostgreSQL.", registry=registry
+        )
+        self.db_pool_hold = Histogram(
+            "pilot_db_pool_hold_seconds",
+            "How long a request held its pooled connection.",
+            buckets=_QUERY_BUCKETS,
+            registry=registry,
+        )
+        if pool is not None:
+            pool.on_hold = self.db_pool_hold.observe
+        self.orders_query = Histogram(
+            "pilot_orders_query_seconds",
+            "Time of the query GET /orders runs (a customer's latest orders).",
+            buckets=_QUERY_BUCKETS,
+            registry=registry,
         )
         self.cache_hits = Counter(
             "pilot_cache_hits", "Cache reads served from Redis.", registry=registry
@@ -530,6 +576,55 @@ class PilotService:
             "cache": cache,
         }
 
+    def serve_orders(self, target: str) -> tuple[int, dict[str, Any]]:
+        """Serve one ``GET /orders?customer=N``: the customer's latest orders, by a real query.
+
+        The orders table (`pilot.config.ORDERS_TABLE`) is made and filled on first use. The
+        query filters on `customer_id`, which has no index until one is made for it: the case
+        the platform's index recommendations are for. Its time is `pilot_orders_query_seconds`.
+        """
+        values = parse_qs(urlsplit(target).query).get("customer", [])
+        if not values:
+            return 400, {"error": "query parameter 'customer' is required: /orders?customer=N"}
+        try:
+            customer = int(values[0])
+        except ValueError:
+            customer = -1
+        if not 0 <= customer < 2**31:
+            return 400, {"error": f"customer must be an integer >= 0, got {values[0]!r}"}
+        if self.pool is None:
+            return 503, {"error": f"no database: {ENV_DATABASE_URL} is not set"}
+        try:
+            with self.pool.connection(timeout=self.config.db_timeout_s) as conn:
+                self._ensure_orders(conn)
+                started = time.perf_counter()
+                rows = conn.execute(_ORDERS_QUERY, (customer,)).fetchall()
+                self.orders_query.observe(time.perf_counter() - started)
+        except PoolTimeoutError as exc:
+            self.db_pool_timeouts.inc()
+            return 503, {"error": f"database pool exhausted: {exc}"}
+        except psycopg.Error as exc:
+            self.db_errors.inc()
+            return 503, {"error": f"database error: {str(exc).strip().splitlines()[0]}"}
+        orders = [
+            {"id": i, "amount_cents": a, "status": s, "created_at": c.isoformat()}
+            for i, a, s, c in rows
+        ]
+        return 200, {"service": self.name, "customer": customer, "orders": orders}
+
+    def _ensure_orders(self, conn: psycopg.Connection[Any]) -> None:
+        """Make and fill the orders table once per database, whichever pilot comes first."""
+        if self._orders_ready:
+            return
+        with self._orders_lock, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ORDERS_TABLE,))
+            create, fill = _ORDERS_SETUP
+            conn.execute(create)
+            if conn.execute(fill).rowcount > 0:
+                conn.execute(sql.SQL("ANALYZE {}").format(_ORDERS))
+                log.info("orders table filled", service=self.name, rows=ORDERS_ROWS)
+            self._orders_ready = True
+
     # -- faults --------------------------------------------------------------------------------
 
     def list_faults(self) -> dict[str, Any]:
@@ -740,6 +835,8 @@ class PilotRequestHandler(BaseHTTPRequestHandler):
                 respond(200, generate_latest(service.registry), CONTENT_TYPE_LATEST)
             elif path == "/":
                 respond(*service.serve_work())
+            elif path == "/orders":
+                respond(*service.serve_orders(self.path))
             elif path == "/faults":
                 respond(*self._control(service.list_faults))
             else:

@@ -311,3 +311,39 @@ def test_the_cache_ttl_keeps_stale_answers_within_the_budget(
     )
     assert row["expected_improvement"]["direction"] == "shorter"
     assert "stale 1.00%" in _recommendation_line(row)
+
+
+def test_a_timed_pool_gives_its_holding_time_where_a_sampled_gauge_sees_none(
+    tmp_path: Path, fresh_engine: Any
+) -> None:
+    """Holds of 20 ms sampled once a minute read as 0 in use most of the time; the histogram of
+    each use's hold time gives the 20 ms (and the arrivals) exactly."""
+    pool = {
+        "in_use": "db_in_use",
+        "requests": "db_requests_total",
+        "max_wait_ms": 5,
+        "hold_seconds": "db_hold_seconds",
+    }
+    entry = {
+        "name": "api",
+        "endpoint": "http://127.0.0.1:1",
+        "limits": {"db_in_use": 20},
+        "optimization": {"pool": pool},
+    }
+    inventory.apply(fresh_engine, inventory.parse({"services": [entry]}))
+    minute = 60
+    t = START + minute * np.arange(2 * 24 * 60)
+    hour = (t % 86_400) // 3600
+    arrivals = np.where((hour >= 12) & (hour < 14), 100.0, 20.0)
+    uses = np.cumsum(arrivals * minute)
+    rows = ["timestamp,db_in_use,db_requests_total,db_hold_seconds_count,db_hold_seconds_sum"]
+    rows += [f"{ts},0,{u},{u},{u * 0.02}" for ts, u in zip(t, uses, strict=True)]
+    (tmp_path / "api.csv").write_text("\n".join(rows) + "\n")
+    until = datetime.fromtimestamp(float(t[-1]), UTC)
+    refresh(fresh_engine, CsvReplaySource(tmp_path / "api.csv"), now=until, days=2)
+    [row] = [
+        r for r in open_recommendations(fresh_engine, "api") if r["optimization_type"] == "pool"
+    ]
+    assert row["risk_assessment"]["holding_time_ms"] == pytest.approx(20.0, rel=0.001)
+    assert row["risk_assessment"]["holding_time_from"].startswith("db_hold_seconds")
+    assert row["recommended_state"]["size"] == 5  # the same 2 Erlangs as the test above

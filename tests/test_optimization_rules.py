@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -71,3 +73,65 @@ def test_the_ttl_is_the_longest_within_the_stale_budget() -> None:
         rates_from(0.5, 0.6, 10.0)
     with pytest.raises(ValueError, match="hit ratio"):
         rates_from(1.0, 0.0, 10.0)
+
+
+def _measured(p95: float, errors: float = 0.0, **objective: float) -> Any:
+    from models.optimization import Measurement
+
+    return Measurement(
+        label="before",
+        at=datetime(2026, 12, 6, tzinfo=UTC),
+        requests=100,
+        errors=int(errors * 100),
+        error_ratio=errors,
+        p95_ms=p95,
+        objective=objective,
+        detail="",
+    )
+
+
+def _judged(before: Any, after: Any, slo: float | None = None, budget: float | None = None) -> Any:
+    from models.healing import PlaybookStep
+    from models.optimization import ClaimedRecommendation, JudgeInput, Objective
+    from nofx.optimization.apply import judge
+
+    claimed = ClaimedRecommendation(
+        id="r",
+        service="api",
+        optimization_type="cache",
+        target="ttl_s",
+        current_state={},
+        recommended_state={},
+        expected_improvement={"x": 1},
+        risk_assessment={},
+        steps=[PlaybookStep(action="validate_requests")],
+        endpoint="http://127.0.0.1:1",
+        objective=Objective(stale_budget=budget),
+        latency_p95_ms=slo,
+        windowed=False,
+    )
+    return judge(
+        JudgeInput(
+            claimed=claimed, before=before, after=after, tolerance=0.5, max_error_increase=0.02
+        )
+    )
+
+
+def test_a_change_regresses_on_errors_latency_over_the_slo_slower_queries_or_stale_answers() -> (
+    None
+):
+    assert not _judged(_measured(20), _measured(34)).regressed  # 34 < 20 * 1.5 + 5
+    assert _judged(_measured(20), _measured(36)).regressed  # over it, and no SLO
+    assert not _judged(_measured(20), _measured(60), slo=250).regressed  # within the SLO
+    assert _judged(_measured(200), _measured(320), slo=250).regressed
+    errors = _judged(_measured(20), _measured(20, errors=0.05))
+    assert errors.regressed
+    assert "error ratio" in errors.reasons[0]
+    slower = _judged(_measured(20, query_mean_ms=1.0), _measured(20, query_mean_ms=9.0))
+    assert slower.reasons == ["query mean 1.00 -> 9.00 ms"]
+    stale = _judged(_measured(20, stale_share=0.005), _measured(20, stale_share=0.03), budget=0.01)
+    assert stale.regressed
+    kept = _judged(_measured(20, hit_ratio=0.8), _measured(19, hit_ratio=0.9))
+    assert kept.realised["verdict"] == "kept"
+    assert kept.realised["hit_ratio_change"] == pytest.approx(0.1)
+    assert kept.realised["expected"] == {"x": 1}

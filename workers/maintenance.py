@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from activities.maintenance import MaintenanceActivities
+from activities.optimization import OptimizationActivities
 from activities.readmission import ReadmissionActivities
 from activities.store import AuditActivities
 from activities.training import TrainingActivities
@@ -19,6 +20,7 @@ from workflows.maintenance import (
     PredictionValidationWorkflow,
     TrafficReadmissionWorkflow,
 )
+from workflows.optimization import OptimizationWorkflow
 
 TASK_QUEUE = TASK_QUEUE_MAINTENANCE
 WORKFLOWS: list[type] = [
@@ -28,6 +30,7 @@ WORKFLOWS: list[type] = [
     PredictionPassWorkflow,
     PredictionValidationWorkflow,
     TrafficReadmissionWorkflow,
+    OptimizationWorkflow,
 ]
 
 
@@ -37,6 +40,7 @@ def activities(deps: Dependencies) -> Sequence[Callable[..., object]]:
         TrainingActivities(deps.engine, deps.settings).train_anomaly_detector,
         ReadmissionActivities(deps.engine, deps.settings).readmit_traffic,
         *_maintenance(MaintenanceActivities(deps.engine, deps.settings)),
+        *_optimization(OptimizationActivities(deps.engine, deps.settings)),
         *remediation_activities(deps),
     ]
 
@@ -50,6 +54,15 @@ def _maintenance(jobs: MaintenanceActivities) -> list[Callable[..., object]]:
         jobs.predict,
         jobs.validate_predictions,
         jobs.train_failure_classifier,
+    ]
+
+
+def _optimization(changes: OptimizationActivities) -> list[Callable[..., object]]:
+    return [
+        changes.claim_recommendation,
+        changes.measure_service,
+        changes.judge_change,
+        changes.release_recommendation,
     ]
 
 

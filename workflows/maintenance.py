@@ -26,9 +26,8 @@ from temporalio.workflow import ParentClosePolicy
 
 from workflows.remediation import (
     STORE_TIMEOUT,
+    DecidedHooks,
     Remediation,
-    count_action,
-    record_decision_outcome,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -38,9 +37,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.store import AuditActivities
     from activities.training import TrainingActivities
     from models.common import AbortRequest, AuditVerdict
-    from models.decisions import Candidate, DecisionOutcome, DecisionRequest, DecisionResult
+    from models.decisions import Candidate, DecisionRequest, DecisionResult
     from models.detection import DetectorModelReport, TrainDetectorInput
-    from models.healing import ActionOutcome, PlaybookStep
+    from models.healing import PlaybookStep
     from models.maintenance import (
         TERMINAL,
         CancelJob,
@@ -141,7 +140,7 @@ def _describe(err: BaseException) -> str:
 
 
 @workflow.defn
-class MaintenanceJobWorkflow:
+class MaintenanceJobWorkflow(DecidedHooks):
     """Maintain one component before its predicted failure, in the lowest-impact window.
 
     Plans the window (`MaintenanceActivities.plan_window`), asks the decision engine which
@@ -546,21 +545,6 @@ class MaintenanceJobWorkflow:
             completed=True,
         )
 
-    async def _outcome_of(self, choice: DecisionResult, *, resolved: bool, detail: str) -> None:
-        await record_decision_outcome(
-            DecisionOutcome(
-                decision_id=choice.decision_id,
-                resolved=resolved,
-                recovery_seconds=(
-                    (workflow.now() - self._runner.not_before).total_seconds()
-                    if resolved and self._runner
-                    else None
-                ),
-                rolled_back=not resolved,
-                detail=detail,
-            )
-        )
-
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def _note(self, message: str) -> None:
@@ -595,21 +579,11 @@ class MaintenanceJobWorkflow:
 
     # ---- Hooks of the remediation runner ----------------------------------------------------
 
-    def note(self, message: str) -> None:
-        self._note(message)
-
-    async def validating(self, message: str) -> None:
-        self._note(message)
-
     async def resumed(self, message: str) -> None:
         if self._status == "awaiting_approval":  # a person let the step go ahead
             await self._set("running", message)
         else:
             self._note(message)
-
-    async def acted(self, outcome: ActionOutcome, note: str) -> None:
-        count_action(outcome)
-        self._note(note)
 
     async def ask_person(self, step: PlaybookStep, why: str) -> str:
         """A guardrail wants a person for this step: a decision about the running plan."""
@@ -623,24 +597,7 @@ class MaintenanceJobWorkflow:
         else:
             self._note(waiting)
         go = await self._decision([self._chosen.chosen_candidate], why, f"-ask{self._asks}")
-        if go is None or not go.act:
-            raise ApplicationError(
-                f"{step.action} not approved ({go.status if go else 'no decision'})",
-                type="Rejected",
-                non_retryable=True,
-            )
-        self._approver = go.decided_by
-        return go.decided_by
-
-    async def await_person(self, why: str) -> None:
-        # Only histories from before the decision engine wait here; a job never did.
-        raise ApplicationError(why, type="Rejected", non_retryable=True)
-
-    def abort_request(self) -> AbortRequest | None:
-        return self._abort
-
-    def approver(self) -> str | None:
-        return self._approver
+        return self.approved_by(step, go)
 
 
 # A pass over every limited metric (forecasts, training): long, heartbeating, retried.

@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.infra import InfraActivities
     from models.actions import CHECKS, ActionRequest, ValidateRequestsParams, compensation
     from models.common import AbortRequest, Contract
-    from models.decisions import DecisionOutcome
+    from models.decisions import DecisionOutcome, DecisionResult
     from models.guardrails import GuardrailCheck, ReleaseLease
     from models.healing import ActionOutcome, PlaybookStep, ServiceActionInput, ValidateHealthInput
     from nofx.settings import TASK_QUEUE_DECISIONS
@@ -68,6 +68,67 @@ class Hooks(Protocol):
     def abort_request(self) -> AbortRequest | None: ...
 
     def approver(self) -> str | None: ...
+
+
+class DecidedHooks:
+    """The `Hooks` every job that asks the decision engine shares (maintenance jobs, applied
+    optimisations): notes go to its timeline (`_note`), a guardrail that wants a person is a
+    decision of its own (`ask_person`, the owner's), and `approved_by` turns its answer into
+    the approver or the refusal."""
+
+    _abort: AbortRequest | None
+    _approver: str | None
+    _runner: Remediation | None
+
+    async def _outcome_of(self, choice: DecisionResult, *, resolved: bool, detail: str) -> None:
+        """How the decision's choice turned out (recovery time: from the runner's start)."""
+        await record_decision_outcome(
+            DecisionOutcome(
+                decision_id=choice.decision_id,
+                resolved=resolved,
+                recovery_seconds=(
+                    (workflow.now() - self._runner.not_before).total_seconds()
+                    if resolved and self._runner
+                    else None
+                ),
+                rolled_back=not resolved,
+                detail=detail,
+            )
+        )
+
+    def _note(self, message: str) -> None:
+        raise NotImplementedError
+
+    def note(self, message: str) -> None:
+        self._note(message)
+
+    async def validating(self, message: str) -> None:
+        self._note(message)
+
+    async def acted(self, outcome: ActionOutcome, note: str) -> None:
+        count_action(outcome)
+        self._note(note)
+
+    def approved_by(self, step: PlaybookStep, go: DecisionResult | None) -> str:
+        """Who approved the step, or the failure that stops it (a rejection, no decision)."""
+        if go is None or not go.act:
+            raise ApplicationError(
+                f"{step.action} not approved ({go.status if go else 'no decision'})",
+                type="Rejected",
+                non_retryable=True,
+            )
+        self._approver = go.decided_by
+        return go.decided_by
+
+    async def await_person(self, why: str) -> None:
+        # Only histories from before the decision engine waited here; these jobs never did.
+        raise ApplicationError(why, type="Rejected", non_retryable=True)
+
+    def abort_request(self) -> AbortRequest | None:
+        return self._abort
+
+    def approver(self) -> str | None:
+        return self._approver
 
 
 @dataclass

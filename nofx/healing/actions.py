@@ -22,14 +22,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import redis
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from models.actions import (
     AdmitTrafficParams,
@@ -43,8 +42,14 @@ from models.actions import (
     TerminateIdleParams,
 )
 from models.healing import FleetTarget
+from nofx.healing.action_base import HEALING_ACTOR as HEALING_ACTOR
+from nofx.healing.action_base import Action as Action
+from nofx.healing.action_base import ActionContext as ActionContext
+from nofx.healing.action_base import ActionError as ActionError
+from nofx.healing.action_base import Performed as Performed
+from nofx.healing.action_base import reason_of
 from nofx.logging import get_logger
-from nofx.providers.config import ConfigError, ConfigStore, ConfigVersion, delivery_of
+from nofx.providers.config import ConfigError, ConfigStore, ConfigVersion
 from nofx.providers.haproxy import (
     HAProxyError,
     HAProxyRuntime,
@@ -57,17 +62,13 @@ from nofx.providers.haproxy import (
 
 log = get_logger(__name__)
 
-HEALING_ACTOR = "nofx-healing"
-
-
-class ActionError(RuntimeError):
-    """The action cannot be done on this target (and retrying will not change that)."""
-
 
 def capabilities(target: FleetTarget) -> dict[Capability, str]:
     """What can be done to `target`, each capability with the provider that offers it."""
     meta = target.metadata
     found: dict[Capability, str] = {"probe.http": "http"}
+    if meta.get("limits"):  # the platform's own record of where each metric runs out
+        found["inventory.limits"] = "nofx-inventory"
     if target.provider == "supervisor" and meta.get("supervisor_socket"):
         found["process.restart"] = "supervisor"
     if meta.get("data_dir"):
@@ -77,6 +78,7 @@ def capabilities(target: FleetTarget) -> dict[Capability, str]:
         found["config.adjust"] = "config-file"
     if meta.get("application_name"):
         found["db.terminate_idle"] = "postgresql"
+        found["db.index"] = "postgresql"
     if meta.get("redis_url") and meta.get("cache_prefix"):
         found["cache.invalidate"] = "redis"
     socket = meta.get("haproxy_socket")
@@ -88,59 +90,9 @@ def capabilities(target: FleetTarget) -> dict[Capability, str]:
     ):
         found["traffic.drain"] = "haproxy"
         found["traffic.weight"] = "haproxy"
+        if meta.get("replica_slots") and meta.get("supervisor_socket"):
+            found["replicas.scale"] = "supervisor-haproxy"
     return found
-
-
-@dataclass
-class ActionContext:
-    """Where an action runs: its target, the platform database, and its idempotency key."""
-
-    target: FleetTarget
-    engine: Engine
-    database_url: str | None
-    key: str
-
-    @property
-    def service(self) -> str:
-        return self.target.service
-
-    def meta(self, name: str) -> Any:
-        value = self.target.metadata.get(name)
-        if value in (None, ""):
-            raise ActionError(f"service {self.service!r} has no metadata.{name} in the inventory")
-        return value
-
-    def config(self) -> ConfigStore:
-        """The target's configuration versions and their delivery (its config provider)."""
-        try:
-            return ConfigStore(
-                self.engine, self.service, delivery_of(self.service, self.target.metadata)
-            )
-        except ConfigError as err:
-            raise ActionError(str(err)) from err
-
-
-@dataclass
-class Performed:
-    performed: bool
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class Action(Protocol):
-    """A healing action (module doc); `plan` says, in words, what it and its undo would do."""
-
-    @property
-    def name(self) -> str: ...
-
-    def capture(self, ctx: ActionContext, params: Any) -> dict[str, Any]: ...
-
-    def perform(self, ctx: ActionContext, params: Any, prior: Mapping[str, Any]) -> Performed: ...
-
-    def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed: ...
-
-    def restored(self, ctx: ActionContext, prior: Mapping[str, Any]) -> tuple[bool, str]: ...
-
-    def plan(self, params: Any) -> tuple[str, str]: ...
 
 
 # ---- disk: quarantine, never delete ------------------------------------------------------
@@ -226,10 +178,6 @@ class CleanupDisk:
 # ---- configuration: versions in config_versions -------------------------------------------
 
 
-def _reason(ctx: ActionContext, what: str) -> str:
-    return f"{what} (healing step {ctx.key})"
-
-
 class RollbackConfig:
     """Make an earlier configuration version active again (as a new version; history is kept)."""
 
@@ -275,7 +223,7 @@ class RollbackConfig:
     ) -> ConfigVersion:
         try:
             rolled = store.rollback(
-                applied_by=HEALING_ACTOR, reason=_reason(ctx, why), to_version=to_version
+                applied_by=HEALING_ACTOR, reason=reason_of(ctx, why), to_version=to_version
             )
         except ConfigError as err:
             raise ActionError(str(err)) from err
@@ -312,7 +260,8 @@ class RollbackConfig:
 
 
 class ResizePool:
-    """Grow the service's database connection pool (a config change; undo restores the size)."""
+    """Grow the service's database connection pool, or set it to an exact size (a config change;
+    undo restores the size)."""
 
     name = "resize_pool"
 
@@ -322,6 +271,8 @@ class ResizePool:
 
     def capture(self, ctx: ActionContext, params: ResizePoolParams) -> dict[str, Any]:
         size = self._size(ctx.config().active(), 5)
+        if params.size is not None:  # an optimisation: exactly this size, larger or smaller
+            return {"size": size, "target": params.size}
         return {
             "size": size,
             "target": min(params.max_size, max(size + 1, round(size * params.factor))),
@@ -330,7 +281,7 @@ class ResizePool:
     def _set(self, ctx: ActionContext, size: int, why: str) -> ConfigVersion:
         try:
             _, pushed = ctx.config().push(
-                {"db_pool_size": size}, applied_by=HEALING_ACTOR, reason=_reason(ctx, why)
+                {"db_pool_size": size}, applied_by=HEALING_ACTOR, reason=reason_of(ctx, why)
             )
         except ConfigError as err:
             raise ActionError(str(err)) from err
@@ -341,9 +292,11 @@ class ResizePool:
     ) -> Performed:
         current = self._size(ctx.config().active(), int(prior["size"]))
         target = int(prior["target"])
-        if current >= target:
+        exact = params.size is not None
+        if current == target or (current > target and not exact):
             return Performed(False, {"size": current, "reason": f"pool already {current}"})
-        pushed = self._set(ctx, target, f"grow the database pool {current} -> {target}")
+        verb = "grow" if target > current else "shrink"
+        pushed = self._set(ctx, target, f"{verb} the database pool {current} -> {target}")
         return Performed(True, {"from": current, "to": target, "version": pushed.version})
 
     def undo(self, ctx: ActionContext, prior: Mapping[str, Any]) -> Performed:
@@ -360,6 +313,8 @@ class ResizePool:
         return now == size, f"pool size {now} (before the step: {size})"
 
     def plan(self, params: ResizePoolParams) -> tuple[str, str]:
+        if params.size is not None:
+            return f"set the database pool to {params.size} connections", "set the pool size back"
         return (
             f"grow the database pool by a factor of {params.factor:g} (at most {params.max_size})",
             "set the pool size back",
@@ -829,6 +784,11 @@ class AdmitTraffic(_TrafficAction):
         )
 
 
+# Actions of the optimisation track, written against nofx.healing.action_base like these.
+from nofx.optimization.config_actions import SetCacheTtl, SetLimit  # noqa: E402
+from nofx.optimization.index_actions import CreateIndex  # noqa: E402
+from nofx.optimization.scaling_actions import ScaleIn, ScaleOut  # noqa: E402
+
 ACTIONS: dict[str, Action] = {
     action.name: action
     for action in (
@@ -840,5 +800,10 @@ ACTIONS: dict[str, Action] = {
         DrainTraffic(),
         ShiftWeight(),
         AdmitTraffic(),
+        SetCacheTtl(),
+        SetLimit(),
+        CreateIndex(),
+        ScaleOut(),
+        ScaleIn(),
     )
 }

@@ -128,7 +128,7 @@ def _booked(
     return [t.timestamp() for t in rows]
 
 
-def _load_forecast(
+def load_forecast(
     source: MetricSource, service: str, metric: str, now: datetime, deadline: datetime
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Times and mean forecast of the load metric up to the deadline, and what was done."""
@@ -197,7 +197,7 @@ def plan_window(engine: Engine, source: MetricSource, req: WindowRequest) -> Win
     load = np.zeros_like(times)
     if load_metric is not None and deadline > now:
         try:
-            times, load, note = _load_forecast(source, req.component, load_metric, now, deadline)
+            times, load, note = load_forecast(source, req.component, load_metric, now, deadline)
         except (ForecastError, MetricSourceError) as err:
             note = f"no load forecast ({err}): the earliest allowed start"
             load_metric = None

@@ -39,6 +39,11 @@ def memory_metric(metadata: dict[str, Any]) -> str | None:
     return None
 
 
+def memory_saving_per_hour(replicas: int, before: float, after: float, model: CostModel) -> float:
+    """What shrinking each replica's memory from `before` to `after` bytes saves an hour."""
+    return round(replicas * (before - after) / GIB * model.gib_hour, 6)
+
+
 def report(engine: Engine, model: CostModel, service: str | None = None) -> CostReport:
     """The cost report of every service of the inventory (or one)."""
     with engine.connect() as conn:
@@ -120,7 +125,7 @@ def _service_cost(
             RecommendedSaving(
                 recommendation_id=str(row["id"]),
                 target=row["target"],
-                per_hour=round(replicas * (before - after) / GIB * model.gib_hour, 6),
+                per_hour=memory_saving_per_hour(replicas, before, after, model),
                 exceed_probability=(row["risk_assessment"] or {}).get("exceed_probability"),
             )
         )

@@ -25,12 +25,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from models.forecasting import ForecastRequest
+from nofx.forecasting.forecaster import Forecaster
+from nofx.forecasting.series import regular
 from nofx.forecasting.service import ForecastError, history
 from nofx.inventory import limited_metrics
 from nofx.logging import get_logger
 from nofx.optimization.cache import recommend_ttl
+from nofx.optimization.indexes import INDEX, KEY, IndexAdvisorError, index_drafts
 from nofx.optimization.pool import holding_time, judge, recommend_pool
 from nofx.optimization.rightsizing import Rightsizing, recommend
+from nofx.optimization.scaling import SCALING, policy_of, recommend_scaling
 from nofx.telemetry.derived import increase, rate
 from nofx.telemetry.sources import MetricSource, MetricSourceError
 
@@ -98,6 +102,14 @@ def refresh(
             log.warning("no pool recommendation", service=name, error=str(err))
             continue
         out.append(store(engine, name, draft, reason, moment))
+    for name, tuning in _tuned(engine, services, SCALING):
+        try:
+            scaled = _scaling_draft(engine, source, name, tuning, moment, days)
+        except (ForecastError, MetricSourceError, ValueError) as err:
+            out.append(Written(name, SCALING, "replicas", "skipped", None, str(err)))
+            log.warning("no scaling recommendation", service=name, error=str(err))
+            continue
+        out.append(store(engine, name, *scaled, moment))
     for name, tuning in _tuned(engine, services, "cache"):
         try:
             draft, reason = _cache_draft(source, name, tuning, moment, days)
@@ -106,6 +118,18 @@ def refresh(
             log.warning("no cache recommendation", service=name, error=str(err))
             continue
         out.append(store(engine, name, draft, reason, moment))
+    for name, tuning in _tuned(engine, services, INDEX):
+        try:  # the service's database is the platform's, as for terminate_idle_connections
+            found = index_drafts(engine, tuning)
+        except IndexAdvisorError as err:
+            out.append(Written(name, INDEX, INDEX, "skipped", None, str(err)))
+            log.warning("no index recommendation", service=name, error=str(err))
+            continue
+        for f in found:
+            draft = Draft(
+                INDEX, f.target, KEY, f.current, f.recommended, f.improvement, f.steps, f.risk
+            )
+            out.append(store(engine, name, draft, f.reason, moment))
     return out
 
 
@@ -164,7 +188,10 @@ def _cache_draft(
             "direction": "longer" if found.ttl_s > ttl else "shorter",
         },
         [
-            {"action": "set_cache_ttl", "params": {"ttl_s": round(found.ttl_s, 3)}},
+            {
+                "action": "set_cache_ttl",
+                "params": {"ttl_s": round(found.ttl_s, 3), "default_ttl_s": ttl},
+            },
             {"action": "validate_requests", "params": {}},
         ],
         {
@@ -180,6 +207,62 @@ def _cache_draft(
         f" stale answers {stale:.2%} -> {found.stale_share:.2%} (budget {budget:.1%})"
     )
     return draft, reason
+
+
+def _scaling_draft(
+    engine: Engine,
+    source: MetricSource,
+    service: str,
+    tuning: dict[str, Any],
+    now: datetime,
+    days: float,
+) -> tuple[Draft, str]:
+    """The replica plan of the service's group (nofx.optimization.scaling) over the next
+    `horizon_hours`, from the platform's forecast of its load metric over the last `days` (a
+    counter's rate; the upper edge of the band `quantile`), starting from the replicas the
+    inventory says it runs (`capacity`).
+
+    Raises:
+        ForecastError, MetricSourceError, ValueError: no usable load history or a bad setting.
+    """
+    metric = str(tuning["load_metric"])
+    start = now - timedelta(days=days)
+    series = source.query_range(service, metric, start, now, timedelta(seconds=STEP_SECONDS))
+    if metric.endswith("_total"):
+        series = rate(series.dropna())
+    series = series.dropna()
+    if len(series) < 2:
+        raise ForecastError(f"{service}: no history of {metric} since {start.isoformat()}")
+    stamps = np.array([t.timestamp() for t in series.index], dtype=np.float64)
+    load = regular(stamps, series.to_numpy(dtype=np.float64), STEP_SECONDS)
+    horizon = max(1, round(float(tuning.get("horizon_hours", 24)) * 3600 / STEP_SECONDS))
+    made = Forecaster((horizon,)).forecast([(service, load)])[horizon][0]
+    quantile = int(tuning.get("quantile", 95))
+    with engine.connect() as conn:
+        current = conn.execute(
+            text("SELECT capacity FROM services WHERE name = :s"), {"s": service}
+        ).scalar()
+    found = recommend_scaling(
+        made.times(),
+        np.maximum(made.upper(quantile), 0.0),
+        policy_of(tuning),
+        current=int(current or 1),
+        step_s=STEP_SECONDS,
+        metric=metric,
+        model=made.model,
+        quantile=quantile,
+    )
+    draft = Draft(
+        SCALING,
+        "replicas",
+        "replica_hours",
+        found.current,
+        found.recommended,
+        found.improvement,
+        found.steps,
+        found.risk,
+    )
+    return draft, found.reason
 
 
 def _pools(engine: Engine, services: list[str] | None) -> list[tuple[str, dict[str, Any], float]]:
@@ -208,16 +291,30 @@ def _pool_draft(
         ValueError: no request or no sample of the gauge in the span (the message says which).
     """
     start = now - timedelta(days=days)
-    in_use = source.query_range(service, tuning["in_use"], start, now, POOL_STEP).dropna()
-    total = source.query_range(service, tuning["requests"], start, now, POOL_STEP).dropna()
-    rates = rate(total).dropna()
-    if in_use.empty or rates.empty:
-        missing = tuning["in_use"] if in_use.empty else tuning["requests"]
-        raise ValueError(f"{service}: no samples of {missing} since {start.isoformat()}")
-    mean_rate = float(rates.mean())
-    if mean_rate <= 0:
-        raise ValueError(f"{service}: no requests counted since {start.isoformat()}")
-    hold = holding_time(float(in_use.mean()), mean_rate)
+    held = tuning.get("hold_seconds")
+    if held:
+        # Every use of a connection is timed: the arrivals are the uses, the holding time
+        # their mean (exact, where a sampled in-use gauge misses short holds).
+        total = source.query_range(service, f"{held}_count", start, now, POOL_STEP).dropna()
+        spent = source.query_range(service, f"{held}_sum", start, now, POOL_STEP).dropna()
+        uses, seconds = float(increase(total).sum()), float(increase(spent).sum())
+        if uses <= 0:
+            raise ValueError(f"{service}: no use of the pool timed since {start.isoformat()}")
+        rates, hold = rate(total).dropna(), seconds / uses
+        how = f"{held} (mean of {uses:.0f} timed uses)"
+    else:
+        in_use = source.query_range(service, tuning["in_use"], start, now, POOL_STEP).dropna()
+        total = source.query_range(service, tuning["requests"], start, now, POOL_STEP).dropna()
+        rates = rate(total).dropna()
+        if in_use.empty or rates.empty:
+            missing = tuning["in_use"] if in_use.empty else tuning["requests"]
+            raise ValueError(f"{service}: no samples of {missing} since {start.isoformat()}")
+        if float(rates.mean()) <= 0:
+            raise ValueError(f"{service}: no requests counted since {start.isoformat()}")
+        hold = holding_time(float(in_use.mean()), float(rates.mean()))
+        how = f"Little's law from sampled {tuning['in_use']} (short holds may be missed)"
+    if rates.empty:
+        raise ValueError(f"{service}: under two samples of {held} since {start.isoformat()}")
     hourly = rates.resample("1h").mean().dropna()
     busy = float(np.quantile(hourly.to_numpy(), BUSY_HOUR))
     wait_s = float(tuning.get("max_wait_ms", 50.0)) / 1000
@@ -249,6 +346,7 @@ def _pool_draft(
             "max_wait_ms": wait_s * 1000,
             "busy_rate_per_s": round(busy, 6),
             "holding_time_ms": round(hold * 1000, 3),
+            "holding_time_from": how,
             "offered_load": round(sized.offered_load, 4),
             "utilisation": round(sized.utilisation, 4),
             "hours_seen": len(hourly),
@@ -261,8 +359,23 @@ def _pool_draft(
     return draft, reason
 
 
+def _limit_setting(engine: Engine, service: str, metric: str) -> dict[str, Any]:
+    """The `set_limit` parameters naming the setting that enforces `metric`'s limit, if any."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT metadata->'optimization'->'limit_settings'->:m FROM services"
+                " WHERE name = :s"
+            ),
+            {"m": metric, "s": service},
+        ).scalar()
+    if not found:
+        return {}
+    return {"config_key": found["key"], "config_scale": float(found.get("scale", 1.0))}
+
+
 def _states(
-    metric: str, limit: float, sized: Rightsizing
+    metric: str, limit: float, sized: Rightsizing, setting: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     size = sized.static()
     per_hour = round(3600 / sized.step)
@@ -281,7 +394,10 @@ def _states(
         "direction": "shrink" if size < limit else "grow",
     }
     steps = [
-        {"action": "set_limit", "params": {"metric": metric, "from": limit, "to": round(size, 6)}},
+        {
+            "action": "set_limit",
+            "params": {"metric": metric, "from": limit, "to": round(size, 6), **setting},
+        },
         {"action": "validate_requests", "params": {}},
     ]
     risk = {
@@ -297,7 +413,8 @@ def _states(
 def _save(
     engine: Engine, service: str, metric: str, limit: float, sized: Rightsizing, now: datetime
 ) -> Written:
-    current, recommended, improvement, steps, risk = _states(metric, limit, sized)
+    setting = _limit_setting(engine, service, metric)
+    current, recommended, improvement, steps, risk = _states(metric, limit, sized, setting)
     size = recommended["limit"]
     reason = (
         f"{metric}: {improvement['direction']} the limit {limit:g} to {size:g}"
@@ -328,6 +445,16 @@ def store(engine: Engine, service: str, draft: Draft, reason: str, now: datetime
     size = float(draft.recommended[draft.key])
     with engine.begin() as conn:
         conn.execute(text("SELECT name FROM services WHERE name = :s FOR UPDATE"), {"s": service})
+        applying = conn.execute(
+            text(
+                "SELECT id FROM optimization_recommendations WHERE service = :s"
+                " AND optimization_type = :t AND target = :m AND status = 'applying'"
+            ),
+            {"s": service, "t": kind, "m": target},
+        ).scalar()
+        if applying is not None:  # measured against what it changes: nothing new meanwhile
+            why = f"recommendation {applying} is being applied"
+            return Written(service, kind, target, "skipped", str(applying), why)
         found = conn.execute(
             text(
                 "SELECT id, recommended_state FROM optimization_recommendations"

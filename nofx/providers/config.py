@@ -300,6 +300,15 @@ class ConfigStore:
         with self.engine.connect() as conn:
             return self._active(conn)
 
+    def current(self) -> dict[str, Any]:
+        """The configuration in force: the active version's, else (before the first push) what
+        the service's file holds; {} when neither exists."""
+        active = self.active()
+        if active is not None:
+            return dict(active.config)
+        found = read_document(self.delivery.path)
+        return dict(found[1]) if found else {}
+
     def history(self) -> list[ConfigVersion]:
         """Every version, oldest first."""
         with self.engine.connect() as conn:
