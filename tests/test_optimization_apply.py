@@ -400,7 +400,7 @@ async def test_an_index_is_built_only_in_its_window_and_cuts_the_query_time(
     service = fleet_service
     name = f"nofx_test_{uuid.uuid4().hex[:8]}"
     rec = recommendation(db_engine, service, index_draft(name))
-    window = datetime.now(UTC) + timedelta(seconds=45)
+    window = datetime.now(UTC) + timedelta(seconds=20)
     handle, _ = await start_optimization(client, apply_input(rec, not_before=window), service)
     waiting = await query_until(
         handle,
