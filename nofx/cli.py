@@ -12,10 +12,10 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import sqlalchemy.exc
 import typer
@@ -2017,35 +2017,40 @@ def optimize_apply(
         not_before=at if at is None or at.tzinfo else at.replace(tzinfo=UTC),
     )
 
-    async def go() -> ApplyStatusView:
+    async def go(nofx: NofxClient) -> ApplyStatusView:
+        view = await nofx.apply_recommendation(inp, service)
+        if not wait:
+            return view
+        handle = nofx.temporal.get_workflow_handle(view.workflow_id)
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+        return await nofx.optimization(recommendation)
+
+    view = _with_client(recommendation, go)
+    _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
+
+
+T = TypeVar("T")
+
+
+def _with_client(recommendation: str, call: Callable[[NofxClient], Awaitable[T]]) -> T:
+    """Run `call` on a connected client; a Temporal refusal is a CLI error naming the id."""
+
+    async def go() -> T:
         async with NofxClient.connect(settings()) as nofx:
-            view = await nofx.apply_recommendation(inp, service)
-            if not wait:
-                return view
-            handle = nofx.temporal.get_workflow_handle(view.workflow_id)
-            with contextlib.suppress(WorkflowFailureError):
-                await handle.result()
-            return await nofx.optimization(recommendation)
+            return await call(nofx)
 
     try:
-        view = asyncio.run(go())
+        return asyncio.run(go())
     except RPCError as err:
         raise fail(f"{recommendation}: {err.message}") from None
-    _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
 
 
 @optimize_app.command("status")
 def optimize_status(recommendation: RecommendationArg, as_json: JsonOption = False) -> None:
     """Where applying a recommendation stands: its timeline, measurements and verdict."""
 
-    async def go() -> ApplyStatusView:
-        async with NofxClient.connect(settings()) as nofx:
-            return await nofx.optimization(recommendation)
-
-    try:
-        view = asyncio.run(go())
-    except RPCError as err:
-        raise fail(f"{recommendation}: {err.message}") from None
+    view = _with_client(recommendation, lambda nofx: nofx.optimization(recommendation))
     _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
 
 
@@ -2057,15 +2062,7 @@ def optimize_abort(
 ) -> None:
     """Stop applying: before the change it ends declined, after it the change rolls back."""
     request = _request(AbortRequest, requested_by=approver or getpass.getuser(), reason=reason)
-
-    async def go() -> None:
-        async with NofxClient.connect(settings()) as nofx:
-            await nofx.abort_optimization(recommendation, request)
-
-    try:
-        asyncio.run(go())
-    except RPCError as err:
-        raise fail(f"{recommendation}: {err.message}") from None
+    _with_client(recommendation, lambda nofx: nofx.abort_optimization(recommendation, request))
     typer.echo(f"{apply_workflow_id(recommendation)}: abort sent")
 
 
