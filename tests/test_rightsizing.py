@@ -34,9 +34,11 @@ def test_a_daily_bump_is_sized_for_its_hour_and_not_all_day() -> None:
     size = made.size_at(at)
     hour = (np.arange(DAY) // HOUR).astype(int)
     # the quiet hours: 10 and the noise's headroom; the bump's hour and the hour either side of
-    # it (an hour's slack each way, for a bump that comes a little early or late): 20 and more
+    # it (an hour's slack each way, for a bump that comes a little early or late): the bump's
+    # level, 20, less at most two standard deviations of the noise (the profile is the usual
+    # day's peak, not the highest of all)
     assert np.all(size[(hour <= 10) | (hour >= 14)] < 10.6)
-    assert np.all(size[(hour >= 11) & (hour <= 13)] >= 20.0)
+    assert np.all(size[(hour >= 11) & (hour <= 13)] >= 19.8)
     assert made.static() == pytest.approx(float(size.max()))
     assert made.headroom < 0.6  # calibrated on the noise, not a 15% margin (1.5 at 10)
     assert made.exceed_probability is not None
