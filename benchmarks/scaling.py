@@ -2,14 +2,16 @@
 time-compressed daily load cycle — replica-hours and minutes of SLO violation.
 
     python benchmarks/scaling.py [--cycle-seconds 300] [--days 1] [--interval-seconds 2.5]
-        [--peak-rps 48] [--out benchmarks/results/scaling.json]
+        [--peak-rps 48] [--shape cosine|business] [--out benchmarks/results/scaling.json]
 
 A replica group of the staging fleet (one pilot, `--spares` spare slots under its supervisord
 and HAProxy, each pilot serving GET / with `--work-ms` of work on `--workers` worker slots) takes
-the daily cycle of pilot/load.py (`DailyCycle`: a trough at night, the peak at 15:00, a day
-compressed into `--cycle-seconds`) through its HAProxy frontend. Three strategies run one after
-another, each for `--days` compressed days from midnight, every change made by the platform's
-real `scale_out` / `scale_in` actions (nofx.optimization.scaling_actions, called directly):
+the daily cycle of pilot/load.py (`DailyCycle`, a day compressed into `--cycle-seconds`:
+`cosine`, a trough at night and the peak at 15:00 with a smooth cosine between; `business`, the
+trough all night, a surge from 08:00 to 09:00, a working day near the peak, the fall at 19:00)
+through its HAProxy frontend. Three strategies run one after another, each for `--days`
+compressed days from midnight, every change made by the platform's real `scale_out` / `scale_in`
+actions (nofx.optimization.scaling_actions, called directly):
 
 * fixed: the group sized for the peak (``ceil(peak / (capacity * utilisation))``) all day;
 * reactive: every interval, scale out by one when the measured utilisation (requests/s over
@@ -157,7 +159,7 @@ def run_strategy(
     scale = DAY_S / args.cycle_seconds
     steps_per_day = round(args.cycle_seconds / args.interval_seconds)
     plan = None
-    cycle = DailyCycle(args.cycle_seconds, trough_share=args.trough_share)
+    cycle = DailyCycle(args.cycle_seconds, trough_share=args.trough_share, shape=args.shape)
     # Each run starts as its strategy would have left the group the night before.
     start = peak_sized
     if name == "reactive":  # the fewest replicas the midnight load keeps under `--high`
@@ -259,6 +261,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--interval-seconds", type=float, default=2.5, help="measuring and deciding interval")
     add("--peak-rps", type=float, default=48.0, help="the cycle's peak rate")
     add("--trough-share", type=float, default=0.2, help="the trough's share of the peak")
+    add(
+        "--shape",
+        choices=DailyCycle.SHAPES,
+        default="cosine",
+        help="the day's shape (pilot/load.py)",
+    )
     add("--concurrency", type=int, default=32, help="load generator clients")
     add("--work-ms", type=float, default=100.0, help="service time of one GET / on a pilot")
     add("--workers", type=int, default=2, help="GET / a pilot serves at once")

@@ -163,7 +163,10 @@ class CreateIndexParams(ActionParams):
         pattern=rf"^({_SQL_NAME}\.)?{_SQL_NAME}$", description="table, or schema.table"
     )
     columns: list[SqlName] = Field(
-        min_length=1, max_length=32, description="the indexed columns, in order"
+        min_length=1,
+        max_length=32,
+        description="the indexed columns, in order",
+        json_schema_extra={"uniqueItems": True},
     )
     name: SqlName | None = Field(
         default=None, description="the index's name (default: derived from the step's key)"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from models.actions import ACTION_PARAMS, ActionName
 from models.common import Contract
@@ -132,12 +133,51 @@ class OpenIncidentResult(Contract):
     )
 
 
+def _params_by_action(schema: dict[str, Any]) -> None:
+    """The JSON schema says which params each action takes, as the validator below checks: one
+    complete variant per action, so API clients and fuzzers see the real contract."""
+    shared = schema.pop("properties")
+    for key in ("type", "required", "additionalProperties"):
+        schema.pop(key, None)
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "title": action,
+            "properties": {
+                **shared,
+                "action": {"const": action, "type": "string"},
+                "params": ACTION_PARAMS[action].model_json_schema(),
+            },
+            "required": ["action", "params"] if _needs_params(action) else ["action"],
+            "additionalProperties": False,
+        }
+        for action in ACTION_PARAMS
+    ]
+
+
+def _integral(value: Any) -> Any:
+    """3.0 as 3: JSON has one kind of number, and an integer field takes a whole one."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def _needs_params(action: str) -> bool:
+    return any(f.is_required() for f in ACTION_PARAMS[action].model_fields.values())
+
+
 class PlaybookStep(Contract):
     """One step of a recovery playbook (`recovery_playbooks.recovery_steps`).
 
     `params` is checked against the action's own model (models.actions.ACTION_PARAMS), so a bad
     parameter is refused with its name when the playbook is written, not when it runs.
     """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_params_by_action)
 
     action: ActionName
     params: dict[str, Any] = Field(default_factory=dict)
@@ -146,7 +186,10 @@ class PlaybookStep(Contract):
     @model_validator(mode="after")
     def _params_fit_the_action(self) -> PlaybookStep:
         try:
-            ACTION_PARAMS[self.action].model_validate(self.params)
+            # as JSON, strictly: a playbook is JSON, and `false` is not a number of anything
+            ACTION_PARAMS[self.action].model_validate_json(
+                json.dumps(_integral(self.params)), strict=True
+            )
         except ValidationError as err:
             problems = "; ".join(
                 f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()

@@ -58,6 +58,7 @@ from models.maintenance import CancelJob, JobAck, Reschedule, RunNow
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
+from nofx.api import tokens as api_tokens
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
@@ -1223,6 +1224,56 @@ def operators_remove(name: Annotated[str, typer.Argument()]) -> None:
     typer.echo(f"removed operator {name}")
 
 
+@operators_app.command("token")
+def operators_token(
+    name: Annotated[str, typer.Argument(help="the operator the token acts as")],
+    label: Annotated[str, typer.Option(help="what the token is for, e.g. ci, dashboard")] = "",
+) -> None:
+    """Make an API token acting as an operator, with their permissions; it is shown once."""
+    with _engine() as engine:
+        try:
+            info, token = api_tokens.issue(engine, name, label=label, actor=getpass.getuser())
+        except OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(token)  # alone on stdout: TOKEN=$(nofx operators token alice)
+    typer.echo(f"token {info.id} for {info.operator}: keep it now, it is not shown again", err=True)
+
+
+@operators_app.command("tokens")
+def operators_tokens(
+    operator: Annotated[str | None, typer.Option(help="only this operator's")] = None,
+) -> None:
+    """API tokens (never their secrets): id, operator, label, last use, revoked."""
+    with _engine() as engine:
+        for t in api_tokens.listing(engine, operator):
+            used = _clock(t.last_used_at) if t.last_used_at else "never used"
+            gone = f" revoked {_clock(t.revoked_at)}" if t.revoked_at else ""
+            typer.echo(f"{t.id}  {t.operator:<16} {t.label or '-':<12} {used}{gone}")
+
+
+@operators_app.command("revoke-token")
+def operators_revoke_token(token_id: Annotated[str, typer.Argument(help="the token's id")]) -> None:
+    """Revoke an API token: it authenticates nobody from now on."""
+    with _engine() as engine:
+        try:
+            info = api_tokens.revoke(engine, token_id, actor=getpass.getuser())
+        except OperationError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"revoked token {info.id} of {info.operator}")
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="default NOFX_API_HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default NOFX_API_PORT or 8400")] = None,
+) -> None:
+    """Serve the HTTP API (and the dashboard) alone, against the configured stack."""
+    from nofx.api.app import run as run_api
+
+    s = settings()
+    run_api(s, host or s.api_host, port or s.api_port)
+
+
 @mode_app.command("show")
 def mode_show() -> None:
     """The global mode, the thresholds, and the services with a mode of their own."""
@@ -1999,12 +2050,12 @@ def optimize_apply(
 ) -> None:
     """Apply a recommendation as a decision (type `optimization`, approved by risk), measure
     the service before and after, keep it or roll it back."""
-    from nofx.optimization.apply import ApplyError, applicable
+    from nofx.optimization.apply import applicable
 
     with _engine() as engine:
         try:
             service = applicable(engine, recommendation)
-        except ApplyError as err:
+        except OperationError as err:
             raise fail(str(err)) from None
     inp = _request(
         ApplyInput,

@@ -47,10 +47,19 @@ from models.maintenance import (
     ValidationInput,
     job_workflow_id,
 )
+from models.operations import (
+    HealingMetrics,
+    HealingSimulation,
+    IncidentSummary,
+    PatternSummary,
+    PlaybookChanges,
+    PlaybookView,
+)
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.operations.autonomous import AutonomousOperations
+from nofx.operations.healing import HealingOperations
 from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
 from nofx.temporal import SERVICE, STATUS, TRACK, StandingJob, connect, ensure_schedules
 
@@ -58,7 +67,7 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 
-def _local_database_url(settings: Settings) -> str | None:
+def local_database_url(settings: Settings) -> str | None:
     """The embedded database of a local stack (`nofx up`), if one runs."""
     from nofx.stack import Stack  # the stack imports this module's callers: import late
 
@@ -204,7 +213,7 @@ class NofxClient:
     async def connect(cls, settings: Settings | None = None) -> AsyncIterator[NofxClient]:
         settings = settings or get_settings()
         client = await connect(settings)
-        url = settings.database_url or _local_database_url(settings)
+        url = settings.database_url or local_database_url(settings)
         engine = make_engine(url) if url else None
         try:
             yield cls(client, engine)
@@ -267,14 +276,6 @@ class NofxClient:
         """The forecasting pass every `every` and daily validation (Schedules that exist
         already are left as they are); the ids created."""
         return await ensure_schedules(self.temporal, predictive_jobs(every))
-
-    async def _db(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.engine is None:
-            raise RuntimeError(
-                "no platform database: set NOFX_DATABASE_URL (or run `nofx up`) for healing"
-                " operations"
-            )
-        return await asyncio.to_thread(operation, self.engine, *args, **kwargs)
 
     # ---- the decision engine (same names as `nofx autonomous ...`) ------------------------
 
@@ -341,35 +342,47 @@ class NofxClient:
 
     # ---- healing operations (same names as `nofx healing ...`) ----------------------------
 
-    async def healing_status(self, service: str | None = None, limit: int = 20) -> list[Row]:
-        return await self._db(ops.incident_status, service=service, limit=limit)
+    def _healing(self) -> HealingOperations:
+        if self.engine is None:
+            raise RuntimeError(
+                "no platform database: set NOFX_DATABASE_URL (or run `nofx up`) for healing"
+                " operations"
+            )
+        return HealingOperations(self.engine)
 
-    async def healing_patterns(self) -> list[Row]:
-        return await self._db(ops.patterns)
+    async def healing_status(
+        self, service: str | None = None, limit: int = 20
+    ) -> list[IncidentSummary]:
+        return await self._healing().status(service, limit)
 
-    async def healing_playbooks(self, incident_type: str | None = None) -> list[Row]:
-        return await self._db(ops.list_playbooks, incident_type)
+    async def healing_patterns(self) -> list[PatternSummary]:
+        return await self._healing().patterns()
 
-    async def healing_playbook(self, name: str) -> Row:
-        return await self._db(ops.get_playbook, name)
+    async def healing_playbooks(self, incident_type: str | None = None) -> list[PlaybookView]:
+        return await self._healing().playbooks(incident_type)
 
-    async def create_playbook(self, spec: ops.PlaybookSpec) -> Row:
-        return await self._db(ops.create_playbook, spec)
+    async def healing_playbook(self, name: str) -> PlaybookView:
+        return await self._healing().playbook(name)
 
-    async def update_playbook(self, name: str, changes: dict[str, Any]) -> Row:
-        return await self._db(ops.update_playbook, name, changes)
+    async def create_playbook(self, spec: ops.PlaybookSpec) -> PlaybookView:
+        return await self._healing().create_playbook(spec)
 
-    async def disable_playbook(self, name: str) -> Row:
-        return await self._db(ops.set_playbook_enabled, name, False)
+    async def update_playbook(
+        self, name: str, changes: PlaybookChanges | dict[str, Any]
+    ) -> PlaybookView:
+        return await self._healing().update_playbook(name, changes)
 
-    async def enable_playbook(self, name: str) -> Row:
-        return await self._db(ops.set_playbook_enabled, name, True)
+    async def disable_playbook(self, name: str) -> PlaybookView:
+        return await self._healing().set_enabled(name, False)
 
-    async def healing_simulate(self, playbook: str, service: str) -> Row:
-        return await self._db(ops.simulate, playbook, service)
+    async def enable_playbook(self, name: str) -> PlaybookView:
+        return await self._healing().set_enabled(name, True)
 
-    async def healing_metrics(self, since: timedelta = timedelta(hours=24)) -> Row:
-        return await self._db(ops.healing_metrics, since)
+    async def healing_simulate(self, playbook: str, service: str) -> HealingSimulation:
+        return await self._healing().simulate(playbook, service)
+
+    async def healing_metrics(self, since: timedelta = timedelta(hours=24)) -> HealingMetrics:
+        return await self._healing().metrics(since)
 
     async def open_incident(self, incident: IncidentInput) -> WorkflowHandle[Any, Any]:
         """Start healing an incident, or join the one running for the same service and type."""

@@ -38,6 +38,8 @@ _ENV = {
     "metrics_base_port": "NOFX_METRICS_BASE_PORT",
     "metrics_host": "NOFX_METRICS_HOST",
     "metrics_port": "NOFX_METRICS_PORT",
+    "api_host": "NOFX_API_HOST",
+    "api_port": "NOFX_API_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
     "prediction_interval_minutes": "NOFX_PREDICTION_INTERVAL_MINUTES",
     "traffic_day_seconds": "NOFX_TRAFFIC_DAY_SECONDS",
@@ -75,6 +77,8 @@ class Settings(BaseModel):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="this worker's /metrics port (default: base)"
     )
+    api_host: str = Field(default="127.0.0.1", description="where `nofx api` / `nofx up` serve")
+    api_port: int = Field(default=8400, ge=1, le=65535, description="the HTTP API's port")
     probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     prediction_interval_minutes: float | None = Field(
         default=None,

@@ -108,6 +108,7 @@ STANDING_JOBS: tuple[StandingJob, ...] = (
 
 _PORT_SETTINGS = {
     "Temporal": "NOFX_TEMPORAL_ADDRESS / NOFX_TEMPORAL_UI_PORT",
+    "HTTP": "NOFX_API_PORT",
     **{worker: "NOFX_METRICS_BASE_PORT" for worker in WORKERS},
 }
 
@@ -232,8 +233,13 @@ class Stack:
                 self._start_worker(worker, database_url)
             progress("workers: waiting for pollers")
             asyncio.run(self._start_loops())
+            progress(f"api: starting on {self.api_url}")
+            self._start_api(database_url)
             self.state_file.write_text(
-                json.dumps({"database_url": database_url, "ui": self.ui_url}, indent=2)
+                json.dumps(
+                    {"database_url": database_url, "ui": self.ui_url, "api": self.api_url},
+                    indent=2,
+                )
             )
             log.info("stack up", started=list(self.started), ui=self.ui_url)
         except BaseException as err:
@@ -246,6 +252,7 @@ class Stack:
         wanted = {
             "Temporal frontend": (self.settings.temporal_port, "temporal"),
             "Temporal Web UI": (self.settings.temporal_ui_port, "temporal"),
+            "HTTP API": (self.settings.api_port, "api"),
         }
         for worker in WORKERS:
             wanted[f"{worker} metrics"] = (self.metrics_port(worker), worker)
@@ -359,6 +366,23 @@ class Stack:
         if not _alive(pid):
             raise StackError(f"{name} exited at start; see {self.settings.logs_dir / name}.log")
 
+    def _start_api(self, database_url: str) -> None:
+        pid = self._spawn(
+            "api",
+            [sys.executable, "-m", "nofx.api"],
+            {"NOFX_DATABASE_URL": database_url, "NOFX_HOME": str(self.home)},
+        )
+        _wait(
+            lambda: port_in_use(self.settings.api_port) and _alive(pid),
+            60,
+            f"the HTTP API did not start; see {self.settings.logs_dir / 'api.log'}",
+            still_alive=pid,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
     async def _start_loops(self) -> None:
         client = await connect(self.settings)
         for queue in WORKERS.values():
@@ -383,7 +407,7 @@ class Stack:
     def down(self, *, progress: Callable[[str], None] = lambda _: None) -> list[str]:
         """Stop every part this stack started (workers first, PostgreSQL last)."""
         stopped = []
-        for name in [*WORKERS, "traffic", "fleet", "temporal", "postgres"]:
+        for name in ["api", *WORKERS, "traffic", "fleet", "temporal", "postgres"]:
             if self._stop_part(name):
                 stopped.append(name)
                 log.info("part stopped", part=name)
@@ -450,6 +474,15 @@ class Stack:
                     pid,
                 )
             )
+        api = self._pid("api")
+        parts.append(
+            Part(
+                "api",
+                _state(api, s.api_port),
+                f"{self.api_url} (OpenAPI {self.api_url}/openapi.json)",
+                api,
+            )
+        )
         fleet = self.fleet()
         running = fleet.is_running()
         parts.append(Part("fleet", "running" if running else "stopped", str(fleet.socket_path)))

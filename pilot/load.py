@@ -93,13 +93,27 @@ def percentile(samples: Sequence[float], q: float) -> float | None:
 
 @dataclass(frozen=True)
 class DailyCycle:
-    """A day of traffic compressed into `day_seconds`: the rate is `trough_share` of its peak at
-    the trough and the whole of it at `peak_at` (a share of the day; 0.625 = 15:00), following a
-    cosine in between. Time 0 is midnight of the compressed day."""
+    """A day of traffic compressed into `day_seconds`; time 0 is midnight of the compressed day.
+
+    Shapes (`shape`):
+
+    * ``cosine``: `trough_share` of the peak at the trough, the whole of it at `peak_at` (a share
+      of the day; 0.625 = 15:00), a cosine in between — a smooth day a reactive scaler follows;
+    * ``business``: the trough all night, a surge when the working day opens (centred on
+      `opens_at`, 08:30; from 10% to 90% of the way up in `ramp_share` of the day, an hour),
+      a working day of 80% to 100% of the peak (the whole of it at `peak_at`) and the fall when
+      it closes (`closes_at`, 19:00) — the morning surge a scaler must be ahead of.
+    """
 
     day_seconds: float
     trough_share: float = 0.2
     peak_at: float = 0.625
+    shape: str = "cosine"
+    opens_at: float = 8.5 / 24
+    closes_at: float = 19 / 24
+    ramp_share: float = 1 / 24
+
+    SHAPES = ("cosine", "business")
 
     def __post_init__(self) -> None:
         if not self.day_seconds > 0:
@@ -108,11 +122,33 @@ class DailyCycle:
             raise ValueError(f"trough_share must be in (0, 1], not {self.trough_share}")
         if not 0 <= self.peak_at < 1:
             raise ValueError(f"peak_at must be in [0, 1), not {self.peak_at}")
+        if self.shape not in self.SHAPES:
+            raise ValueError(f"shape must be one of {self.SHAPES}, not {self.shape!r}")
+        if not 0 < self.ramp_share <= 0.25:
+            raise ValueError(f"ramp_share must be in (0, 0.25], not {self.ramp_share}")
+        if not 0 <= self.opens_at < self.closes_at < 1:
+            raise ValueError(
+                f"opens_at ({self.opens_at}) and closes_at ({self.closes_at}) must satisfy"
+                " 0 <= opens_at < closes_at < 1"
+            )
 
     def share(self, elapsed: float) -> float:
         """The share of the peak rate `elapsed` seconds after midnight of the compressed day."""
-        phase = elapsed / self.day_seconds - self.peak_at
-        return self.trough_share + (1 - self.trough_share) * (1 + math.cos(2 * math.pi * phase)) / 2
+        day = elapsed / self.day_seconds
+        hump = (1 + math.cos(2 * math.pi * (day - self.peak_at))) / 2
+        if self.shape == "cosine":
+            return self.trough_share + (1 - self.trough_share) * hump
+        phase = day % 1.0
+        width = self.ramp_share / (2 * math.log(9))  # 10% -> 90% of a logistic in ramp_share
+        opened = _logistic((phase - self.opens_at) / width)
+        open_still = _logistic((self.closes_at - phase) / width)
+        return self.trough_share + (1 - self.trough_share) * opened * open_still * (
+            0.8 + 0.2 * hump
+        )
+
+
+def _logistic(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
 
 
 class LoadGenerator:
@@ -307,12 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         "--trough-share", type=float, default=0.2, help="the trough's share of the peak rate"
     )
     parser.add_argument(
+        "--shape",
+        choices=DailyCycle.SHAPES,
+        default="cosine",
+        help="the daily cycle's shape (business: a morning surge, a working day, an evening fall)",
+    )
+    parser.add_argument(
         "--report-every", type=float, default=5.0, help="print a JSON stats line this often"
     )
     args = parser.parse_args(argv)
     try:
         cycle = (
-            DailyCycle(args.day_seconds, args.trough_share)
+            DailyCycle(args.day_seconds, args.trough_share, shape=args.shape)
             if args.day_seconds is not None
             else None
         )

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,7 @@ JOB_NAME = "nofx-fleet"
 READY_TIMEOUT_SECONDS = 30.0
 SCRAPE_INTERVAL = "1s"
 
-StartPrometheus = Callable[[Mapping[str, str]], "PrometheusServer"]
+StartPrometheus = Callable[..., "PrometheusServer"]
 
 
 @dataclass
@@ -83,9 +84,12 @@ class PrometheusServer:
                 self.process.wait(timeout=5)
 
 
-def write_config(path: Path, targets: Mapping[str, str]) -> None:
-    """A config scraping each ``service -> host:port`` every second, labelled ``service``."""
-    config = {
+def write_config(
+    path: Path, targets: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> None:
+    """A config scraping each ``service -> host:port`` every second, labelled ``service``;
+    `extra` adds top-level sections (``rule_files``, ``alerting``)."""
+    config: dict[str, Any] = {
         "global": {
             "scrape_interval": SCRAPE_INTERVAL,
             "scrape_timeout": SCRAPE_INTERVAL,
@@ -101,14 +105,17 @@ def write_config(path: Path, targets: Mapping[str, str]) -> None:
             }
         ],
     }
+    config.update(extra or {})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _launch(binary: str, root: Path, targets: Mapping[str, str]) -> PrometheusServer:
+def _launch(
+    binary: str, root: Path, targets: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> PrometheusServer:
     """Start one server and wait for /-/ready; raise RuntimeError with its log if it fails."""
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "prometheus.yml"
-    write_config(config_path, targets)
+    write_config(config_path, targets, extra)
     port = free_port()
     log = (root / "prometheus.log").open("wb")
     process = subprocess.Popen(
@@ -168,12 +175,14 @@ def start_prometheus(
     """A factory starting real Prometheus servers; all are stopped after the test."""
     started: list[PrometheusServer] = []
 
-    def start(targets: Mapping[str, str]) -> PrometheusServer:
+    def start(
+        targets: Mapping[str, str], extra: Mapping[str, Any] | None = None
+    ) -> PrometheusServer:
         last_error: RuntimeError | None = None
         for _ in range(3):  # the free port may be taken between choosing and binding it
             root = tmp_path_factory.mktemp("prometheus")
             try:
-                server = _launch(prometheus_binary, root, targets)
+                server = _launch(prometheus_binary, root, targets, extra)
             except RuntimeError as err:
                 last_error = err
                 continue

@@ -7,6 +7,7 @@ it back exactly once per incident, even when called again as a retried activity 
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -284,6 +285,30 @@ def test_a_replica_group_is_balanced_by_the_fleets_haproxy(tmp_path: Path) -> No
     finally:
         fleet.stop()
     assert not answers(fleet.group_url("web", "/health"))  # the load balancer went with it
+
+
+def test_a_business_day_surges_in_the_morning_and_falls_in_the_evening() -> None:
+    from pilot.load import DailyCycle
+
+    day = DailyCycle(day_seconds=24.0, trough_share=0.2, shape="business")  # a second an hour
+    assert day.share(3.0) == pytest.approx(0.2, abs=1e-3)  # night: the trough
+    assert day.share(22.0) == pytest.approx(0.2, abs=1e-3)
+    # the surge: 10% of the way up at 08:00, 90% at 09:00 (the working day's level is 0.8 to 1
+    # of the peak, so the share there is between 0.2 + 0.8 * 0.8 and 1.0)
+    assert day.share(8.0) == pytest.approx(0.2 + 0.8 * 0.1 * (0.8 + 0.2 * day_hump(8)), abs=0.01)
+    assert day.share(9.0) == pytest.approx(0.2 + 0.8 * 0.9 * (0.8 + 0.2 * day_hump(9)), abs=0.01)
+    assert day.share(15.0) == pytest.approx(1.0, abs=1e-3)  # the peak
+    assert all(0.84 <= day.share(h) <= 1.0 for h in range(10, 18))
+    assert day.share(20.0) < 0.25  # closed
+    with pytest.raises(ValueError, match="shape"):
+        DailyCycle(day_seconds=24.0, shape="weekly")
+    with pytest.raises(ValueError, match="opens_at"):
+        DailyCycle(day_seconds=24.0, shape="business", opens_at=0.8, closes_at=0.5)
+
+
+def day_hump(hour: float) -> float:
+    """The working day's hump of `DailyCycle` at `hour` (1 at 15:00, 0 at 03:00)."""
+    return (1 + math.cos(2 * math.pi * (hour / 24 - 0.625))) / 2
 
 
 def test_a_compressed_daily_cycle_makes_quiet_and_busy_hours(live_fleet: Fleet) -> None:

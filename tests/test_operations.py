@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from nofx.healing import operations as ops
 from nofx.healing.guardrails import set_paused
-from nofx.operations.errors import OperationError
+from nofx.operations.errors import NotFound
 from nofx.providers.config import ConfigStore
 from pilot.fleet import Fleet
 
@@ -228,16 +228,17 @@ async def test_the_python_client_offers_the_same_operations(
 
     nofx = NofxClient(client, db_engine)
     books = await nofx.healing_playbooks("service_down")
-    assert [b["playbook_name"] for b in books] == [
+    assert [b.playbook_name for b in books] == [
         "restart-service",
         "drain-and-restart-dead-replica",
         "shift-traffic-off-dead-replica",
     ]
     plan = await nofx.healing_simulate("restart-service", live_fleet.spec.services[0].name)
-    assert plan["touched"] == "nothing"
-    assert {p["problem_signature"] for p in await nofx.healing_patterns()} >= {"service_down"}
-    assert "table" in await nofx.healing_metrics()
-    with pytest.raises(OperationError, match="no playbook named"):
+    assert plan.touched == "nothing"
+    assert plan.rollback_plan  # a restart is undone by starting it again
+    assert {p.problem_signature for p in await nofx.healing_patterns()} >= {"service_down"}
+    assert (await nofx.healing_metrics()).table[-1].pattern == "overall"
+    with pytest.raises(NotFound, match="no playbook named"):
         await nofx.healing_playbook("nope")
     without_db = NofxClient(client)
     with pytest.raises(RuntimeError, match="NOFX_DATABASE_URL"):

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -58,6 +59,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         "NOFX_TEMPORAL_UI_PORT": str(free_port()),
         "NOFX_METRICS_BASE_PORT": str(free_port(span=3)),
         "NOFX_FLEET_BASE_PORT": str(free_port(span=4)),
+        "NOFX_API_PORT": str(free_port()),
         "NOFX_PROBE_INTERVAL_SECONDS": "1",
     }
     env.pop("NOFX_DATABASE_URL", None)
@@ -120,9 +122,20 @@ def test_demo_heals_a_killed_service_on_embedded_defaults(stack_env: dict[str, s
     assert status.returncode == 0
     lines = {line.split()[0]: line for line in status.stdout.splitlines()}
     for part in ("temporal", "postgres", "worker-decisions", "worker-healing",
-                 "worker-maintenance", "fleet"):  # fmt: skip
+                 "worker-maintenance", "fleet", "api"):  # fmt: skip
         assert " running " in lines[part], status.stdout
     assert "healthy" in lines["pilot-api"]
+
+    # the HTTP API runs with the stack: a token made on the command line reads through it
+    api = f"http://127.0.0.1:{stack_env['NOFX_API_PORT']}"
+    assert httpx.get(f"{api}/api/health", timeout=10).json()["status"] == "ok"
+    added = nofx(stack_env, "operators", "add", "ci-reader", "--permission", "healing:*")
+    assert added.returncode == 0, added.stderr
+    token = nofx(stack_env, "operators", "token", "ci-reader", "--label", "test")
+    assert token.returncode == 0, token.stderr
+    headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+    assert httpx.get(f"{api}/api/approvals", headers=headers, timeout=10).json() == []
+    assert httpx.get(f"{api}/api/approvals", timeout=10).status_code == 401
 
     audit = nofx(stack_env, "audit", "verify")
     assert audit.returncode == 0, audit.stderr
@@ -132,6 +145,7 @@ def test_demo_heals_a_killed_service_on_embedded_defaults(stack_env: dict[str, s
     assert down.returncode == 0
     assert not port_in_use(int(stack_env["NOFX_TEMPORAL_ADDRESS"].rsplit(":", 1)[1]))
     assert not port_in_use(int(stack_env["NOFX_FLEET_BASE_PORT"]))
+    assert not port_in_use(int(stack_env["NOFX_API_PORT"]))
 
 
 def _rows(url: str, sql: str, **params: object) -> list[dict[str, Any]]:

@@ -12,38 +12,29 @@ import json
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from models.actions import ACTION_CAPABILITY, ACTION_PARAMS, CHECKS
 from models.common import Contract
-from models.detection import PATTERNS
+from models.detection import Pattern
 from models.guardrails import GuardrailCheck
 from models.healing import FleetTarget, PlaybookStep
 from nofx.healing.actions import ACTIONS, capabilities
 from nofx.healing.guardrails import check_guardrails
-from nofx.operations.errors import OperationError
+from nofx.operations.errors import NotFound, RuleConflict
 
 
 class PlaybookSpec(Contract):
     """A recovery playbook as an operator writes it (`nofx healing playbooks create --file`)."""
 
-    incident_type: str
+    incident_type: Pattern
     playbook_name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")
     recovery_steps: list[PlaybookStep] = Field(min_length=1)
     automation_level: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
     required_permissions: list[str] = Field(default_factory=list)
     escalation_rank: int = Field(default=1, ge=1, le=20)
-
-    @model_validator(mode="after")
-    def _known_pattern(self) -> PlaybookSpec:
-        if self.incident_type not in PATTERNS:
-            raise ValueError(
-                f"incident_type {self.incident_type!r} is not a known pattern"
-                f" ({', '.join(PATTERNS)})"
-            )
-        return self
 
 
 # ---- status ---------------------------------------------------------------------------------
@@ -149,10 +140,12 @@ def get_playbook(engine: Engine, name: str) -> dict[str, Any]:
             .all()
         )
     if not rows:
-        raise OperationError(f"no playbook named {name!r}")
+        raise NotFound(f"playbook: no playbook named {name!r}")
     if len(rows) > 1:
         types = ", ".join(r["incident_type"] for r in rows)
-        raise OperationError(f"{len(rows)} playbooks are named {name!r} ({types})")
+        raise RuleConflict(
+            f"{len(rows)} playbooks are named {name!r} ({types})", rule="unique_playbook_name"
+        )
     return dict(rows[0])
 
 
@@ -162,15 +155,15 @@ def _steps_json(spec: PlaybookSpec) -> str:
 
 def create_playbook(engine: Engine, spec: PlaybookSpec) -> dict[str, Any]:
     with engine.begin() as conn:
+        # Names are unique across patterns: a playbook is shown, changed and chosen by name.
         exists = conn.execute(
-            text(
-                "SELECT 1 FROM recovery_playbooks WHERE incident_type = :t AND playbook_name = :n"
-            ),
-            {"t": spec.incident_type, "n": spec.playbook_name},
-        ).one_or_none()
+            text("SELECT incident_type FROM recovery_playbooks WHERE playbook_name = :n"),
+            {"n": spec.playbook_name},
+        ).first()
         if exists:
-            raise OperationError(
-                f"playbook {spec.playbook_name!r} already exists for {spec.incident_type}"
+            raise RuleConflict(
+                f"playbook {spec.playbook_name!r} already exists for {exists[0]}",
+                rule="unique_playbook_name",
             )
         conn.execute(
             text(
@@ -204,7 +197,10 @@ def update_playbook(engine: Engine, name: str, changes: dict[str, Any]) -> dict[
     }
     spec = PlaybookSpec.model_validate(merged)  # ValidationError: refused field by field
     if spec.incident_type != current["incident_type"] or spec.playbook_name != name:
-        raise OperationError("incident_type and playbook_name cannot change; create a new one")
+        raise RuleConflict(
+            "incident_type and playbook_name cannot change; create a new one",
+            rule="playbook_identity",
+        )
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -242,7 +238,9 @@ def simulate(engine: Engine, playbook: str, service: str) -> dict[str, Any]:
     try:
         steps = [PlaybookStep.model_validate(s) for s in book["recovery_steps"]]
     except ValidationError as err:
-        raise OperationError(f"{playbook}: stored steps do not validate: {err}") from None
+        raise RuleConflict(
+            f"{playbook}: stored steps do not validate: {err}", rule="valid_playbook"
+        ) from None
     with engine.connect() as conn:
         row = (
             conn.execute(
@@ -263,7 +261,7 @@ def simulate(engine: Engine, playbook: str, service: str) -> dict[str, Any]:
             {"p": playbook, "t": book["incident_type"]},
         ).one()
     if row is None:
-        raise OperationError(f"service {service!r} is not in the inventory (table services)")
+        raise NotFound(f"service: {service!r} is not in the inventory (table services)")
     target = FleetTarget(
         service=row["name"],
         endpoint=row["endpoint"],

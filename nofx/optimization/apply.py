@@ -44,6 +44,7 @@ from models.optimization import (
 from nofx.inventory import find_target
 from nofx.logging import get_logger
 from nofx.maintenance.jobs import fresh_reading
+from nofx.operations.errors import InvalidRequest, NotFound, RuleConflict
 from nofx.optimization.cost import memory_metric, memory_saving_per_hour
 from nofx.optimization.recommendations import CACHE, RIGHTSIZING
 from nofx.telemetry.sources import MetricSource
@@ -416,12 +417,15 @@ def applicable(engine: Engine, recommendation_id: str) -> str:
     """The service of an open recommendation, checked before a workflow is started for it.
 
     Raises:
-        ApplyError: not a recommendation id, no such recommendation, or not open.
+        InvalidRequest: not a recommendation id. NotFound: no such recommendation.
+        RuleConflict: it is not open (rule `open`).
     """
     try:
         UUID(recommendation_id)
     except ValueError:
-        raise ApplyError(f"{recommendation_id!r} is not a recommendation id (a UUID)") from None
+        raise InvalidRequest(
+            [f"recommendation_id: {recommendation_id!r} is not a recommendation id (a UUID)"]
+        ) from None
     with engine.connect() as conn:
         row = conn.execute(
             text(
@@ -431,7 +435,11 @@ def applicable(engine: Engine, recommendation_id: str) -> str:
             {"i": recommendation_id},
         ).first()
     if row is None:
-        raise ApplyError(f"no recommendation {recommendation_id} (nofx predictive optimize)")
+        raise NotFound(
+            f"recommendation: no recommendation {recommendation_id} (nofx predictive optimize)"
+        )
     if row.status != "open":
-        raise ApplyError(f"recommendation {recommendation_id} is {row.status}, not open")
+        raise RuleConflict(
+            f"recommendation {recommendation_id} is {row.status}, not open", rule="open"
+        )
     return str(row.service)
