@@ -157,6 +157,34 @@ def up() -> None:
 
 
 @app.command()
+def bootstrap(as_json: JsonOption = False) -> None:
+    """Bring the deployment to this version's definition: migrations, search attributes, every
+    Schedule created or updated (idempotent: a second run changes nothing and says so)."""
+    from nofx.bootstrap import BootstrapReport
+    from nofx.bootstrap import bootstrap as run_bootstrap
+
+    url = _database_url()
+
+    async def go() -> BootstrapReport:
+        async with temporal_client(settings()) as client:
+            return await run_bootstrap(client, url, settings())
+
+    try:
+        report = asyncio.run(go())
+    except RPCError as err:
+        raise fail(f"cannot reach Temporal ({err.message}): is it running?") from None
+    except MigrationError as err:
+        raise fail(str(err)) from None
+    data = {
+        "migrations": report.migrations,
+        "search_attributes": report.search_attributes,
+        "schedules": report.schedules,
+        "changed": report.changed,
+    }
+    _emit(data, as_json, report.lines())
+
+
+@app.command()
 def down() -> None:
     """Stop everything `nofx up` started."""
     stopped = Stack(settings()).down(progress=say)

@@ -38,6 +38,7 @@ from models.decisions import TrainRequest
 from models.detection import TrainDetectorInput
 from models.healing import MonitorInput
 from models.readmission import TrafficReadmissionInput
+from nofx.bootstrap import reconcile_schedules
 from nofx.client import predictive_jobs
 from nofx.db import make_engine, migrate, to_libpq_url
 from nofx.inventory import register_fleet
@@ -51,7 +52,7 @@ from nofx.settings import (
     Settings,
 )
 from nofx.shutdown import StopOnSignals
-from nofx.temporal import StandingJob, connect, ensure_schedules
+from nofx.temporal import StandingJob, connect
 from pilot.fleet import Fleet, FleetError, FleetSpec, port_in_use
 
 with warnings.catch_warnings():
@@ -395,7 +396,7 @@ class Stack:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         every = timedelta(minutes=self.settings.prediction_interval_minutes or 5)
-        await ensure_schedules(client, [*STANDING_JOBS, *predictive_jobs(every)])
+        await reconcile_schedules(client, [*STANDING_JOBS, *predictive_jobs(every)])
 
     def _undo_started(self) -> None:
         for name in reversed(self.started):

@@ -37,7 +37,8 @@ SERVICES = {
     "temporal",
     "temporal-admin-tools",
     "temporal-ui",
-    "nofx-migrate",
+    "nofx-bootstrap",
+    "api",
     "prometheus",
     *WORKERS,
 }
@@ -106,19 +107,20 @@ def test_worker_is_health_checked_on_its_metrics(services: dict[str, Any], name:
     assert "/metrics" in " ".join(_argv(healthcheck["test"]))
 
 
-@pytest.mark.parametrize("name", sorted(WORKERS))
-def test_worker_waits_for_temporal_and_the_migration(services: dict[str, Any], name: str) -> None:
+@pytest.mark.parametrize("name", [*sorted(WORKERS), "api"])
+def test_worker_waits_for_temporal_and_the_bootstrap(services: dict[str, Any], name: str) -> None:
     depends = _depends_on(services[name])
     assert depends.get("temporal") == "service_healthy"
-    assert depends.get("nofx-migrate") == "service_completed_successfully"
+    assert depends.get("nofx-bootstrap") == "service_completed_successfully"
 
 
-def test_workers_share_one_image_with_the_migration(services: dict[str, Any]) -> None:
-    migrate = services["nofx-migrate"]
-    assert _argv(migrate["command"]) == ["nofx", "db", "migrate"]
-    assert _depends_on(migrate).get("postgresql") == "service_healthy"
-    images = {services[name]["image"] for name in [*WORKERS, "nofx-migrate"]}
-    assert len(images) == 1, f"workers and migration use different images: {images}"
+def test_workers_share_one_image_with_the_bootstrap(services: dict[str, Any]) -> None:
+    bootstrap = services["nofx-bootstrap"]
+    assert _argv(bootstrap["command"]) == ["nofx", "bootstrap"]
+    assert _depends_on(bootstrap).get("postgresql") == "service_healthy"
+    assert _depends_on(bootstrap).get("temporal") == "service_healthy"
+    images = {services[name]["image"] for name in [*WORKERS, "nofx-bootstrap", "api"]}
+    assert len(images) == 1, f"workers, API and bootstrap use different images: {images}"
 
 
 def test_temporal_persists_in_the_postgresql_service(services: dict[str, Any]) -> None:
@@ -135,7 +137,7 @@ def test_temporal_persists_in_the_postgresql_service(services: dict[str, Any]) -
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
-    for name in SERVICES - WORKERS.keys() - {"nofx-migrate"}:
+    for name in SERVICES - WORKERS.keys() - {"nofx-bootstrap", "api"}:
         tag = _image_tag(services[name]["image"])
         assert tag not in {"", "latest"}, f"{name} runs an unpinned image"
 
