@@ -35,7 +35,7 @@ from nofx.settings import get_settings
 from pilot.fleet import free_port
 from tests.test_decision_operations import add_service, serve
 
-MAX_EXAMPLES = 8  # per operation and phase: bounded, so CI stays quick
+MAX_EXAMPLES = 5  # per operation and phase: bounded, so CI stays quick
 # What a request may write, and how a change shows: row counts and the latest update.
 WRITTEN = {
     "autonomous_decisions": "count(*), max(updated_at)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 from sqlalchemy import text
@@ -25,11 +25,17 @@ from nofx.healing.actions import ACTIONS, capabilities
 from nofx.healing.guardrails import check_guardrails
 from nofx.operations.errors import NotFound, RuleConflict
 
+# A maintenance job decides among the playbooks of `maintenance:<issue>` (sql/025): oom,
+# disk_full, pool_exhausted, or `<metric>_exhausted` (nofx.maintenance.predictions.issue_of).
+MaintenanceProblem = Annotated[str, Field(pattern=r"^maintenance:[a-z0-9_]{1,80}$")]
+
 
 class PlaybookSpec(Contract):
     """A recovery playbook as an operator writes it (`nofx healing playbooks create --file`)."""
 
-    incident_type: Pattern
+    incident_type: Pattern | MaintenanceProblem = Field(
+        description="a failure pattern, or `maintenance:<issue>` for a maintenance job's playbooks"
+    )
     playbook_name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")
     recovery_steps: list[PlaybookStep] = Field(min_length=1)
     automation_level: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
