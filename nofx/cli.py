@@ -1780,16 +1780,6 @@ predictive_app = typer.Typer(
 app.add_typer(predictive_app, name="predictive")
 
 
-def _limit_of(engine: Engine, service: str, metric: str) -> float | None:
-    """The inventory's limit for `metric` of `service` (None when it declares none)."""
-    rows = inventory_store.describe(engine, service)
-    if not rows:
-        raise fail(f"{service} is not in the inventory (nofx services list)")
-    limits = (rows[0]["metadata"] or {}).get("limits") or {}
-    value = limits.get(metric)
-    return float(value) if value is not None else None
-
-
 @predictive_app.command("forecast")
 def predictive_forecast(
     service: Annotated[str, typer.Option("--service", help="a service of the inventory")],
@@ -1823,11 +1813,13 @@ def predictive_forecast(
         )
     except ValidationError as err:
         raise fail("; ".join(field_errors(err))) from None
+    from nofx.operations.predictive import limit_of
+
     with _engine() as engine:
-        limit = _limit_of(engine, service, metric)
         try:
+            limit = limit_of(engine, service, metric)
             report = forecast_metric(metric_source(engine, settings()), request, limit=limit)
-        except (ForecastError, MetricSourceError) as err:
+        except (ForecastError, MetricSourceError, OperationError) as err:
             raise fail(str(err)) from None
     if plot_path is not None:
         plot(report, plot_path)

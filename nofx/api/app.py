@@ -351,6 +351,3 @@ def run(settings: Settings, host: str, port: int) -> None:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
     )
-
-
-Operation = Callable[..., Awaitable[Any]]

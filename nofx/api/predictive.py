@@ -20,6 +20,7 @@ from models.maintenance import CancelJob, JobAck, Reschedule, RunNow, Validation
 from models.operations import MaintenanceJobView, MaintenancePredictionView, RecommendationView
 from models.optimization import ApplyInput, ApplyStatusView
 from nofx.api.app import ApiContext, Ctx, Who, audited, require
+from nofx.api.tokens import Caller
 from nofx.operations.predictive import PredictiveOperations
 
 router = APIRouter(prefix="/api/predictive", tags=["predictive"])
@@ -149,7 +150,7 @@ async def run_or_cancel(
 
 
 async def _move(
-    ctx: ApiContext, who: Any, job: str, move: str, request: Reschedule | RunNow | CancelJob
+    ctx: ApiContext, who: Caller, job: str, move: str, request: Reschedule | RunNow | CancelJob
 ) -> JobAck:
     require(who, SCHEDULE, "move maintenance jobs")
     ack = await ops(ctx).move_job(job, request)

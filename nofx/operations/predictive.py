@@ -34,7 +34,7 @@ def limit_of(engine: Engine, service: str, metric: str) -> float | None:
     """
     rows = inventory_store.describe(engine, service)
     if not rows:
-        raise NotFound(f"service: {service!r} is not in the inventory (nofx services list)")
+        raise NotFound(f"service: {service} is not in the inventory (nofx services list)")
     value = ((rows[0]["metadata"] or {}).get("limits") or {}).get(metric)
     return float(value) if value is not None else None
 
