@@ -20,7 +20,7 @@ from models.common import AbortRequest
 from models.forecasting import ForecastReport, ForecastRequest
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow, ValidationReport
 from models.operations import MaintenanceJobView, MaintenancePredictionView, RecommendationView
-from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
+from models.optimization import APPLY_TERMINAL, ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import inventory as inventory_store
 from nofx.operations.errors import InvalidRequest, NotFound, RuleConflict
 from nofx.settings import Settings
@@ -185,7 +185,7 @@ class PredictiveOperations:
     async def abort_optimization(self, recommendation_id: str, request: AbortRequest) -> None:
         """Stop applying: before the change it ends declined, after it the change rolls back."""
         view = await self.optimization(recommendation_id)
-        if view.status not in ("deciding", "waiting", "measuring", "applying", "settling"):
+        if view.status in APPLY_TERMINAL:
             raise RuleConflict(
                 f"recommendation {recommendation_id} is {view.status}: nothing to abort",
                 rule="not_running",
