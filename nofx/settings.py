@@ -38,6 +38,7 @@ _ENV = {
     "metrics_base_port": "NOFX_METRICS_BASE_PORT",
     "metrics_host": "NOFX_METRICS_HOST",
     "metrics_port": "NOFX_METRICS_PORT",
+    "worker_shutdown_grace_seconds": "NOFX_WORKER_SHUTDOWN_GRACE_SECONDS",
     "api_host": "NOFX_API_HOST",
     "api_port": "NOFX_API_PORT",
     "probe_interval_seconds": "NOFX_PROBE_INTERVAL_SECONDS",
@@ -76,6 +77,13 @@ class Settings(BaseModel):
     metrics_host: str = Field(default="127.0.0.1", description="where a worker serves /metrics")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="this worker's /metrics port (default: base)"
+    )
+    worker_shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM a worker stops taking tasks and lets running activities finish"
+        " this long before cancelling them (keep the supervisor's stop timeout above it)",
     )
     api_host: str = Field(default="127.0.0.1", description="where `nofx api` / `nofx up` serve")
     api_port: int = Field(default=8400, ge=1, le=65535, description="the HTTP API's port")

@@ -2,6 +2,12 @@
 
 A track's module only names its task queue, workflows and activities; how a worker process is
 put together (and shut down on SIGTERM without losing a task) lives here once.
+
+Stopping: on SIGTERM or SIGINT the worker stops polling and gives the activities it is running
+`worker_shutdown_grace_seconds` (NOFX_WORKER_SHUTDOWN_GRACE_SECONDS) to finish; a restart half
+done is worse than one that waits. Whatever still runs then is cancelled: a heartbeating
+activity sees the cancellation and ends, and Temporal retries it on another worker. The log says
+what was in flight when the stop began and how each of those ended.
 """
 
 from __future__ import annotations
@@ -11,10 +17,19 @@ import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
+from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.exceptions import CancelledError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
 
 from activities.actions import ActionActivities
 from activities.guardrails import GuardrailActivities
@@ -58,14 +73,66 @@ def remediation_activities(deps: Dependencies) -> list[Callable[..., object]]:
     ]
 
 
+class InFlight(Interceptor):
+    """The activities this worker runs now, so that a stop can say what it waited for.
+
+    After `stopping()` each of them logs how it ended: completed, cancelled (the grace ran out)
+    or failed.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[bytes, str] = {}
+        self._log: Any = None
+
+    def stopping(self, log: Any) -> list[str]:
+        """Note that the worker is stopping; returns what runs now."""
+        self._log = log
+        return sorted(self.running.values())
+
+    def ended(self, what: str, outcome: str) -> None:
+        if self._log is not None:
+            self._log.info("activity ended while stopping", what=what, outcome=outcome)
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _Tracked(next, self)
+
+
+class _Tracked(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, owner: InFlight) -> None:
+        super().__init__(next)
+        self._owner = owner
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        what = f"{info.activity_type} of {info.workflow_id} (attempt {info.attempt})"
+        self._owner.running[info.task_token] = what
+        outcome = "failed"
+        try:
+            result = await super().execute_activity(input)
+            outcome = "completed"
+            return result
+        except (asyncio.CancelledError, CancelledError):
+            outcome = "cancelled"
+            raise
+        finally:
+            del self._owner.running[info.task_token]
+            self._owner.ended(what, outcome)
+
+
 def build_worker(
-    deps: Dependencies, task_queue: str, workflows: Sequence[type], activities: ActivityFactory
+    deps: Dependencies,
+    task_queue: str,
+    workflows: Sequence[type],
+    activities: ActivityFactory,
+    *,
+    in_flight: InFlight | None = None,
 ) -> Worker:
     """A Worker for one track; sync activities run on a pool sized to the activity slots.
 
     Its workflows refuse input that does not fit their contract (`nofx.payloads`): a malformed
     start fails the run at once with a typed `InvalidInput` naming each field, rather than
-    failing its workflow task forever and holding the workflow id.
+    failing its workflow task forever and holding the workflow id. Shut down, it lets running
+    activities finish for `worker_shutdown_grace_seconds` before cancelling them.
     """
     config = deps.client.config()
     config["data_converter"] = contract_data_converter(deps.client.data_converter)
@@ -77,6 +144,8 @@ def build_worker(
         activity_executor=ThreadPoolExecutor(ACTIVITY_CONCURRENCY),
         max_concurrent_activities=ACTIVITY_CONCURRENCY,
         workflow_runner=ContractWorkflowRunner(),
+        graceful_shutdown_timeout=timedelta(seconds=deps.settings.worker_shutdown_grace_seconds),
+        interceptors=[in_flight] if in_flight is not None else [],
     )
 
 
@@ -91,7 +160,8 @@ async def serve(task_queue: str, workflows: Sequence[type], activities: Activity
     client = await connect(settings, runtime=metrics_runtime(metrics))
     engine = make_engine(settings.database_url, pool_size=ACTIVITY_CONCURRENCY)
     deps = Dependencies(engine=engine, client=client, settings=settings)
-    worker = build_worker(deps, task_queue, workflows, activities)
+    in_flight = InFlight()
+    worker = build_worker(deps, task_queue, workflows, activities, in_flight=in_flight)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -101,6 +171,10 @@ async def serve(task_queue: str, workflows: Sequence[type], activities: Activity
     )
     async with worker:
         await stop.wait()
-        log.info("worker stopping")
+        log.info(
+            "worker stopping",
+            grace_seconds=settings.worker_shutdown_grace_seconds,
+            in_flight=in_flight.stopping(log),
+        )
     engine.dispose()
     log.info("worker stopped")
