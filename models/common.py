@@ -6,9 +6,21 @@ plain JSON object such as `{"approver": "alice", "reason": "looks right"}`.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _text_only(value: Any) -> Any:
+    if isinstance(value, datetime | str):
+        return value
+    raise ValueError("a time is written as ISO 8601 text with its zone, e.g. 2026-12-06T09:00Z")
+
+
+# A time as a request writes it: ISO 8601 text with its zone (never a bare number, which a
+# lenient parser would take for seconds since 1970).
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 class Contract(BaseModel):

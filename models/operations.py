@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from models.common import Contract
+from models.common import Contract, IsoTime
 from models.healing import IncidentType, PlaybookStep
 
 
@@ -258,3 +258,157 @@ class AlertOutcome(Contract):
 
 class AlertsReceived(Contract):
     alerts: list[AlertOutcome]
+
+
+# ---- oversight: incidents, decisions, controls, schedules, autonomy metrics -----------------
+
+
+class TimelineEvent(Contract):
+    """One step of an incident or a decision, from the audit trail (durable, hash-chained)."""
+
+    id: int = Field(description="the audit event's id")
+    at: datetime
+    actor: str
+    action: str = Field(description="e.g. `incident.healing`, `decision.made`, `api.approve`")
+    reason: str | None = None
+    workflow_id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IncidentDetail(IncidentSummary):
+    """An incident with its timeline, what it did and what it would undo."""
+
+    workflow_id: str | None = None
+    running: bool = False
+    detection_method: str | None = None
+    root_cause: dict[str, Any] | None = None
+    decision_id: str | None = None
+    awaiting_decision: str | None = Field(
+        default=None, description="the decision waiting for a person, when one does"
+    )
+    rollback_plan: list[str] = Field(default_factory=list)
+    actions: list[dict[str, Any]] = Field(default_factory=list)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+
+
+class DecisionSummary(Contract):
+    """A decision in the recent list: what, for whom, how risky, who decided, where it stands."""
+
+    decision_id: str
+    workflow_id: str | None = None
+    subject: str | None = None
+    problem: str | None = None
+    status: str | None = None
+    mode: str | None = None
+    chosen: str | None = None
+    confidence: float | None = None
+    risk: str | None = Field(default=None, description="low | medium | high | critical")
+    decided_by: str | None = None
+    incident_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class FreezeView(Contract):
+    id: str
+    scope: str
+    starts_at: datetime
+    ends_at: datetime
+    reason: str | None = None
+    created_by: str | None = None
+
+
+class GuardrailRefusal(Contract):
+    """A guardrail that held or refused an automated action."""
+
+    decided_at: datetime
+    service: str
+    action: str
+    verdict: str
+    guardrail: str | None = None
+    reason: str | None = None
+    workflow_id: str | None = None
+
+
+class ControlsView(Contract):
+    """The kill switch, the guardrail policy, the decision modes and the change freezes."""
+
+    paused: bool = Field(description="the kill switch: every automated action is held")
+    reason: str | None = None
+    changed_by: str | None = None
+    changed_at: datetime | None = None
+    policy: dict[str, Any] = Field(description="the guardrail limits")
+    mode: str = Field(description="the decision engine's global mode")
+    service_modes: dict[str, str] = Field(default_factory=dict)
+    freezes: list[FreezeView] = Field(default_factory=list, description="in force now or later")
+    refusals: list[GuardrailRefusal] = Field(
+        default_factory=list, description="the last hour's held or refused actions, newest last"
+    )
+
+
+class KillSwitch(Contract):
+    """Pause (`paused: true`) or resume every automated action, saying why."""
+
+    paused: StrictBool
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class FreezeRequest(Contract):
+    """A change-freeze window: no automated change to `scope` (a service, or `*`) inside it."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    starts_at: IsoTime | None = Field(default=None, description="default: now")
+    hours: float = Field(
+        default=1.0, ge=1 / 60, le=24 * 90, strict=True, description="a minute to 90 days"
+    )
+    scope: str = Field(default="*", min_length=1, max_length=200)
+
+
+class ModeChange(Contract):
+    """The global decision mode, or one service's (`service`); the strictest applies."""
+
+    mode: Literal["observe", "assist", "autonomous"]
+    service: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ScheduleView(Contract):
+    """A Temporal Schedule of the platform: what it starts, how often, when next."""
+
+    schedule_id: str
+    workflow: str | None = None
+    task_queue: str | None = None
+    every_seconds: float | None = None
+    offset_seconds: float | None = None
+    paused: bool = False
+    note: str | None = None
+    next_runs: list[datetime] = Field(default_factory=list)
+    recent_runs: list[datetime] = Field(default_factory=list)
+
+
+class CountByKey(Contract):
+    key: str
+    count: int
+
+
+class AutonomyMetrics(Contract):
+    """How autonomous the platform has been over a window."""
+
+    since_hours: float
+    incidents: int
+    auto_resolved: int
+    auto_resolution_rate: float | None = Field(description="resolved without a person")
+    escalated: int
+    failed: int
+    mttd_p50_s: float | None = None
+    mttd_p95_s: float | None = None
+    mttr_p50_s: float | None = None
+    mttr_p95_s: float | None = None
+    decisions: int
+    decisions_by_person: int = Field(description="approved, rejected or overridden by a person")
+    human_intervention_rate: float | None = Field(
+        description="share of decisions a person answered (approve, reject, override)"
+    )
+    waiting: int = Field(description="decisions waiting for a person now")
+    by_mode: list[CountByKey] = Field(default_factory=list)
+    by_risk: list[CountByKey] = Field(default_factory=list)
+    by_status: list[CountByKey] = Field(default_factory=list)

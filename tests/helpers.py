@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,29 @@ async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not {what} within {timeout:.0f}s (last: {seen!r})")
         await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """An ASGI app (the HTTP API) on a real uvicorn server on a free port: its base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    serve = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 30
+    try:
+        while not server.started:
+            assert not serve.done(), "uvicorn stopped while starting"
+            assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
+            await asyncio.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serve
 
 
 async def query_until(

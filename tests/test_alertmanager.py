@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -30,6 +29,7 @@ from nofx.decisions import store
 from nofx.settings import get_settings
 from pilot.fleet import Fleet, free_port
 from tests.fixtures_prometheus import JOB_NAME, StartPrometheus
+from tests.helpers import serving
 
 ALERTMANAGER = "prometheus-alertmanager"
 
@@ -50,19 +50,9 @@ async def api_url(client: Client, db_engine: Engine) -> AsyncIterator[tuple[str,
     name = f"alertmanager-{uuid.uuid4().hex[:6]}"
     store.add_operator(db_engine, Operator(name=name, permissions=["alerts:ingest"]), actor="t")
     token = tokens.issue(db_engine, name, actor="test")[1]
-    port = free_port()
     app = create_app(ApiContext(client, db_engine, get_settings()))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + 30
-    while not server.started:
-        assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        server.should_exit = True
-        await serving
+    async with serving(app) as url:
+        yield url, token
 
 
 @pytest.fixture

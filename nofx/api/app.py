@@ -308,11 +308,12 @@ def create_app(
             status = f"degraded: {type(err).__name__}"
         return Health(status=status, version=__version__)
 
-    from nofx.api import alerts, autonomous, healing, predictive  # they use these helpers
+    from nofx.api import alerts, autonomous, dashboard, healing, oversight, predictive
 
     routers = (autonomous.router, autonomous.approvals, healing.router, predictive.router)
-    for router in (*routers, alerts.router):
+    for router in (*routers, *oversight.ROUTERS, alerts.router):
         app.include_router(router, responses=ERRORS)
+    dashboard.mount(app)
     return app
 
 

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AwareDatetime, BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
-from models.common import AbortRequest
+from models.common import AbortRequest, IsoTime
 from models.forecasting import ForecastReport, ForecastRequest
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow, ValidationReport
 from models.operations import MaintenanceJobView, MaintenancePredictionView, RecommendationView
@@ -54,7 +54,7 @@ class Because(BaseModel):
 
 
 class MoveTo(Because):
-    at: AwareDatetime = Field(description="the new start, with its time zone")
+    at: IsoTime = Field(description="the new start, with its time zone")
 
 
 def ops(ctx: ApiContext) -> PredictiveOperations:
