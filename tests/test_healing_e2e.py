@@ -32,6 +32,7 @@ from models.healing import (
 )
 from nofx.audit import verify_chain
 from nofx.client import incident_workflow_id, start_incident
+from nofx.operations.oversight import OversightOperations
 from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet
 from tests.helpers import assert_replays, wait_for_state
@@ -137,6 +138,13 @@ async def test_killed_process_is_detected_healed_and_recorded(
     assert decision.chosen_action == "restart-service"
     described = await handle.describe()
     assert described.status == WorkflowExecutionStatus.COMPLETED
+
+    # What the dashboard and /api/incidents/{id} show: the same story, from the audit trail
+    shown = await OversightOperations(client, db_engine).incident(result.incident_id)
+    assert (shown.status, shown.running, shown.workflow_id) == ("resolved", False, workflow_id)
+    assert [e.action for e in shown.timeline] == recorded["audit"]
+    assert [a["action"] for a in shown.actions] == ["restart_service"]
+    assert shown.decision_id is not None
 
 
 async def test_repeated_detection_joins_the_running_incident(

@@ -102,7 +102,8 @@ class OversightOperations:
             events = self._events(conn, "healing_incident", incident_id)
             decision = conn.execute(
                 text(
-                    "SELECT id::text FROM autonomous_decisions WHERE result->>'incident_id' = :i"
+                    "SELECT id::text FROM autonomous_decisions"
+                    " WHERE coalesce(result->>'incident_id', context_data->>'incident_id') = :i"
                     " ORDER BY created_at DESC LIMIT 1"
                 ),
                 {"i": incident_id},
