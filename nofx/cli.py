@@ -12,7 +12,7 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
@@ -55,6 +55,7 @@ from models.forecasting import ForecastRequest
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from models.inventory import ApplyReport
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow
+from models.operations import FreezeRequest, KillSwitch, ModeChange
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
@@ -69,16 +70,9 @@ from nofx.diagnosis.training import list_models
 from nofx.faults import FAULT_KINDS, active_faults, clear_recorded, inject_recorded
 from nofx.healing import operations as ops
 from nofx.healing.actions import capabilities
-from nofx.healing.guardrails import (
-    active_freezes,
-    add_freeze,
-    read_controls,
-    recent_verdicts,
-    set_paused,
-    set_policy,
-)
 from nofx.inventory import list_targets
 from nofx.logging import configure_logging
+from nofx.operations.controls import ControlsOperations
 from nofx.operations.errors import OperationError
 from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
@@ -87,6 +81,7 @@ from nofx.stack import Stack, StackError
 from nofx.temporal import exit_process, temporal_client
 from pilot.fleet import FleetError
 
+T = TypeVar("T")
 app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
 db_app = typer.Typer(help="The platform database.")
 fleet_app = typer.Typer(help="The staging fleet (pilot services under supervisord).")
@@ -739,45 +734,55 @@ def fleet_faults(service: Annotated[str, typer.Option("--service")]) -> None:
 # ---- guardrails ----------------------------------------------------------------------------
 
 
+def _controls(call: Callable[[ControlsOperations], Coroutine[Any, Any, T]]) -> T:
+    """Run one controls operation; its typed errors end the command in one line."""
+    with _engine() as engine:
+        try:
+            return asyncio.run(call(ControlsOperations(engine)))
+        except OperationError as err:
+            raise fail(str(err)) from None
+
+
 @app.command()
 def pause(
     reason: Annotated[str, typer.Option(help="why (recorded, shown to every incident)")],
 ) -> None:
     """The kill switch: hold every automated healing action until `nofx resume`."""
-    with _engine() as engine:
-        controls = set_paused(engine, True, actor=getpass.getuser(), reason=reason)
-    typer.echo(f"automation PAUSED by {controls.changed_by}: {controls.reason}")
+    change = KillSwitch(paused=True, reason=reason)
+    shown = _controls(lambda ops: ops.kill_switch(change, actor=getpass.getuser()))
+    typer.echo(f"automation PAUSED by {shown.changed_by}: {shown.reason}")
 
 
 @app.command()
 def resume(reason: Annotated[str, typer.Option(help="why")] = "resumed") -> None:
     """Lift the kill switch; held incidents go ahead at their next check."""
-    with _engine() as engine:
-        controls = set_paused(engine, False, actor=getpass.getuser(), reason=reason)
-    typer.echo(f"automation resumed by {controls.changed_by}")
+    change = KillSwitch(paused=False, reason=reason)
+    shown = _controls(lambda ops: ops.kill_switch(change, actor=getpass.getuser()))
+    typer.echo(f"automation resumed by {shown.changed_by}")
 
 
 @guardrails_app.command("show")
-def guardrails_show() -> None:
+def guardrails_show(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
     """The kill switch, the policy, active freezes and the last refusals."""
-    with _engine() as engine:
-        with engine.connect() as conn:
-            controls = read_controls(conn)
-        freezes = active_freezes(engine)
-        refused = [v for v in recent_verdicts(engine) if v["verdict"] != "allow"][-10:]
-    state = "PAUSED" if controls.paused else "active"
-    typer.echo(f"automation: {state} (last change by {controls.changed_by}: {controls.reason})")
-    for key, value in controls.policy.model_dump().items():
+    shown = _controls(lambda ops: ops.show())
+    if as_json:
+        typer.echo(shown.model_dump_json(indent=2))
+        return
+    state = "PAUSED" if shown.paused else "active"
+    typer.echo(f"automation: {state} (last change by {shown.changed_by}: {shown.reason})")
+    for key, value in shown.policy.items():
         say(f"{key} = {value}")
-    for freeze in freezes:
+    for freeze in shown.freezes:
         typer.echo(
-            f"freeze {freeze['scope']}: {freeze['starts_at']:%Y-%m-%d %H:%M} →"
-            f" {freeze['ends_at']:%Y-%m-%d %H:%M} ({freeze['reason']})"
+            f"freeze {freeze.scope}: {freeze.starts_at:%Y-%m-%d %H:%M} →"
+            f" {freeze.ends_at:%Y-%m-%d %H:%M} ({freeze.reason})"
         )
-    for verdict in refused:
+    for verdict in shown.refusals[-10:]:
         typer.echo(
-            f"{verdict['decided_at']:%H:%M:%S} {verdict['verdict']:<4} {verdict['service']}"
-            f" {verdict['action']}: {verdict['guardrail']} — {verdict['reason']}"
+            f"{verdict.decided_at:%H:%M:%S} {verdict.verdict:<4} {verdict.service}"
+            f" {verdict.action}: {verdict.guardrail} — {verdict.reason}"
         )
 
 
@@ -787,13 +792,9 @@ def guardrails_set(
 ) -> None:
     """Change guardrail limits (validated as a whole before anything is stored)."""
     changes = _parse_params(pairs, option="")
-    with _engine() as engine:
-        try:
-            policy = set_policy(engine, changes)
-        except ValueError as err:
-            raise fail(_first_error(err)) from None
+    shown = _controls(lambda ops: ops.set_policy(changes))
     for key in changes:
-        say(f"{key} = {getattr(policy, key)}")
+        say(f"{key} = {shown.policy[key]}")
 
 
 @freeze_app.command("add")
@@ -806,19 +807,19 @@ def freeze_add(
     scope: Annotated[str, typer.Option(help="a service name, or * for the fleet")] = "*",
 ) -> None:
     """Open a change-freeze window."""
-    begins = (start.astimezone() if start else datetime.now(UTC)).astimezone(UTC)
-    if hours <= 0:
-        raise fail(f"--hours {hours}: must be above 0")
-    with _engine() as engine:
-        freeze_id = add_freeze(
-            engine,
-            begins,
-            begins + timedelta(hours=hours),
-            scope=scope,
+    try:
+        req = FreezeRequest(
             reason=reason,
-            actor=getpass.getuser(),
+            hours=hours,
+            scope=scope,
+            starts_at=start.astimezone() if start else None,
         )
-    typer.echo(f"freeze {freeze_id}: {scope} from {begins:%Y-%m-%d %H:%M %Z} for {hours:g} h")
+    except ValidationError as err:
+        raise fail(_first_error(err)) from None
+    made = _controls(lambda ops: ops.add_freeze(req, actor=getpass.getuser()))
+    typer.echo(
+        f"freeze {made.id}: {made.scope} from {made.starts_at:%Y-%m-%d %H:%M %Z} for {hours:g} h"
+    )
 
 
 # ---- healing operations --------------------------------------------------------------------
@@ -1307,12 +1308,12 @@ def mode_show() -> None:
     """The global mode, the thresholds, and the services with a mode of their own."""
     with _engine() as engine:
         policy = decision_store.get_policy(engine)
-        modes = decision_store.service_modes(engine)
+    shown = _controls(lambda ops: ops.show())
     typer.echo(
-        f"global mode: {policy.mode} (autonomous asks at risk >= {policy.ask_at_risk} or"
+        f"global mode: {shown.mode} (autonomous asks at risk >= {policy.ask_at_risk} or"
         f" confidence < {policy.min_confidence}; critical always asks two people)"
     )
-    for service, mode in sorted(modes.items()):
+    for service, mode in sorted(shown.service_modes.items()):
         typer.echo(f"{service}: {mode}")
 
 
@@ -1324,11 +1325,8 @@ def mode_set(
     """Set the global mode, or one service's (the strictest of the two applies)."""
     if mode not in ("observe", "assist", "autonomous"):
         raise fail(f"mode: {mode!r} is not one of observe, assist, autonomous")
-    with _engine() as engine:
-        try:
-            decision_store.set_mode(engine, mode, service=service)  # type: ignore[arg-type]
-        except decision_store.DecisionStoreError as err:
-            raise fail(str(err)) from None
+    change = ModeChange(mode=mode, service=service)  # type: ignore[arg-type]
+    _controls(lambda ops: ops.set_mode(change))
     typer.echo(f"mode {mode}" + (f" for {service}" if service else " (global)"))
 
 
@@ -2099,9 +2097,6 @@ def optimize_apply(
 
     view = _with_client(recommendation, go)
     _emit(view.model_dump(mode="json"), as_json, _apply_lines(view))
-
-
-T = TypeVar("T")
 
 
 def _with_client(recommendation: str, call: Callable[[NofxClient], Awaitable[T]]) -> T:

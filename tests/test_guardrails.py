@@ -21,6 +21,7 @@ from models.common import ApprovalRequest
 from models.decisions import Operator
 from models.guardrails import GuardrailCheck
 from models.healing import IncidentInput, IncidentState, OpenIncidentInput
+from nofx import inventory
 from nofx.client import start_incident
 from nofx.db import make_engine
 from nofx.decisions.store import add_operator
@@ -332,6 +333,15 @@ def test_pause_resume_and_policy_from_the_cli(fresh_database_url: str, nofx_cli:
     def run(*args: str) -> Any:
         return nofx_cli(fresh_database_url, *args)
 
+    unknown = run("guardrails", "freeze", "add", "--reason", "peak", "--scope", "api")
+    assert unknown.exit_code == 1  # a freeze of a service nobody has protects nothing
+    assert "'api' is not in the inventory" in unknown.output
+    engine = make_engine(fresh_database_url)
+    try:
+        service = {"name": "api", "endpoint": "http://127.0.0.1:1"}
+        inventory.apply(engine, inventory.parse({"services": [service]}))
+    finally:
+        engine.dispose()
     paused = run("pause", "--reason", "db upgrade")
     assert paused.exit_code == 0, paused.output
     assert "PAUSED" in paused.output
