@@ -55,7 +55,7 @@ from models.forecasting import ForecastRequest
 from models.healing import TERMINAL_STATES, IncidentState, IncidentStatus
 from models.inventory import ApplyReport
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow
-from models.operations import FreezeRequest, KillSwitch, ModeChange
+from models.operations import FreezeRequest, KillSwitch, ModeChange, PatternSummary
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
@@ -68,12 +68,13 @@ from nofx.decisions import context as decision_context
 from nofx.decisions import store as decision_store
 from nofx.diagnosis.training import list_models
 from nofx.faults import FAULT_KINDS, active_faults, clear_recorded, inject_recorded
-from nofx.healing import operations as ops
 from nofx.healing.actions import capabilities
+from nofx.healing.operations import PlaybookSpec
 from nofx.inventory import list_targets
 from nofx.logging import configure_logging
 from nofx.operations.controls import ControlsOperations
-from nofx.operations.errors import OperationError
+from nofx.operations.errors import InvalidRequest, OperationError
+from nofx.operations.healing import HealingOperations
 from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.shutdown import StopOnSignals
@@ -826,7 +827,12 @@ def freeze_add(
 
 
 def _emit(data: Any, as_json: bool, lines: list[str]) -> None:
+    """The operation's answer as JSON (what `/api/...` answers, field for field), or lines."""
     if as_json:
+        if isinstance(data, list):
+            data = [d.model_dump(mode="json") if hasattr(d, "model_dump") else d for d in data]
+        elif hasattr(data, "model_dump"):
+            data = data.model_dump(mode="json")
         typer.echo(json.dumps(data, default=str, indent=2))
         return
     for line in lines:
@@ -836,6 +842,20 @@ def _emit(data: Any, as_json: bool, lines: list[str]) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
+def _healing(call: Callable[[HealingOperations], Coroutine[Any, Any, T]]) -> T:
+    """Run one healing operation; its typed errors end the command in one line (a malformed
+    playbook: one line per wrong field first)."""
+    with _engine() as engine:
+        try:
+            return asyncio.run(call(HealingOperations(engine)))
+        except InvalidRequest as err:
+            for line in err.errors:
+                typer.secho(f"  {line}", err=True)
+            raise fail(f"refused: {len(err.errors)} field(s) wrong") from None
+        except OperationError as err:
+            raise fail(str(err)) from None
+
+
 @healing_app.command("status")
 def healing_status(
     service: Annotated[str | None, typer.Option(help="one service only")] = None,
@@ -843,15 +863,14 @@ def healing_status(
     as_json: JsonOption = False,
 ) -> None:
     """Running incidents first, then the most recent."""
-    with _engine() as engine:
-        rows = ops.incident_status(engine, service=service, limit=limit)
+    rows = _healing(lambda ops: ops.status(service, limit))
     _emit(
         rows,
         as_json,
         [
-            f"{r['started_at']:%Y-%m-%d %H:%M:%S}  {r['status']:<17} {r['service'] or '?':<20}"
-            f" {r['incident_type']:<32} {r['healing_strategy']}"
-            + (f"  {r['resolution_time_ms'] / 1000:.1f}s" if r["resolution_time_ms"] else "")
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.status:<17} {r.service or '?':<20}"
+            f" {r.incident_type:<32} {r.healing_strategy}"
+            + (f"  {r.resolution_time_ms / 1000:.1f}s" if r.resolution_time_ms else "")
             for r in rows
         ]
         or ["no incidents"],
@@ -861,17 +880,14 @@ def healing_status(
 @healing_app.command("patterns")
 def healing_patterns(as_json: JsonOption = False) -> None:
     """Problem patterns with their success rate and average resolution time (from outcomes)."""
-    with _engine() as engine:
-        rows = ops.patterns(engine)
+    rows = _healing(lambda ops: ops.patterns())
 
-    def line(r: dict[str, Any]) -> str:
-        rate = "-" if r["success_rate"] is None else f"{float(r['success_rate']):.2f}"
-        avg = r["average_resolution_time_ms"]
-        solutions = ", ".join(
-            f"{p['playbook']} ({p['resolved']})" for p in r["proven_solutions"] or []
-        )
+    def line(r: PatternSummary) -> str:
+        rate = "-" if r.success_rate is None else f"{r.success_rate:.2f}"
+        avg = r.average_resolution_time_ms
+        solutions = ", ".join(f"{p.playbook} ({p.resolved})" for p in r.proven_solutions)
         return (
-            f"{r['problem_signature']:<32} incidents {r['incidents']:>4}  success {rate:>4}"
+            f"{r.problem_signature:<32} incidents {r.incidents:>4}  success {rate:>4}"
             f"  avg resolution {'-' if avg is None else f'{avg / 1000:.1f}s':>6}  {solutions}"
         )
 
@@ -884,15 +900,14 @@ def playbooks_list(
     as_json: JsonOption = False,
 ) -> None:
     """Every playbook, by incident type and rung of the escalation ladder."""
-    with _engine() as engine:
-        rows = ops.list_playbooks(engine, incident_type)
+    rows = _healing(lambda ops: ops.playbooks(incident_type))
     _emit(
         rows,
         as_json,
         [
-            f"{r['incident_type']:<32} rung {r['escalation_rank']}  {r['playbook_name']:<34}"
-            f" {r['automation_level']:<9} {'enabled' if r['enabled'] else 'DISABLED'}"
-            f"  {' → '.join(s['action'] for s in r['recovery_steps'])}"
+            f"{r.incident_type:<32} rung {r.escalation_rank}  {r.playbook_name:<34}"
+            f" {r.automation_level or '-':<9} {'enabled' if r.enabled else 'DISABLED'}"
+            f"  {' → '.join(s.action for s in r.recovery_steps)}"
             for r in rows
         ],
     )
@@ -901,12 +916,8 @@ def playbooks_list(
 @playbooks_app.command("show")
 def playbooks_show(name: str) -> None:
     """One playbook, whole, as JSON."""
-    with _engine() as engine:
-        try:
-            book = ops.get_playbook(engine, name)
-        except OperationError as err:
-            raise fail(str(err)) from None
-    typer.echo(json.dumps(book, default=str, indent=2))
+    book = _healing(lambda ops: ops.playbook(name))
+    typer.echo(book.model_dump_json(indent=2))
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -932,15 +943,11 @@ def playbooks_create(
 ) -> None:
     """Create a playbook; every field is checked, and nothing is written if one is wrong."""
     try:
-        spec = ops.PlaybookSpec.model_validate(_read_json(file))
+        spec = PlaybookSpec.model_validate(_read_json(file))
     except ValidationError as err:
         raise _refused(err) from None
-    with _engine() as engine:
-        try:
-            book = ops.create_playbook(engine, spec)
-        except OperationError as err:
-            raise fail(str(err)) from None
-    typer.echo(f"created {book['playbook_name']} for {book['incident_type']} ({book['id']})")
+    book = _healing(lambda ops: ops.create_playbook(spec))
+    typer.echo(f"created {book.playbook_name} for {book.incident_type} ({book.id})")
 
 
 @playbooks_app.command("update")
@@ -950,14 +957,8 @@ def playbooks_update(
 ) -> None:
     """Change fields of a playbook (validated as a whole before anything is stored)."""
     changes = _read_json(file)
-    with _engine() as engine:
-        try:
-            book = ops.update_playbook(engine, name, changes)
-        except ValidationError as err:
-            raise _refused(err) from None
-        except OperationError as err:
-            raise fail(str(err)) from None
-    typer.echo(f"updated {book['playbook_name']}")
+    book = _healing(lambda ops: ops.update_playbook(name, changes))
+    typer.echo(f"updated {book.playbook_name}")
 
 
 @playbooks_app.command("disable")
@@ -973,12 +974,8 @@ def playbooks_enable(name: str) -> None:
 
 
 def _set_enabled(name: str, enabled: bool) -> None:
-    with _engine() as engine:
-        try:
-            book = ops.set_playbook_enabled(engine, name, enabled)
-        except OperationError as err:
-            raise fail(str(err)) from None
-    typer.echo(f"{book['playbook_name']}: {'enabled' if book['enabled'] else 'disabled'}")
+    book = _healing(lambda ops: ops.set_enabled(name, enabled))
+    typer.echo(f"{book.playbook_name}: {'enabled' if book.enabled else 'disabled'}")
 
 
 @healing_app.command("simulate")
@@ -988,24 +985,20 @@ def healing_simulate(
     as_json: JsonOption = False,
 ) -> None:
     """Dry run: steps, compensations, guardrail verdicts, expected outcome — nothing touched."""
-    with _engine() as engine:
-        try:
-            plan = ops.simulate(engine, playbook, service)
-        except OperationError as err:
-            raise fail(str(err)) from None
+    plan = _healing(lambda ops: ops.simulate(playbook, service))
     lines = [
-        f"{plan['playbook']} on {plan['service']} ({plan['incident_type']}, "
-        f"{plan['automation_level']}) — nothing is touched"
+        f"{plan.playbook} on {plan.service} ({plan.incident_type}, "
+        f"{plan.automation_level}) — nothing is touched"
     ]
-    for step in plan["steps"]:
-        guard = step.get("guardrail")
+    for step in plan.steps:
+        guard = step.guardrail
         lines.append(
-            f"  {step['step']}. {step['action']}: {step['does']}"
-            + ("" if step["supported"] else f"  [NOT OFFERED: needs {step['capability']}]")
-            + (f"  [guardrail: {guard['verdict']} — {guard['reason']}]" if guard else "")
+            f"  {step.step}. {step.action}: {step.does}"
+            + ("" if step.supported else f"  [NOT OFFERED: needs {step.capability}]")
+            + (f"  [guardrail: {guard.verdict} — {guard.reason}]" if guard else "")
         )
-    lines.append("  rollback plan: " + ("; ".join(plan["rollback_plan"]) or "nothing to undo"))
-    lines.append(f"  expected: {plan['expected_outcome']}")
+    lines.append("  rollback plan: " + ("; ".join(plan.rollback_plan) or "nothing to undo"))
+    lines.append(f"  expected: {plan.expected_outcome}")
     _emit(plan, as_json, lines)
 
 
@@ -1015,8 +1008,7 @@ def healing_metrics(
     as_json: JsonOption = False,
 ) -> None:
     """Detection rate, auto-resolution rate, MTTD and MTTR p50/p95, by pattern and overall."""
-    with _engine() as engine:
-        report = ops.healing_metrics(engine, timedelta(hours=hours))
+    report = _healing(lambda ops: ops.metrics(timedelta(hours=hours)))
 
     def show(value: Any) -> str:
         return "-" if value is None else f"{value:g}"
@@ -1025,12 +1017,12 @@ def healing_metrics(
         f"{'pattern':<32} {'faults':>6} {'detect':>7} {'incid':>6} {'auto':>6}"
         f" {'MTTD p50':>9} {'p95':>7} {'MTTR p50':>9} {'p95':>7}"
     ]
-    for r in report["table"]:
+    for r in report.table:
         lines.append(
-            f"{r['pattern']:<32} {r['faults_injected']:>6} {show(r['detection_rate']):>7}"
-            f" {r['incidents']:>6} {show(r['auto_resolution_rate']):>6}"
-            f" {show(r['mttd_p50_s']):>9} {show(r['mttd_p95_s']):>7}"
-            f" {show(r['mttr_p50_s']):>9} {show(r['mttr_p95_s']):>7}"
+            f"{r.pattern:<32} {r.faults_injected:>6} {show(r.detection_rate):>7}"
+            f" {r.incidents:>6} {show(r.auto_resolution_rate):>6}"
+            f" {show(r.mttd_p50_s):>9} {show(r.mttd_p95_s):>7}"
+            f" {show(r.mttr_p50_s):>9} {show(r.mttr_p95_s):>7}"
         )
     _emit(report, as_json, lines)
 
