@@ -511,6 +511,8 @@ class _PersonWait:
             f"  {shown.explanation.text.splitlines()[0] if shown.explanation.text else ''}",
             f"approve it as an operator holding {', '.join(record.required_permissions) or 'any'}"
             f" ({record.approvers_needed or 1} approval(s); they cover this decision only):",
+            f"  Dashboard: {self._stack.api_url}/dashboard#/decisions/{shown.decision_id}",
+            f"          (sign in with a token of theirs: nofx operators token {name})",
             f"  Web UI: {stack_workflow_url(self._stack, wf)}",
             f"          Signal `approve` with {body}",
             f"  CLI:    temporal workflow signal{where} --workflow-id {wf} --name approve"

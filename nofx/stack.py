@@ -480,7 +480,8 @@ class Stack:
             Part(
                 "api",
                 _state(api, s.api_port),
-                f"{self.api_url} (OpenAPI {self.api_url}/openapi.json)",
+                f"{self.api_url} (dashboard {self.api_url}/dashboard,"
+                f" OpenAPI {self.api_url}/openapi.json)",
                 api,
             )
         )

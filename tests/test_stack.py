@@ -136,6 +136,11 @@ def test_demo_heals_a_killed_service_on_embedded_defaults(stack_env: dict[str, s
     headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
     assert httpx.get(f"{api}/api/approvals", headers=headers, timeout=10).json() == []
     assert httpx.get(f"{api}/api/approvals", timeout=10).status_code == 401
+    # and serves the dashboard, everything it loads from the platform itself
+    page = httpx.get(f"{api}/dashboard", timeout=10)
+    assert page.status_code == 200 and "NOFX Autonomy" in page.text
+    for part in re.findall(r'(?:src|href)="(/[^"]+)"', page.text):
+        assert httpx.get(f"{api}{part}", timeout=10).status_code == 200, part
 
     audit = nofx(stack_env, "audit", "verify")
     assert audit.returncode == 0, audit.stderr
@@ -193,6 +198,8 @@ def test_demo_in_assist_mode_waits_for_a_person_heals_after_the_approval_and_put
     body = json.dumps({"approver": me, "reason": "looks right"})
     ui = f"http://127.0.0.1:{env['NOFX_TEMPORAL_UI_PORT']}/namespaces/default/workflows"
     assert f"Web UI: {ui}/{decision_wf}" in out
+    dashboard = f"http://127.0.0.1:{env['NOFX_API_PORT']}/dashboard#/decisions/{decision_id}"
+    assert f"Dashboard: {dashboard}" in out
     assert f"Signal `approve` with {body}" in out
     assert (
         f"temporal workflow signal --address {env['NOFX_TEMPORAL_ADDRESS']}"
