@@ -55,6 +55,13 @@ _ENV = {
     "cost_vcpu_hour": "NOFX_COST_VCPU_HOUR",
     "cost_gib_hour": "NOFX_COST_GIB_HOUR",
     "cost_replica_hour": "NOFX_COST_REPLICA_HOUR",
+    "notify_webhook_url": "NOFX_NOTIFY_WEBHOOK_URL",
+    "smtp_host": "NOFX_SMTP_HOST",
+    "smtp_port": "NOFX_SMTP_PORT",
+    "notify_email_to": "NOFX_NOTIFY_EMAIL_TO",
+    "notify_email_from": "NOFX_NOTIFY_EMAIL_FROM",
+    "dashboard_url": "NOFX_DASHBOARD_URL",
+    "temporal_ui_url": "NOFX_TEMPORAL_UI_URL",
 }
 
 
@@ -113,6 +120,28 @@ class Settings(BaseModel):
     cost_vcpu_hour: float = Field(default=0.04, ge=0)
     cost_gib_hour: float = Field(default=0.005, ge=0)
     cost_replica_hour: float = Field(default=0.0, ge=0)
+    # Where a person is told they are needed (nofx/notifications.py); no channel, no message.
+    notify_webhook_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="Slack-compatible incoming webhook: POSTed {text, blocks}",
+    )
+    smtp_host: str | None = Field(default=None, description="SMTP server for e-mail notices")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    notify_email_to: str | None = Field(
+        default=None, description="comma-separated recipients of e-mail notices"
+    )
+    notify_email_from: str = Field(default="nofx@localhost", min_length=3)
+    dashboard_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="the dashboard's base URL in links (default: the API's)",
+    )
+    temporal_ui_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="the Temporal Web UI's base URL in links (default: local)",
+    )
 
     def cost_model(self) -> CostModel:
         """The prices `nofx predictive cost` and realised savings use."""
@@ -121,6 +150,21 @@ class Settings(BaseModel):
             gib_hour=self.cost_gib_hour,
             replica_hour=self.cost_replica_hour,
         )
+
+    @property
+    def dashboard_base_url(self) -> str:
+        """The dashboard's base in the links a notification carries."""
+        return (self.dashboard_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def temporal_ui_base_url(self) -> str:
+        """The Temporal Web UI's base in the links a notification carries."""
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}").rstrip("/")
+
+    @property
+    def notify_email_recipients(self) -> list[str]:
+        """`NOFX_NOTIFY_EMAIL_TO` split on commas, blanks dropped."""
+        return [a.strip() for a in (self.notify_email_to or "").split(",") if a.strip()]
 
     @property
     def logs_dir(self) -> Path:
