@@ -58,9 +58,11 @@ with workflow.unsafe.imports_passed_through():
         PlaybookStep,
         RecordDecisionInput,
     )
+    from models.notifications import Notification
     from nofx.decisions import approval
     from nofx.temporal import AWAITING_APPROVAL, RISK, SERVICE, STATUS, TRACK
     from workflows.learning import train_once
+    from workflows.notify import notify
 
 _AUTOMATION_RANK = {"full-auto": 2, "semi-auto": 1, "manual": 0}
 
@@ -386,6 +388,7 @@ class DecisionWorkflow:
                     await parent.signal("decision_waiting", notice)
                 except ApplicationError as err:  # the asker is gone: the decision still waits
                     workflow.logger.warning("could not tell %s: %s", parent.id, err)
+            await notify(self._waiting_notice())  # delivered on its own: never waited for
             await self._wait_for_people()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._current()
@@ -547,6 +550,41 @@ class DecisionWorkflow:
         )
 
     # ---- bookkeeping --------------------------------------------------------------------
+
+    def _waiting_notice(self) -> Notification:
+        """What the people who may answer are told: what the engine chose and why it waits,
+        whom it waits for and how long, the plan and its rollback plan."""
+        assert self._evaluation is not None
+        request = self._request
+        now = self._current()
+        record = self._evaluation.approval
+        risk = now.risk.level if now.risk else "unknown"
+        incident = f" (incident {request.incident_id})" if request.incident_id else ""
+        holding = ", ".join(record.required_permissions) or "any permission"
+        timeout = timedelta(seconds=record.timeout_seconds or 3600)
+        return Notification(
+            key=f"decision-waiting-{self._decision_id}",
+            kind="decision_waiting",
+            title=f"Decision waits for a person: {now.chosen} for {request.problem}"
+            f" on {request.subject}",
+            what_happened=f"{request.problem} on {request.subject}{incident}: the engine chose"
+            f" {now.chosen} (risk {risk}, confidence {now.confidence:.2f}, mode {now.mode});"
+            f" it waits because {'; '.join(record.why) or 'an approval is required'}."
+            f" {next(iter(now.explanation.text.splitlines()), '')}",
+            what_is_asked=f"Approve, reject or override decision {self._decision_id}:"
+            f" {record.approvers_needed} approval(s) by operators holding {holding}, within"
+            f" {timeout} (no answer rejects it). Plan: "
+            + (" -> ".join(s.action for s in now.steps) or "none")
+            + f"; rollback plan: {', '.join(now.rollback_plan) or 'nothing to undo'}."
+            f" Answer in the dashboard, with `nofx autonomous approve {self._decision_id}`,"
+            " or by the signal `approve` in the Web UI.",
+            service=request.subject,
+            entity="decision",
+            entity_id=self._decision_id,
+            workflow_id=workflow.info().workflow_id,
+            namespace=workflow.info().namespace,
+            raised_at=workflow.now(),
+        )
 
     def _chosen(self) -> str | None:
         if self._evaluation is None:

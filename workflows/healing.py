@@ -52,9 +52,11 @@ with workflow.unsafe.imports_passed_through():
         TimelineEntry,
         UpdateIncidentInput,
     )
+    from models.notifications import Notification, NotificationKind
     from nofx.settings import TASK_QUEUE_DECISIONS
     from nofx.temporal import AWAITING_APPROVAL, SERVICE, STATUS, TRACK
     from workflows.decisions import DECISION_TIMEOUT, DecisionWorkflow, PlaybookDecisionWorkflow
+    from workflows.notify import notify
 
 STORE_TIMEOUT = timedelta(seconds=30)
 APPROVAL_TIMEOUT = timedelta(hours=1)
@@ -88,6 +90,7 @@ class HealingIncidentWorkflow:
         self._rung_start = 0
         self._last_decision: DecisionResult | None = None
         self._guard_asks = 0
+        self._unrestored = 0  # rollbacks that left something as it was not
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -555,12 +558,26 @@ class HealingIncidentWorkflow:
             f" rolling back: {', '.join(plan) or 'nothing to undo'}",
         )
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(asyncio.ensure_future(self._saga.compensate()))
+            await asyncio.shield(
+                asyncio.ensure_future(
+                    self._compensate(failure, "the incident goes on to the next playbook")
+                )
+            )
         self._note("rolled back; trying the next playbook of the escalation ladder")
 
     async def _hand_to_person(self, failed: list[str]) -> None:
         """The ladder is exhausted: a person takes over, then `approve` re-validates and closes."""
         self._error = f"every playbook failed ({', '.join(failed)})"
+        await self._tell_person(
+            "incident_escalated",
+            f"incident-handover-{self._incident_id}",
+            f"Every playbook failed: {self._inp.incident_type} on {self._inp.service} needs a"
+            " person",
+            f"{self._situation()}: {self._error}; each was rolled back.",
+            f"Fix {self._inp.service} by hand, then signal `approve` to the incident (in the Web"
+            ' UI: {"approver": "you", "reason": "what you did"}) to re-validate and close it, or'
+            f" `abort` to close it as failed. It waits {APPROVAL_TIMEOUT}.",
+        )
         await self._await_person(
             f"{self._error}: a person takes over — fix it, then send `approve` to re-validate"
             " (or `abort` to close it as failed)"
@@ -586,6 +603,14 @@ class HealingIncidentWorkflow:
         """Nothing automatic applies: hand the diagnosis to a person and end, touching nothing."""
         await self._transition(
             IncidentState.ESCALATED, f"{self._error}: escalated to a person with the diagnosis"
+        )
+        await self._tell_person(
+            "incident_escalated",
+            f"incident-escalated-{self._incident_id}",
+            f"Incident escalated to a person: {self._inp.incident_type} on {self._inp.service}",
+            f"{self._situation()}: {self._error}. {self._diagnosis_line()}",
+            f"Take it over: read the diagnosis and the timeline and fix {self._inp.service} by"
+            " hand. The incident has ended as escalated; the platform does not act on it again.",
         )
         workflow.metric_meter().create_counter(
             "nofx_incidents_total", "Incidents by type and outcome"
@@ -633,7 +658,7 @@ class HealingIncidentWorkflow:
             + (", ".join(self._saga.rollback_plan) or "nothing to undo"),
         )
         plan = self._saga.rollback_plan
-        await self._saga.compensate()
+        await self._compensate(self._error or "failed", "the incident ended as failed")
         self._resolved_at = workflow.now()
         await self._update_row(
             healing_actions=True,
@@ -650,7 +675,67 @@ class HealingIncidentWorkflow:
             "nofx_incidents_total", "Incidents by type and outcome"
         ).add(1, {"incident_type": self._inp.incident_type, "outcome": "failed"})
 
+    async def _compensate(self, failure: str, then: str) -> None:
+        """Run the saga's compensations; a person is told what they did not put back."""
+        actions, errors = len(self._actions), len(self._saga.compensation_errors)
+        await self._saga.compensate()
+        left = not_restored(self._actions[actions:], self._saga.compensation_errors[errors:])
+        if not left:
+            return
+        self._unrestored += 1
+        playbook = self._choice.playbook_name if self._choice else "healing"
+        await self._tell_person(
+            "rollback_failed",
+            f"rollback-failed-{self._incident_id}-{self._unrestored}",
+            f"Rollback did not restore {self._inp.service}: {self._inp.incident_type}",
+            f"{self._situation()}: {playbook} failed ({failure}); its rollback ran but left"
+            f" {len(left)} thing(s) as they were not before: {'; '.join(left)}. {then}.",
+            f"Check {self._inp.service} and put back by hand what the rollback could not:"
+            f" {'; '.join(left)}. The incident's actions show each undo and its check.",
+        )
+
     # ---- bookkeeping ----------------------------------------------------------------------
+
+    def _situation(self) -> str:
+        """The incident in one phrase, for a person reading it elsewhere."""
+        return (
+            f"{self._inp.incident_type} on {self._inp.service}, detected"
+            f" {self._inp.detected_at.isoformat(timespec='seconds')} by"
+            f" {self._inp.detection_method}"
+        )
+
+    def _diagnosis_line(self) -> str:
+        diagnosis = self._inp.diagnosis
+        if diagnosis is None:
+            return "No diagnosis came with it."
+        lead = diagnosis.root_causes[0] if diagnosis.root_causes else None
+        return (
+            f"Diagnosis: pattern {diagnosis.pattern.pattern} (confidence"
+            f" {diagnosis.pattern.confidence:.2f}, signals {', '.join(diagnosis.pattern.matched)})"
+            + (f"; likely root cause: {lead.detail}" if lead else "")
+            + "."
+        )
+
+    async def _tell_person(
+        self, kind: NotificationKind, key: str, title: str, happened: str, asked: str
+    ) -> None:
+        """Notify the configured channels (on the decisions worker); never waited for."""
+        await notify(
+            Notification(
+                key=key,
+                kind=kind,
+                title=title,
+                what_happened=happened,
+                what_is_asked=asked,
+                service=self._inp.service,
+                entity="incident",
+                entity_id=self._incident_id,
+                workflow_id=workflow.info().workflow_id,
+                namespace=workflow.info().namespace,
+                raised_at=workflow.now(),
+            ),
+            task_queue=TASK_QUEUE_DECISIONS,
+        )
 
     def _note(self, message: str) -> None:
         self._timeline.append(TimelineEntry(at=workflow.now(), state=self._state, message=message))
@@ -719,6 +804,17 @@ class HealingIncidentWorkflow:
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
+
+
+def not_restored(undone: list[ActionOutcome], errors: list[str]) -> list[str]:
+    """What a rollback left as it was not: undos whose check found the prior state not back,
+    and compensations that still failed after their retries."""
+    left = [
+        f"{o.action}({o.service}): {o.detail.get('prior_state_check') or 'prior state not back'}"
+        for o in undone
+        if o.detail.get("prior_state_restored") is False
+    ]
+    return left + [f"{e} (the compensation failed)" for e in errors]
 
 
 def _describe(err: BaseException) -> str:
