@@ -138,7 +138,8 @@ def test_demo_heals_a_killed_service_on_embedded_defaults(stack_env: dict[str, s
     assert httpx.get(f"{api}/api/approvals", timeout=10).status_code == 401
     # and serves the dashboard, everything it loads from the platform itself
     page = httpx.get(f"{api}/dashboard", timeout=10)
-    assert page.status_code == 200 and "NOFX Autonomy" in page.text
+    assert page.status_code == 200
+    assert "NOFX Autonomy" in page.text
     for part in re.findall(r'(?:src|href)="(/[^"]+)"', page.text):
         assert httpx.get(f"{api}{part}", timeout=10).status_code == 200, part
 
