@@ -429,7 +429,9 @@ class Stack:
         self._pidfile(name).unlink(missing_ok=True)
         if pid is None:
             return False
-        _terminate(pid, grace=15)
+        # a worker finishes its running activities first (NOFX_WORKER_SHUTDOWN_GRACE_SECONDS)
+        worker = name in WORKERS
+        _terminate(pid, grace=self.settings.worker_shutdown_grace_seconds + 10 if worker else 15)
         return True
 
     def _stop_embedded_postgres(self) -> bool:
