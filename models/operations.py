@@ -339,6 +339,8 @@ class ControlsView(Contract):
     changed_at: datetime | None = None
     policy: dict[str, Any] = Field(description="the guardrail limits")
     mode: str = Field(description="the decision engine's global mode")
+    ask_at_risk: str = Field(description="autonomous mode asks a person at or above this risk")
+    min_confidence: float = Field(description="autonomous mode asks a person below this")
     service_modes: dict[str, str] = Field(default_factory=dict)
     freezes: list[FreezeView] = Field(default_factory=list, description="in force now or later")
     refusals: list[GuardrailRefusal] = Field(

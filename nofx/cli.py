@@ -59,7 +59,6 @@ from models.operations import FreezeRequest, KillSwitch, ModeChange, PatternSumm
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
-from nofx.api import tokens as api_tokens
 from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
@@ -75,6 +74,8 @@ from nofx.logging import configure_logging
 from nofx.operations.controls import ControlsOperations
 from nofx.operations.errors import InvalidRequest, OperationError
 from nofx.operations.healing import HealingOperations
+from nofx.operations.operators import OperatorsOperations
+from nofx.operations.predictive import PredictiveOperations
 from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
 from nofx.shutdown import StopOnSignals
@@ -1210,6 +1211,15 @@ def run() -> None:
 # ---- operators and the decision engine's mode -------------------------------------------
 
 
+def _operators(call: Callable[[OperatorsOperations], Coroutine[Any, Any, T]]) -> T:
+    """Run one operators operation; its typed errors end the command in one line."""
+    with _engine() as engine:
+        try:
+            return asyncio.run(call(OperatorsOperations(engine)))
+        except OperationError as err:
+            raise fail(str(err)) from None
+
+
 @operators_app.command("add")
 def operators_add(
     name: Annotated[str, typer.Argument(help="the name they approve with, e.g. alice")],
@@ -1219,31 +1229,23 @@ def operators_add(
     display_name: Annotated[str | None, typer.Option(help="a readable name")] = None,
 ) -> None:
     """Add an operator (or replace an operator's permissions)."""
-    try:
-        operator = Operator(name=name, permissions=permission, display_name=display_name)
-    except ValidationError as err:
-        raise fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())) from None
-    with _engine() as engine:
-        decision_store.add_operator(engine, operator, actor=getpass.getuser())
+    operator = _operators(
+        lambda ops: ops.add(name, permission, display_name=display_name, actor=getpass.getuser())
+    )
     typer.echo(f"operator {operator.name}: {', '.join(operator.permissions) or 'no permission'}")
 
 
 @operators_app.command("list")
 def operators_list() -> None:
     """Operators and their permissions."""
-    with _engine() as engine:
-        for operator in decision_store.list_operators(engine):
-            typer.echo(f"{operator.name:<20} {', '.join(operator.permissions)}")
+    for operator in _operators(lambda ops: ops.operators()):
+        typer.echo(f"{operator.name:<20} {', '.join(operator.permissions)}")
 
 
 @operators_app.command("remove")
 def operators_remove(name: Annotated[str, typer.Argument()]) -> None:
     """Remove an operator: their later answers are refused."""
-    with _engine() as engine:
-        try:
-            decision_store.remove_operator(engine, name)
-        except decision_store.DecisionStoreError as err:
-            raise fail(str(err)) from None
+    _operators(lambda ops: ops.remove(name))
     typer.echo(f"removed operator {name}")
 
 
@@ -1253,11 +1255,9 @@ def operators_token(
     label: Annotated[str, typer.Option(help="what the token is for, e.g. ci, dashboard")] = "",
 ) -> None:
     """Make an API token acting as an operator, with their permissions; it is shown once."""
-    with _engine() as engine:
-        try:
-            info, token = api_tokens.issue(engine, name, label=label, actor=getpass.getuser())
-        except OperationError as err:
-            raise fail(str(err)) from None
+    info, token = _operators(
+        lambda ops: ops.issue_token(name, label=label, actor=getpass.getuser())
+    )
     typer.echo(token)  # alone on stdout: TOKEN=$(nofx operators token alice)
     typer.echo(f"token {info.id} for {info.operator}: keep it now, it is not shown again", err=True)
 
@@ -1267,21 +1267,16 @@ def operators_tokens(
     operator: Annotated[str | None, typer.Option(help="only this operator's")] = None,
 ) -> None:
     """API tokens (never their secrets): id, operator, label, last use, revoked."""
-    with _engine() as engine:
-        for t in api_tokens.listing(engine, operator):
-            used = _clock(t.last_used_at) if t.last_used_at else "never used"
-            gone = f" revoked {_clock(t.revoked_at)}" if t.revoked_at else ""
-            typer.echo(f"{t.id}  {t.operator:<16} {t.label or '-':<12} {used}{gone}")
+    for t in _operators(lambda ops: ops.tokens(operator)):
+        used = _clock(t.last_used_at) if t.last_used_at else "never used"
+        gone = f" revoked {_clock(t.revoked_at)}" if t.revoked_at else ""
+        typer.echo(f"{t.id}  {t.operator:<16} {t.label or '-':<12} {used}{gone}")
 
 
 @operators_app.command("revoke-token")
 def operators_revoke_token(token_id: Annotated[str, typer.Argument(help="the token's id")]) -> None:
     """Revoke an API token: it authenticates nobody from now on."""
-    with _engine() as engine:
-        try:
-            info = api_tokens.revoke(engine, token_id, actor=getpass.getuser())
-        except OperationError as err:
-            raise fail(str(err)) from None
+    info = _operators(lambda ops: ops.revoke_token(token_id, actor=getpass.getuser()))
     typer.echo(f"revoked token {info.id} of {info.operator}")
 
 
@@ -1300,12 +1295,10 @@ def api(
 @mode_app.command("show")
 def mode_show() -> None:
     """The global mode, the thresholds, and the services with a mode of their own."""
-    with _engine() as engine:
-        policy = decision_store.get_policy(engine)
     shown = _controls(lambda ops: ops.show())
     typer.echo(
-        f"global mode: {shown.mode} (autonomous asks at risk >= {policy.ask_at_risk} or"
-        f" confidence < {policy.min_confidence}; critical always asks two people)"
+        f"global mode: {shown.mode} (autonomous asks at risk >= {shown.ask_at_risk} or"
+        f" confidence < {shown.min_confidence}; critical always asks two people)"
     )
     for service, mode in sorted(shown.service_modes.items()):
         typer.echo(f"{service}: {mode}")
@@ -1852,6 +1845,15 @@ def predictive_forecast(
         typer.echo(f"  plot: {plot_path}")
 
 
+def _predictive(call: Callable[[PredictiveOperations], Coroutine[Any, Any, T]]) -> T:
+    """Run one of the predictive reads (no Temporal needed); typed errors end the command."""
+    with _engine() as engine:
+        try:
+            return asyncio.run(call(PredictiveOperations(None, engine, settings())))
+        except OperationError as err:
+            raise fail(str(err)) from None
+
+
 @predictive_app.command("maintenance")
 def predictive_maintenance(
     service: Annotated[str | None, typer.Option(help="one service only")] = None,
@@ -1861,23 +1863,11 @@ def predictive_maintenance(
     as_json: JsonOption = False,
 ) -> None:
     """The open maintenance predictions: what runs out, when, and what to do before then."""
-    from nofx.maintenance.predictions import open_predictions, predict
-    from nofx.telemetry.routing import metric_source
-
-    with _engine() as engine:
-        if refresh:
-            for r in predict(
-                engine,
-                metric_source(engine, settings()),
-                services=[service] if service else None,
-            ):
-                if not as_json:
-                    typer.echo(f"  {r.service} {r.metric}: {r.issue} {r.change}")
-        rows = open_predictions(engine, service)
+    rows = _predictive(lambda ops: ops.maintenance(service, refresh=refresh))
     lines = [
-        f"{r['service']:<24} {r['predicted_issue']:<16} p={float(r['probability']):.2f}"
-        f" at {r['eta'].isoformat() if r['eta'] else '?'} ({r['source']});"
-        f" {(r['recommended_action'] or {}).get('action') or 'no action known'}"
+        f"{r.service:<24} {r.predicted_issue:<16} p={r.probability:.2f}"
+        f" at {r.eta.isoformat() if r.eta else '?'} ({r.source});"
+        f" {(r.recommended_action or {}).get('action') or 'no action known'}"
         for r in rows
     ]
     _emit(rows, as_json, lines or ["(no open prediction)"])
@@ -1961,11 +1951,7 @@ def predictive_validate(
     as_json: JsonOption = False,
 ) -> None:
     """Stored predictions against what happened: precision, recall, lead time, forecast error."""
-    from nofx.maintenance.validation import validate
-    from nofx.telemetry.routing import metric_source
-
-    with _engine() as engine:
-        report = validate(engine, metric_source(engine, settings()), days=days)
+    report = _predictive(lambda ops: ops.validate(days))
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1%}"

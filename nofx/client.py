@@ -48,18 +48,29 @@ from models.maintenance import (
     job_workflow_id,
 )
 from models.operations import (
+    AutonomyMetrics,
+    ControlsView,
+    DecisionSummary,
+    FreezeRequest,
+    FreezeView,
     HealingMetrics,
     HealingSimulation,
+    IncidentDetail,
     IncidentSummary,
+    KillSwitch,
+    ModeChange,
     PatternSummary,
     PlaybookChanges,
     PlaybookView,
+    ScheduleView,
 )
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx.db import make_engine
 from nofx.healing import operations as ops
 from nofx.operations.autonomous import AutonomousOperations
+from nofx.operations.controls import ControlsOperations
 from nofx.operations.healing import HealingOperations
+from nofx.operations.oversight import OversightOperations
 from nofx.settings import TASK_QUEUE_HEALING, TASK_QUEUE_MAINTENANCE, Settings, get_settings
 from nofx.temporal import SERVICE, STATUS, TRACK, StandingJob, connect, ensure_schedules
 
@@ -383,6 +394,50 @@ class NofxClient:
 
     async def healing_metrics(self, since: timedelta = timedelta(hours=24)) -> HealingMetrics:
         return await self._healing().metrics(since)
+
+    # ---- oversight and controls (what the dashboard shows; changing controls is an admin's) --
+
+    def _database(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError(
+                "no platform database: set NOFX_DATABASE_URL (or run `nofx up`) for oversight"
+                " and controls"
+            )
+        return self.engine
+
+    def _oversight(self) -> OversightOperations:
+        return OversightOperations(self.temporal, self._database())
+
+    async def incident(self, incident_id: str) -> IncidentDetail:
+        """An incident with its timeline, actions, waiting decision and rollback plan."""
+        return await self._oversight().incident(incident_id)
+
+    async def decisions(
+        self, *, limit: int = 50, status: str | None = None, service: str | None = None
+    ) -> list[DecisionSummary]:
+        return await self._oversight().decisions(limit=limit, status=status, subject=service)
+
+    async def schedules(self) -> list[ScheduleView]:
+        return await self._oversight().schedules()
+
+    async def autonomy_metrics(self, hours: float = 24.0) -> AutonomyMetrics:
+        return await self._oversight().autonomy(hours)
+
+    async def controls(self) -> ControlsView:
+        return await ControlsOperations(self._database()).show()
+
+    async def kill_switch(self, change: KillSwitch, *, actor: str) -> ControlsView:
+        """Pause (or resume) every automated action."""
+        return await ControlsOperations(self._database()).kill_switch(change, actor=actor)
+
+    async def set_guardrails(self, changes: dict[str, Any]) -> ControlsView:
+        return await ControlsOperations(self._database()).set_policy(changes)
+
+    async def add_freeze(self, request: FreezeRequest, *, actor: str) -> FreezeView:
+        return await ControlsOperations(self._database()).add_freeze(request, actor=actor)
+
+    async def set_mode(self, change: ModeChange) -> ControlsView:
+        return await ControlsOperations(self._database()).set_mode(change)
 
     async def open_incident(self, incident: IncidentInput) -> WorkflowHandle[Any, Any]:
         """Start healing an incident, or join the one running for the same service and type."""

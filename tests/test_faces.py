@@ -1,6 +1,6 @@
-"""One operation, three faces: the operations layer, the CLI (`--json`) and the HTTP API answer
-the same, field for field, and refuse the same way (the CLI with exit 1 and the message, the API
-with the status and the same detail)."""
+"""One operation, its faces: the operations layer, the CLI (`--json`), the HTTP API and the
+Python client answer the same, field for field, and refuse the same way (the CLI with exit 1 and
+the message, the API with the status and the same detail)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from models.decisions import Operator
 from nofx import inventory
 from nofx.api import tokens
 from nofx.api.app import ApiContext, create_app
+from nofx.client import NofxClient
 from nofx.decisions import store
 from nofx.operations.controls import ControlsOperations
 from nofx.operations.errors import NotFound
@@ -108,6 +109,10 @@ async def test_layer_cli_and_api_give_the_same_answers_and_the_same_refusals(
         ]
         for layer, on_cli, over_http in faces:
             assert layer == on_cli == over_http
+        # the Python client is the fourth face
+        sdk = NofxClient(client, fresh_engine)
+        assert dumped(await sdk.healing_playbooks()) == faces[0][0]
+        assert dumped(await sdk.controls()) == faces[-1][0]
         assert faces[0][0], "the seeded playbooks are listed"
 
         # the same refusal, named the same way

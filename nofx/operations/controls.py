@@ -50,13 +50,16 @@ class ControlsOperations:
         with self.engine.connect() as conn:
             controls = read_controls(conn)
         refused = [v for v in recent_verdicts(self.engine) if v["verdict"] != "allow"][-20:]
+        decisions = decision_store.get_policy(self.engine)
         return ControlsView(
             paused=controls.paused,
             reason=controls.reason,
             changed_by=controls.changed_by,
             changed_at=controls.changed_at,
             policy=controls.policy.model_dump(mode="json"),
-            mode=decision_store.get_policy(self.engine).mode,
+            mode=decisions.mode,
+            ask_at_risk=decisions.ask_at_risk,
+            min_confidence=decisions.min_confidence,
             service_modes=decision_store.service_modes(self.engine),
             freezes=[
                 FreezeView.model_validate({**f, "id": str(f["id"])})

@@ -46,10 +46,17 @@ def _ids(row: dict[str, Any], *keys: str) -> dict[str, Any]:
 class PredictiveOperations:
     """The predictive track's operations against one Temporal client and the database."""
 
-    def __init__(self, temporal: Client, engine: Engine, settings: Settings) -> None:
-        self.temporal = temporal
+    def __init__(self, temporal: Client | None, engine: Engine, settings: Settings) -> None:
+        self._temporal = temporal
         self.engine = engine
         self.settings = settings
+
+    @property
+    def temporal(self) -> Client:
+        """The Temporal client the job and optimisation operations need (the reads do not)."""
+        if self._temporal is None:
+            raise RuntimeError("this operation needs Temporal: give PredictiveOperations a client")
+        return self._temporal
 
     def _source(self) -> Any:
         from nofx.telemetry.routing import metric_source
