@@ -59,22 +59,21 @@ from models.operations import FreezeRequest, KillSwitch, ModeChange, PatternSumm
 from models.optimization import ApplyInput, ApplyStatusView, apply_workflow_id
 from nofx import chaos
 from nofx import inventory as inventory_store
-from nofx.audit import verify_chain
 from nofx.client import NofxClient, incident_workflow_id
 from nofx.db import MigrationError, make_engine, migrate, migration_status
 from nofx.decisions import approval
 from nofx.decisions import context as decision_context
 from nofx.decisions import store as decision_store
-from nofx.diagnosis.training import list_models
 from nofx.faults import FAULT_KINDS, active_faults, clear_recorded, inject_recorded
-from nofx.healing.actions import capabilities
 from nofx.healing.operations import PlaybookSpec
 from nofx.inventory import list_targets
 from nofx.logging import configure_logging
 from nofx.operations.controls import ControlsOperations
 from nofx.operations.errors import InvalidRequest, OperationError
 from nofx.operations.healing import HealingOperations
+from nofx.operations.inventory import InventoryOperations
 from nofx.operations.operators import OperatorsOperations
+from nofx.operations.oversight import OversightOperations
 from nofx.operations.predictive import PredictiveOperations
 from nofx.payloads import field_errors
 from nofx.settings import Settings, SettingsError, get_settings
@@ -84,6 +83,7 @@ from nofx.temporal import exit_process, temporal_client
 from pilot.fleet import FleetError
 
 T = TypeVar("T")
+Ops = TypeVar("Ops")
 app = typer.Typer(help="NOFX Autonomy: self-healing, decisions and predictive maintenance.")
 db_app = typer.Typer(help="The platform database.")
 fleet_app = typer.Typer(help="The staging fleet (pilot services under supervisord).")
@@ -738,13 +738,25 @@ def fleet_faults(service: Annotated[str, typer.Option("--service")]) -> None:
 # ---- guardrails ----------------------------------------------------------------------------
 
 
-def _controls(call: Callable[[ControlsOperations], Coroutine[Any, Any, T]]) -> T:
-    """Run one controls operation; its typed errors end the command in one line."""
+def _operate(make: Callable[[Engine], Ops], call: Callable[[Ops], Coroutine[Any, Any, T]]) -> T:
+    """Run one operation of the operations layer (`make` builds its module on the platform
+    database); its typed errors end the command in one line (a malformed request: one line
+    per wrong field first)."""
     with _engine() as engine:
         try:
-            return asyncio.run(call(ControlsOperations(engine)))
+            return asyncio.run(call(make(engine)))
+        except InvalidRequest as err:
+            if len(err.errors) > 1:
+                for line in err.errors:
+                    typer.secho(f"  {line}", err=True)
+                raise fail(f"refused: {len(err.errors)} field(s) wrong") from None
+            raise fail(str(err)) from None
         except OperationError as err:
             raise fail(str(err)) from None
+
+
+def _controls(call: Callable[[ControlsOperations], Coroutine[Any, Any, T]]) -> T:
+    return _operate(ControlsOperations, call)
 
 
 @app.command()
@@ -846,17 +858,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def _healing(call: Callable[[HealingOperations], Coroutine[Any, Any, T]]) -> T:
-    """Run one healing operation; its typed errors end the command in one line (a malformed
-    playbook: one line per wrong field first)."""
-    with _engine() as engine:
-        try:
-            return asyncio.run(call(HealingOperations(engine)))
-        except InvalidRequest as err:
-            for line in err.errors:
-                typer.secho(f"  {line}", err=True)
-            raise fail(f"refused: {len(err.errors)} field(s) wrong") from None
-        except OperationError as err:
-            raise fail(str(err)) from None
+    return _operate(HealingOperations, call)
 
 
 @healing_app.command("status")
@@ -1036,8 +1038,7 @@ def healing_metrics(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute the audit chain's hashes; exit 1 at the first event that does not match."""
-    with _engine() as engine, engine.connect() as conn:
-        verdict = verify_chain(conn)
+    verdict = _operate(lambda engine: OversightOperations(None, engine), lambda o: o.verify_audit())
     if not verdict.ok:
         raise fail(f"audit chain broken at event {verdict.first_bad_id}: {verdict.problem}")
     typer.echo(f"audit chain intact: {verdict.events} event(s)")
@@ -1116,8 +1117,9 @@ def _first_error(err: ValueError) -> str:
 @detect_app.command("models")
 def detect_models() -> None:
     """The learned detector's versions, newest first, with their held-out figures."""
-    with _engine() as engine:
-        models = list_models(engine)
+    models = _operate(
+        lambda engine: OversightOperations(None, engine), lambda o: o.detector_models()
+    )
     if not models:
         typer.echo("no learned detector yet: `nofx detect train` after some faults or incidents")
         return
@@ -1212,12 +1214,7 @@ def run() -> None:
 
 
 def _operators(call: Callable[[OperatorsOperations], Coroutine[Any, Any, T]]) -> T:
-    """Run one operators operation; its typed errors end the command in one line."""
-    with _engine() as engine:
-        try:
-            return asyncio.run(call(OperatorsOperations(engine)))
-        except OperationError as err:
-            raise fail(str(err)) from None
+    return _operate(OperatorsOperations, call)
 
 
 @operators_app.command("add")
@@ -1693,6 +1690,10 @@ def _change_lines(report: ApplyReport) -> list[str]:
     return lines
 
 
+def _inventory(call: Callable[[InventoryOperations], Coroutine[Any, Any, T]]) -> T:
+    return _operate(InventoryOperations, call)
+
+
 @services_app.command("apply")
 def services_apply(
     file: Annotated[Path, typer.Option("-f", "--file", help="the inventory file (YAML)")],
@@ -1701,22 +1702,15 @@ def services_apply(
     as_json: JsonOption = False,
 ) -> None:
     """Add or change the file's services (all or none, audited); unlisted ones stay."""
-    with _engine() as engine:
-        try:
-            inventory = inventory_store.load(file)
-            report = inventory_store.apply(
-                engine, inventory, dry_run=dry_run, actor=actor or getpass.getuser()
-            )
-        except inventory_store.InventoryError as err:
-            raise fail(str(err)) from None
-    _emit(report.model_dump(mode="json"), as_json, _change_lines(report))
+    who = actor or getpass.getuser()
+    report = _inventory(lambda ops: ops.apply(file, dry_run=dry_run, actor=who))
+    _emit(report, as_json, _change_lines(report))
 
 
 @services_app.command("list")
 def services_list(as_json: JsonOption = False) -> None:
     """Every service of the inventory: tier, owner, group, providers and endpoint."""
-    with _engine() as engine:
-        rows = inventory_store.describe(engine)
+    rows = _inventory(lambda ops: ops.services())
     lines = [
         f"{r['name']:<24} {r['tier']:<7} {r['owner'] or '-':<16}"
         f" {(r['metadata'] or {}).get('group') or '-':<12} {r['provider']:<10} {r['endpoint']}"
@@ -1728,14 +1722,7 @@ def services_list(as_json: JsonOption = False) -> None:
 @services_app.command("show")
 def services_show(name: str) -> None:
     """One service's inventory row, whole, as JSON (with what its providers can do)."""
-    with _engine() as engine:
-        rows = inventory_store.describe(engine, name)
-        target = inventory_store.find_target(engine, name)
-    if not rows:
-        raise fail(f"{name} is not in the inventory (nofx services list)")
-    row = rows[0]
-    if target is not None:
-        row["capabilities"] = capabilities(target)
+    row = _inventory(lambda ops: ops.service(name))
     typer.echo(json.dumps(row, default=str, indent=2))
 
 
@@ -1747,14 +1734,9 @@ def services_remove(
     as_json: JsonOption = False,
 ) -> None:
     """Take services out of the inventory (and their configuration history), all or none."""
-    with _engine() as engine:
-        try:
-            report = inventory_store.remove(
-                engine, names, dry_run=dry_run, actor=actor or getpass.getuser()
-            )
-        except inventory_store.InventoryError as err:
-            raise fail(str(err)) from None
-    _emit(report.model_dump(mode="json"), as_json, _change_lines(report))
+    who = actor or getpass.getuser()
+    report = _inventory(lambda ops: ops.remove(names, dry_run=dry_run, actor=who))
+    _emit(report, as_json, _change_lines(report))
 
 
 # ---- predictive ----------------------------------------------------------------------------
@@ -1846,12 +1828,8 @@ def predictive_forecast(
 
 
 def _predictive(call: Callable[[PredictiveOperations], Coroutine[Any, Any, T]]) -> T:
-    """Run one of the predictive reads (no Temporal needed); typed errors end the command."""
-    with _engine() as engine:
-        try:
-            return asyncio.run(call(PredictiveOperations(None, engine, settings())))
-        except OperationError as err:
-            raise fail(str(err)) from None
+    """The predictive reads (no Temporal client needed)."""
+    return _operate(lambda engine: PredictiveOperations(None, engine, settings()), call)
 
 
 @predictive_app.command("maintenance")
@@ -2243,14 +2221,7 @@ def predictive_cost(
 ) -> None:
     """What the services cost an hour (NOFX_COST_* prices, the inventory's resources), what the
     open recommendations would save and the SLO risk each buys, and what applied ones saved."""
-    from nofx.optimization.cost import report
-
-    config = settings()
-    model = config.cost_model()
-    with _engine() as engine:
-        if service is not None and not inventory_store.describe(engine, service):
-            raise fail(f"{service} is not in the inventory (nofx services list)")
-        found = report(engine, model, service)
+    found = _predictive(lambda ops: ops.cost(service))
     lines = [
         f"{'service':<24} {'replicas':>8} {'per hour':>10} {'recommended':>12} {'realised':>10}"
         "  risk"
@@ -2304,22 +2275,7 @@ def predictive_train(
     as_json: JsonOption = False,
 ) -> None:
     """Train the LightGBM failure classifier on the platform's incidents and injected faults."""
-    from nofx.detection.learned import TrainingError
-    from nofx.maintenance.failure_model import train_classifier
-    from nofx.telemetry.routing import metric_source
-
-    until = datetime.now(UTC)
-    with _engine() as engine:
-        try:
-            trained = train_classifier(
-                engine,
-                metric_source(engine, settings()),
-                until - timedelta(hours=hours),
-                until,
-                holdout_share=holdout,
-            )
-        except TrainingError as err:
-            raise fail(f"not trained: {err}") from None
+    trained = _predictive(lambda ops: ops.train_failure_model(hours, holdout))
     held = trained.metrics["holdout"]
     _emit(
         {**trained.metrics, "version": trained.version, "active": trained.active},

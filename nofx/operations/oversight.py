@@ -33,6 +33,7 @@ from models.operations import (
     ScheduleView,
     TimelineEvent,
 )
+from nofx.audit import ChainVerdict, verify_chain
 from nofx.healing.operations import healing_metrics
 from nofx.operations.errors import InvalidRequest, NotFound
 
@@ -294,6 +295,24 @@ class OversightOperations:
             by_risk=by_risk,
             by_status=by_status,
         )
+
+    # ---- the audit trail and the learned detector ---------------------------------------------
+
+    async def verify_audit(self) -> ChainVerdict:
+        """Recompute every hash of the audit chain: intact, or the first event that is not."""
+
+        def run() -> ChainVerdict:
+            with self.engine.connect() as conn:
+                return verify_chain(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def detector_models(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The learned detector's versions, newest first, with their held-out figures."""
+        from nofx.diagnosis.training import list_models
+
+        _limit(limit, 200)
+        return await asyncio.to_thread(list_models, self.engine, limit)
 
     # ---- the event stream --------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ inventory is `NotFound`, a metric without history a `RuleConflict` (rule `histor
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -20,7 +20,13 @@ from models.common import AbortRequest
 from models.forecasting import ForecastReport, ForecastRequest
 from models.maintenance import CancelJob, JobAck, Reschedule, RunNow, ValidationReport
 from models.operations import MaintenanceJobView, MaintenancePredictionView, RecommendationView
-from models.optimization import APPLY_TERMINAL, ApplyInput, ApplyStatusView, apply_workflow_id
+from models.optimization import (
+    APPLY_TERMINAL,
+    ApplyInput,
+    ApplyStatusView,
+    CostReport,
+    apply_workflow_id,
+)
 from nofx import inventory as inventory_store
 from nofx.operations.errors import InvalidRequest, NotFound, RuleConflict
 from nofx.settings import Settings
@@ -105,6 +111,45 @@ class PredictiveOperations:
 
         rows = await asyncio.to_thread(run)
         return [MaintenancePredictionView.model_validate(_ids(r, "id")) for r in rows]
+
+    async def cost(self, service: str | None = None) -> CostReport:
+        """What the services cost an hour (the settings' prices), what the open recommendations
+        would save and the SLO risk each buys, and what applied ones saved."""
+        from nofx.optimization.cost import report
+
+        def run() -> CostReport:
+            self._known(service)
+            return report(self.engine, self.settings.cost_model(), service)
+
+        return await asyncio.to_thread(run)
+
+    async def train_failure_model(self, hours: float, holdout: float) -> Any:
+        """Train the LightGBM failure classifier on the last `hours` of incidents and injected
+        faults (it goes live only when its held-out figures clear the bar).
+
+        Raises:
+            RuleConflict: too little to learn from (rule `enough_history`).
+        """
+        from nofx.detection.learned import TrainingError
+        from nofx.maintenance.failure_model import train_classifier
+
+        if not 0 < hours <= 24 * 90 or not 0 < holdout < 1:
+            raise InvalidRequest(["hours: in (0, 2160]; holdout: a share in (0, 1)"])
+        until = datetime.now(UTC)
+
+        def run() -> Any:
+            return train_classifier(
+                self.engine,
+                self._source(),
+                until - timedelta(hours=hours),
+                until,
+                holdout_share=holdout,
+            )
+
+        try:
+            return await asyncio.to_thread(run)
+        except TrainingError as err:
+            raise RuleConflict(f"not trained: {err}", rule="enough_history") from None
 
     async def validate(self, days: float = 30.0) -> ValidationReport:
         """Stored predictions against what happened: precision, recall, lead time, error."""
