@@ -8,15 +8,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from models.healing import IncidentState, IncidentStatus
+from models.healing import IncidentInput, IncidentState, IncidentStatus
+from nofx.client import incident_workflow_id
+from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import free_port
 from workflows.healing import HealingIncidentWorkflow
 
@@ -35,6 +39,21 @@ async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not {what} within {timeout:.0f}s (last: {seen!r})")
         await asyncio.sleep(0.2)
+
+
+async def heal_once(client: Any, service: str, incident_type: str, **evidence: Any) -> Any:
+    """Start a healing incident of its own (a fresh workflow id) for `service`: its handle."""
+    return await client.start_workflow(
+        HealingIncidentWorkflow.run,
+        IncidentInput(
+            service=service,
+            incident_type=incident_type,
+            detected_at=datetime.now(UTC),
+            evidence=evidence,
+        ),
+        id=f"{incident_workflow_id(service, incident_type)}-{uuid.uuid4().hex[:6]}",
+        task_queue=TASK_QUEUE_HEALING,
+    )
 
 
 @asynccontextmanager

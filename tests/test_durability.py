@@ -5,9 +5,7 @@ log) and a configuration rollback (counted in config_versions)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,11 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from models.healing import IncidentInput, IncidentState
+from models.healing import IncidentState
 from nofx import faults
-from nofx.client import incident_workflow_id
 from nofx.providers.config import ConfigStore
-from nofx.settings import TASK_QUEUE_HEALING
 from pilot.fleet import Fleet
-from tests.helpers import WorkerProcess
-from workflows.healing import HealingIncidentWorkflow
+from tests.helpers import WorkerProcess, heal_once
 
 
 @pytest.fixture
@@ -68,16 +63,8 @@ async def test_worker_killed_mid_saga_heals_once(
     starts_before = len(live_fleet.starts(service))
     worker_process.start()
     live_fleet.inject("kill", service)
-    handle = await client.start_workflow(
-        HealingIncidentWorkflow.run,
-        IncidentInput(
-            service=service,
-            incident_type="service_down",
-            detected_at=datetime.now(UTC),
-            evidence={"detail": "injected by the durability test"},
-        ),
-        id=incident_workflow_id(service, "service_down") + f"-{uuid.uuid4().hex[:6]}",
-        task_queue=TASK_QUEUE_HEALING,
+    handle = await heal_once(
+        client, service, "service_down", detail="injected by the durability test"
     )
 
     # The moment the pilot logs its new start, the restart activity is in flight or just done:
@@ -125,17 +112,7 @@ async def test_worker_killed_mid_rollback_rolls_back_once(
     service = live_fleet.spec.services[0].name
     faults.inject(live_fleet, db_engine, "bad_config", service, error_rate=0.6)
     worker_process.start()
-    handle = await client.start_workflow(
-        HealingIncidentWorkflow.run,
-        IncidentInput(
-            service=service,
-            incident_type="error_spike_after_config_change",
-            detected_at=datetime.now(UTC),
-        ),
-        id=incident_workflow_id(service, "error_spike_after_config_change")
-        + f"-{uuid.uuid4().hex[:6]}",
-        task_queue=TASK_QUEUE_HEALING,
-    )
+    handle = await heal_once(client, service, "error_spike_after_config_change")
 
     def healing_versions() -> list[int]:
         with db_engine.connect() as conn:

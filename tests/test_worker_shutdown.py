@@ -21,7 +21,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,11 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from models.chaos import ChaosExperimentInput, ChaosFault
-from models.healing import IncidentInput, IncidentState
-from nofx.client import incident_workflow_id
+from models.healing import IncidentState
 from nofx.settings import TASK_QUEUE_HEALING, Settings
 from pilot.fleet import Fleet
-from tests.helpers import ROOT, WorkerProcess
+from tests.helpers import ROOT, WorkerProcess, heal_once
 from workflows.chaos import ChaosExperimentWorkflow
-from workflows.healing import HealingIncidentWorkflow
 
 GRACE = Settings().worker_shutdown_grace_seconds  # the product's default, which the test runs
 
@@ -148,16 +145,8 @@ async def test_sigterm_mid_restart_finishes_the_restart_and_repeats_nothing(
     starts_before = len(live_fleet.starts(service))
     healing_process.start()
     live_fleet.inject("kill", service)
-    handle = await client.start_workflow(
-        HealingIncidentWorkflow.run,
-        IncidentInput(
-            service=service,
-            incident_type="service_down",
-            detected_at=datetime.now(UTC),
-            evidence={"detail": "injected by the worker shutdown test"},
-        ),
-        id=incident_workflow_id(service, "service_down") + f"-{uuid.uuid4().hex[:6]}",
-        task_queue=TASK_QUEUE_HEALING,
+    handle = await heal_once(
+        client, service, "service_down", detail="injected by the worker shutdown test"
     )
 
     await running_activity(handle, "restart_service", timeout=90)

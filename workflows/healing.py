@@ -278,17 +278,21 @@ class HealingIncidentWorkflow:
             persist=False,
         )
 
-    def _diagnosis_summary(self) -> str:
+    def _diagnosis_text(self) -> str | None:
+        """The diagnosis that came with the incident, in a phrase; None without one."""
         diagnosis = self._inp.diagnosis
         if diagnosis is None:
-            return "choosing a playbook"
+            return None
         lead = diagnosis.root_causes[0] if diagnosis.root_causes else None
         return (
             f"pattern {diagnosis.pattern.pattern} (confidence {diagnosis.pattern.confidence:.2f},"
             f" signals {', '.join(diagnosis.pattern.matched)})"
             + (f"; likely root cause: {lead.detail}" if lead else "")
-            + "; choosing a playbook"
         )
+
+    def _diagnosis_summary(self) -> str:
+        found = self._diagnosis_text()
+        return "choosing a playbook" if found is None else f"{found}; choosing a playbook"
 
     async def _choose_playbook(self, failed: list[str]) -> PlaybookChoice | None:
         """Ask the decision track for the next rung; None when no (further) playbook applies."""
@@ -705,16 +709,8 @@ class HealingIncidentWorkflow:
         )
 
     def _diagnosis_line(self) -> str:
-        diagnosis = self._inp.diagnosis
-        if diagnosis is None:
-            return "No diagnosis came with it."
-        lead = diagnosis.root_causes[0] if diagnosis.root_causes else None
-        return (
-            f"Diagnosis: pattern {diagnosis.pattern.pattern} (confidence"
-            f" {diagnosis.pattern.confidence:.2f}, signals {', '.join(diagnosis.pattern.matched)})"
-            + (f"; likely root cause: {lead.detail}" if lead else "")
-            + "."
-        )
+        found = self._diagnosis_text()
+        return "No diagnosis came with it." if found is None else f"Diagnosis: {found}."
 
     async def _tell_person(
         self, kind: NotificationKind, key: str, title: str, happened: str, asked: str
