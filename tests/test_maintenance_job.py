@@ -410,7 +410,10 @@ async def test_the_forecasting_pass_starts_moves_and_stands_down_the_job(
     client: Client, job_worker: None, live_fleet: Fleet, db_engine: Engine
 ) -> None:
     service = live_fleet.spec.services[1].name
-    set_policy(db_engine, service, lead_minutes=30)
+    # A short lead: the job must find room for its window before the deadline (the earliest
+    # ETA less the lead). With 30 min, a CI run's earliest ETA 36 min out left 6 min, less than
+    # the 10-minute window, and the job rightly ran at once instead of being scheduled.
+    set_policy(db_engine, service, lead_minutes=10)
     with db_engine.begin() as conn:
         conn.execute(
             text("UPDATE services SET metadata = metadata || CAST(:m AS jsonb) WHERE name = :n"),
