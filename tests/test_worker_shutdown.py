@@ -20,7 +20,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +36,10 @@ from models.healing import IncidentState
 from nofx.settings import TASK_QUEUE_HEALING, Settings
 from pilot.fleet import Fleet
 from tests.helpers import ROOT, WorkerProcess, heal_once
+from tests.test_durability import worker_process  # noqa: F401 - the fixture, shared
 from workflows.chaos import ChaosExperimentWorkflow
 
 GRACE = Settings().worker_shutdown_grace_seconds  # the product's default, which the test runs
-
-
-@pytest.fixture
-def healing_process(
-    temporal_env: WorkflowEnvironment, database_url: str, tmp_path: Path
-) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(
-        temporal_env, database_url, tmp_path / "worker-healing.log", "workers.healing"
-    )
-    try:
-        yield worker
-    finally:
-        worker.stop()
 
 
 async def running_activity(handle: WorkflowHandle[Any, Any], name: str, timeout: float) -> None:
@@ -136,21 +123,21 @@ def restart_statuses(engine: Engine, workflow_id: str) -> list[str]:
 async def test_sigterm_mid_restart_finishes_the_restart_and_repeats_nothing(
     client: Client,
     decisions_worker: None,
-    healing_process: WorkerProcess,
+    worker_process: WorkerProcess,  # noqa: F811 - the fixture imported above
     live_fleet: Fleet,
     db_engine: Engine,
     tmp_path: Path,
 ) -> None:
     service = live_fleet.spec.services[1].name
     starts_before = len(live_fleet.starts(service))
-    healing_process.start()
+    worker_process.start()
     live_fleet.inject("kill", service)
     handle = await heal_once(
         client, service, "service_down", detail="injected by the worker shutdown test"
     )
 
     await running_activity(handle, "restart_service", timeout=90)
-    process = healing_process.process
+    process = worker_process.process
     assert process is not None
     process.send_signal(signal.SIGTERM)
     code, took = await exit_code(process, timeout=GRACE + 15)
@@ -170,7 +157,7 @@ async def test_sigterm_mid_restart_finishes_the_restart_and_repeats_nothing(
     assert await runs_of(handle, "restart_service") == [("completed", 1)]
     assert len(live_fleet.starts(service)) == starts_before + 1
 
-    healing_process.start()
+    worker_process.start()
     result = await asyncio.wait_for(handle.result(), timeout=120)
 
     assert result.state is IncidentState.RESOLVED

@@ -66,9 +66,7 @@ class NotifyWorkflow:
         return NotifyResult(key=notification.key, receipts=list(receipts))
 
     async def _deliver(self, channel: Channel, notification: Notification) -> ChannelReceipt:
-        send = (
-            NotifyActivities.send_webhook if channel == "webhook" else NotifyActivities.send_email
-        )
+        send = _SENDERS[channel]
         try:
             receipt: ChannelReceipt = await workflow.execute_activity_method(
                 send,
